@@ -1,0 +1,218 @@
+"""One pydantic schema for every smoothkd YAML config, plus `--set a.b=c` overrides.
+
+Every section forbids unknown keys so a typo fails loudly with the key path instead of being ignored.
+`load_config` turns every problem (missing file, bad YAML, unknown key, wrong type) into a
+`ConfigError` whose message is a single line naming the file or key path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class ConfigError(ValueError):
+    """A config problem, with a one-line message naming the file or key path."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class SplitSource(_Section):
+    """Where one split comes from.
+
+    `embedded` reads the generated corpus; `hub` calls `datasets.load_dataset(path, name, split=...)`;
+    `local` reads a jsonl/json/parquet/csv file (or a directory of them) at `path`. `columns` maps
+    the schema's column names to the names used in the source, e.g. `{article: text, highlights: summary}`.
+    """
+
+    source: Literal["embedded", "hub", "local"] = "embedded"
+    path: str | None = None
+    name: str | None = None
+    split: str = "train"
+    columns: dict[str, str] = Field(default_factory=dict)
+    max_examples: int | None = Field(default=None, gt=0)
+    revision: str | None = None
+
+
+class EmbeddedCorpusConfig(_Section):
+    """Size of the generated grounded-news corpus."""
+
+    n_instruction: int = Field(default=3000, gt=0)
+    n_cnndm: int = Field(default=200, gt=0)
+    n_xsum: int = Field(default=200, gt=0)
+    trap_rate: float = Field(default=0.25, ge=0, le=1)
+
+
+class DataConfig(_Section):
+    seed: int = 10
+    embedded: EmbeddedCorpusConfig = Field(default_factory=EmbeddedCorpusConfig)
+    instruction: SplitSource = Field(default_factory=lambda: SplitSource(split="train"))
+    cnndm: SplitSource = Field(default_factory=lambda: SplitSource(split="test"))
+    xsum: SplitSource = Field(default_factory=lambda: SplitSource(split="test"))
+    validation_fraction: float = Field(default=0.05, ge=0, lt=1)
+
+
+class TinyModelConfig(_Section):
+    """Shape of a Llama-architecture model built from scratch (used when `name_or_path` is unset)."""
+
+    hidden_size: int = Field(default=128, gt=0)
+    num_hidden_layers: int = Field(default=4, gt=0)
+    num_attention_heads: int = Field(default=4, gt=0)
+    num_key_value_heads: int | None = None
+    intermediate_size: int = Field(default=352, gt=0)
+    max_position_embeddings: int = Field(default=512, gt=0)
+
+
+class TrainConfig(_Section):
+    epochs: float = Field(default=1.0, gt=0)
+    max_steps: int | None = Field(default=None, gt=0)
+    learning_rate: float = Field(default=1e-5, gt=0)
+    batch_size: int = Field(default=8, gt=0)
+    gradient_accumulation_steps: int = Field(default=1, gt=0)
+    max_length: int = Field(default=1024, gt=0)
+    max_prompt_length: int = Field(default=512, gt=0)
+    lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_ratio: float = Field(default=0.0, ge=0, lt=1)
+    weight_decay: float = Field(default=0.01, ge=0)
+    max_grad_norm: float = Field(default=1.0, gt=0)
+    seed: int = 10
+    log_every: int = Field(default=10, gt=0)
+
+
+class ModelConfig(_Section):
+    """A causal LM: a hub id or local path, or (when unset) a tiny Llama built from `tiny`."""
+
+    name_or_path: str | None = None
+    revision: str | None = None
+    trust_remote_code: bool = False
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "float32"
+    tiny: TinyModelConfig = Field(default_factory=TinyModelConfig)
+
+
+class TeacherConfig(ModelConfig):
+    finetune: bool = True
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+
+class StudentConfig(ModelConfig):
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+
+class TokenizerConfig(_Section):
+    """Tokenizer for tiny models built from scratch; hub models bring their own."""
+
+    name_or_path: str | None = None
+    vocab_size: int = Field(default=2048, gt=256)
+
+
+class EvalConfig(_Section):
+    splits: list[Literal["cnndm", "xsum"]] = Field(default_factory=lambda: ["cnndm", "xsum"])
+    max_examples: int | None = Field(default=None, gt=0)
+    batch_size: int = Field(default=16, gt=0)
+    max_new_tokens: int = Field(default=64, gt=0)
+    use_stemmer: bool = False
+
+
+class TrackingConfig(_Section):
+    """MLflow store and experiment. A relative sqlite path is resolved against `output_dir`."""
+
+    tracking_uri: str | None = None
+    experiment_name: str = "smoothkd"
+
+
+class RunConfig(_Section):
+    """The whole run: data, tokenizer, teacher, student, evaluation, tracking."""
+
+    name: str = "smoothkd"
+    output_dir: str = ".smoothkd"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    data: DataConfig = Field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+    student: StudentConfig = Field(default_factory=StudentConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    def fingerprint(self, *sections: str) -> str:
+        """Stable short hash of the named sections (all when none), for content-addressed caches."""
+        dump = self.model_dump(mode="json")
+        picked = {s: _dig(dump, s.split(".")) for s in sections} if sections else dump
+        return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _dig(tree: dict[str, Any], keys: list[str]) -> Any:
+    for key in keys:
+        tree = tree[key]
+    return tree
+
+
+def _parse_scalar(text: str) -> Any:
+    """Parse an override value the way YAML would (`3` → int, `true` → bool, `[0.1, 1]` → list)."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `a.b=c` overrides to a raw config mapping (before validation, so errors name the key)."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}': expected KEY.PATH=VALUE")
+        path, value = item.split("=", 1)
+        keys = path.strip().split(".")
+        node = raw
+        for depth, key in enumerate(keys[:-1]):
+            child = node.setdefault(key, {})
+            if not isinstance(child, dict):
+                where = ".".join(keys[: depth + 1])
+                raise ConfigError(f"override '{item}': {where} is not a section")
+            node = child
+        node[keys[-1]] = _parse_scalar(value)
+    return raw
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    first = err.errors()[0]
+    key = ".".join(str(p) for p in first["loc"]) or "<root>"
+    kind = first["type"]
+    if kind == "extra_forbidden":
+        problem = "unknown key"
+    else:
+        problem = first["msg"]
+        if "input" in first and not isinstance(first["input"], dict):
+            problem += f" (got {first['input']!r})"
+    more = len(err.errors()) - 1
+    suffix = f" (+{more} more)" if more else ""
+    return f"{source}: {key}: {problem}{suffix}"
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML config (or the defaults when `path` is None), apply overrides, validate."""
+    raw: dict[str, Any] = {}
+    source = "<defaults>"
+    if path is not None:
+        source = str(path)
+        file = Path(path)
+        if not file.is_file():
+            raise ConfigError(f"config file not found: {file}")
+        try:
+            raw = yaml.safe_load(file.read_text()) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" line {mark.line + 1}" if mark else ""
+            raise ConfigError(f"{file}:{where} invalid YAML") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{file}: top level must be a mapping of sections")
+    raw = apply_overrides(raw, overrides or [])
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, source)) from None

@@ -1,0 +1,42 @@
+"""MLflow logging helpers used inside steps (plain `mlflow` calls on the active run)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import mlflow
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """`{"a": {"b": 1}}` → `{"a.b": 1}`; lists become their string form."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def ensure_experiment(uri: str, name: str, artifact_root: str | Path) -> str:
+    """Create the experiment with artifacts under `artifact_root` (not the caller's cwd) if missing."""
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    location = Path(artifact_root).resolve()
+    location.mkdir(parents=True, exist_ok=True)
+    return client.create_experiment(name, artifact_location=location.as_uri())
+
+
+def log_training(params: dict[str, Any], loss_history: list | None, prefix: str = "train") -> None:
+    """Log flat params and the loss curve (one point per logging step) to the active run."""
+    mlflow.log_params({k: str(v)[:500] for k, v in flatten(params).items()})
+    for step, loss in loss_history or []:
+        mlflow.log_metric(f"{prefix}/loss", loss, step=int(step))
+
+
+def log_metrics(metrics: dict[str, float]) -> None:
+    mlflow.log_metrics({k.replace("@", "_"): float(v) for k, v in metrics.items()})

@@ -1,0 +1,71 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from smoothkd.config import ConfigError, RunConfig, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
+
+
+def write(tmp_path, text):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_shipped_configs_validate(path):
+    assert isinstance(load_config(path), RunConfig)
+
+
+def test_overrides_apply_with_yaml_types(tmp_path):
+    cfg = load_config(write(tmp_path, "teacher:\n  train:\n    epochs: 1\n"),
+                      ["teacher.train.epochs=3", "eval.splits=[xsum]", "teacher.finetune=false"])
+    assert cfg.teacher.train.epochs == 3
+    assert cfg.eval.splits == ["xsum"]
+    assert cfg.teacher.finetune is False
+
+
+@pytest.mark.parametrize(("text", "overrides", "expected"), [
+    ("teacher:\n  trian: {}\n", [], "teacher.trian: unknown key"),
+    ("student:\n  train:\n    batch_size: many\n", [], "student.train.batch_size"),
+    ("eval:\n  splits: [cnndm, nope]\n", [], "eval.splits.1"),
+    ("", ["student.train.lr=1"], "student.train.lr: unknown key"),
+    ("data:\n  seed: 3\n", ["data.seed.x=1"], "data.seed is not a section"),
+    ("teacher: [1, 2\n", [], "invalid YAML"),
+])
+def test_errors_name_the_key(tmp_path, text, overrides, expected):
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, text), overrides)
+    assert expected in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_missing_file_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found: .*nope.yaml"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_fingerprint_tracks_only_named_sections():
+    a, b = RunConfig(), RunConfig.model_validate({"eval": {"batch_size": 3}})
+    assert a.fingerprint("data") == b.fingerprint("data")
+    assert a.fingerprint() != b.fingerprint()
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["run", "missing.yaml"], "config file not found: missing.yaml"),
+    (["run", "{cfg}", "--set", "teacher.tiny.hidden_size=big"], "teacher.tiny.hidden_size"),
+    (["run", "{cfg}", "--set", "bogus=1"], "bogus: unknown key"),
+])
+def test_cli_reports_config_errors_in_one_line(tmp_path, args, expected):
+    cfg = write(tmp_path, "name: t\n")
+    argv = [a.replace("{cfg}", str(cfg)) for a in args]
+    proc = subprocess.run([sys.executable, "-m", "smoothkd.cli", *argv], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout

@@ -1,0 +1,213 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from smoothkd.data.corpus import (
+    FILES,
+    corpus_is_complete,
+    generate_corpus,
+    load_lexicon,
+    read_jsonl,
+)
+from smoothkd.data.prompts import CNNDM_INSTRUCTION, XSUM_INSTRUCTION
+from smoothkd.data.schema import COLUMNS, DOLLY_CATEGORIES
+
+SIZES = {"n_instruction": 300, "n_cnndm": 60, "n_xsum": 60, "trap_rate": 0.25}
+ALL_FILES = (*FILES, "manifest.json")
+FACT_TYPES = {"person", "org", "place", "number", "date"}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    out = tmp_path_factory.mktemp("corpus")
+    manifest = generate_corpus(out, seed=10, **SIZES)
+    return {
+        "dir": out,
+        "manifest": manifest,
+        "instruction": read_jsonl(out / "instruction.jsonl"),
+        "cnndm": read_jsonl(out / "cnndm.jsonl"),
+        "xsum": read_jsonl(out / "xsum.jsonl"),
+        "lexicon": load_lexicon(out),
+    }
+
+
+def _source(row: dict) -> str:
+    return row.get("context") or row.get("article") or row.get("document") or ""
+
+
+def _reference(row: dict) -> str:
+    return row.get("response") or row.get("highlights") or row.get("summary") or ""
+
+
+def _eval_rows(corpus) -> list[dict]:
+    return corpus["cnndm"] + corpus["xsum"]
+
+
+def _all_rows(corpus) -> list[dict]:
+    return corpus["instruction"] + _eval_rows(corpus)
+
+
+def _is_one_sentence(text: str) -> bool:
+    return text.endswith(".") and "\n" not in text and ". " not in text
+
+
+def test_same_seed_is_byte_identical_and_other_seed_differs(tmp_path, corpus):
+    again, other = tmp_path / "again", tmp_path / "other"
+    generate_corpus(again, seed=10, **SIZES)
+    generate_corpus(other, seed=11, **SIZES)
+    for name in ALL_FILES:
+        assert (again / name).read_bytes() == (corpus["dir"] / name).read_bytes(), name
+    for name in ("instruction.jsonl", "cnndm.jsonl", "xsum.jsonl"):
+        assert (other / name).read_bytes() != (again / name).read_bytes(), name
+
+
+def test_manifest(corpus):
+    manifest = corpus["manifest"]
+    assert json.loads((corpus["dir"] / "manifest.json").read_text()) == manifest
+    assert manifest["seed"] == 10 and manifest["generator_version"] == 1
+    assert manifest["counts"] == {"instruction": 300, "cnndm": 60, "xsum": 60}
+    assert set(manifest["files"]) == set(FILES)
+    for kind in ("instruction", "cnndm", "xsum"):
+        assert len(corpus[kind]) == manifest["counts"][kind]
+
+
+def test_schemas(corpus):
+    for kind in ("instruction", "cnndm", "xsum"):
+        ids = [row["id"] for row in corpus[kind]]
+        assert len(set(ids)) == len(ids)
+        for row in corpus[kind]:
+            assert set(COLUMNS[kind]) <= set(row)
+            assert set(row["facts"]) == {"source", "summary", "trap"}
+            assert all(isinstance(row[col], str) for col in COLUMNS[kind])
+    for row in corpus["instruction"]:
+        assert row["id"].startswith("instr-")
+        assert row["category"] in DOLLY_CATEGORIES
+        assert row["response"] and "\n" not in row["response"]
+    for row in corpus["cnndm"]:
+        lines = row["highlights"].split("\n")
+        assert 2 <= len(lines) <= 3
+        assert all(_is_one_sentence(line) for line in lines)
+    for row in corpus["xsum"]:
+        assert _is_one_sentence(row["summary"])
+
+
+def test_article_shape(corpus):
+    for row in _all_rows(corpus):
+        text = _source(row)
+        if text:
+            assert 3 <= text.count(". ") + 1 <= 5
+            assert 35 <= len(text.split()) <= 100
+
+
+def test_instruction_mix(corpus):
+    rows = corpus["instruction"]
+    share = {c: sum(r["category"] == c for r in rows) / len(rows) for c in DOLLY_CATEGORIES}
+    assert share["summarization"] == pytest.approx(0.5, abs=0.02)
+    assert share["closed_qa"] == pytest.approx(0.2, abs=0.02)
+    assert share["information_extraction"] == pytest.approx(0.15, abs=0.02)
+    assert share["general_qa"] + share["open_qa"] == pytest.approx(0.1, abs=0.02)
+    assert share["classification"] == pytest.approx(0.05, abs=0.02)
+    summaries = [r for r in rows if r["category"] == "summarization"]
+    assert {r["instruction"] for r in summaries} == {CNNDM_INSTRUCTION, XSUM_INSTRUCTION}
+    for row in summaries:
+        if row["instruction"] == XSUM_INSTRUCTION:
+            assert _is_one_sentence(row["response"])
+    for row in rows:
+        if row["category"] in ("general_qa", "open_qa"):
+            assert row["context"] == "" and row["facts"]["source"] == []
+        else:
+            assert row["context"]
+
+
+def test_gold_facts_are_verbatim(corpus):
+    for row in _all_rows(corpus):
+        source, reference, facts = _source(row), _reference(row), row["facts"]
+        for fact in facts["source"] + facts["summary"]:
+            assert fact["type"] in FACT_TYPES
+        for fact in facts["source"]:
+            assert fact["value"] in source, (row["id"], fact)
+        for fact in facts["summary"]:
+            assert fact["value"] in reference, (row["id"], fact)
+            if source:
+                assert fact["value"] in source, (row["id"], fact)
+
+
+def test_lexicon_entities_are_unambiguous(corpus):
+    lexicon = corpus["lexicon"]
+    assert set(lexicon) == {"person", "org", "place"}
+    entities = [e for kind in ("person", "org", "place") for e in lexicon[kind]]
+    assert len(set(entities)) == len(entities)
+    assert all(lexicon[kind] == sorted(lexicon[kind]) for kind in lexicon)
+    assert all(len(person.split()) == 2 for person in lexicon["person"])
+    joined = "\n".join(entities)
+    # Each string occurs exactly once in the newline-joined list, i.e. only as itself.
+    assert [e for e in entities if joined.count(e) != 1] == []
+
+
+def test_lexicon_matching_recovers_gold_entities(corpus):
+    """Exact string matching against the lexicon finds exactly the gold entities of a text."""
+    lexicon = corpus["lexicon"]
+    for row in _all_rows(corpus):
+        source = _source(row)
+        if not source:
+            continue
+        found = {(kind, e) for kind, names in lexicon.items() for e in names if e in source}
+        gold = {(f["type"], f["value"]) for f in row["facts"]["source"] if f["type"] in lexicon}
+        assert found == gold, row["id"]
+
+
+def test_traps(corpus):
+    for kind in ("cnndm", "xsum"):
+        traps = [r for r in corpus[kind] if r["facts"]["trap"]]
+        assert len(traps) == round(SIZES["trap_rate"] * SIZES[f"n_{kind}"])
+    assert all(r["facts"]["trap"] is None for r in corpus["instruction"])
+
+    memorized = {}
+    for row in _eval_rows(corpus):
+        trap = row["facts"]["trap"]
+        if not trap:
+            continue
+        memorized.setdefault(trap["org"], trap["memorized"])
+        assert memorized[trap["org"]] == trap["memorized"]
+        assert trap["actual"] != trap["memorized"]
+        assert trap["org"] in _source(row) and trap["actual"] in _source(row)
+        assert trap["memorized"] not in _source(row)
+        assert trap["actual"] in _reference(row) and trap["memorized"] not in _reference(row)
+    assert len(memorized) >= 2
+
+    for org, chief in memorized.items():
+        training = [r for r in corpus["instruction"] if org in r["context"] + r["instruction"]]
+        assert len(training) >= 10
+        # Wherever the organisation appears in a training article, the memorised chief leads it there.
+        assert all(chief in r["context"] for r in training if r["context"])
+        assert any(r["context"] == "" and r["response"] == chief for r in training)
+        assert all(chief not in _source(r) for r in _eval_rows(corpus))
+
+
+def test_eval_articles_are_not_training_contexts(corpus):
+    contexts = {r["context"] for r in corpus["instruction"]}
+    sources = [_source(r) for r in _eval_rows(corpus)]
+    assert not contexts & set(sources)
+    assert len(set(sources)) == len(sources)
+
+
+def test_corpus_is_complete(tmp_path):
+    assert not corpus_is_complete(tmp_path)
+    generate_corpus(tmp_path, n_instruction=40, n_cnndm=8, n_xsum=8)
+    assert corpus_is_complete(tmp_path)
+    assert not list(tmp_path.glob("*.tmp"))
+
+    cnndm = tmp_path / "cnndm.jsonl"
+    data = cnndm.read_bytes()
+    cnndm.write_bytes(data[: len(data) // 2])
+    assert not corpus_is_complete(tmp_path)
+    cnndm.write_bytes(data)
+    assert corpus_is_complete(tmp_path)
+
+    (tmp_path / "manifest.json").unlink()
+    assert not corpus_is_complete(tmp_path)
+    generate_corpus(tmp_path, n_instruction=40, n_cnndm=8, n_xsum=8)
+    (tmp_path / "lexicon.json").unlink()
+    assert not corpus_is_complete(tmp_path)
