@@ -72,7 +72,8 @@ def run(config: ConfigArg, set_: SetOpt = None) -> None:
 def ui(
     config: Annotated[Path, typer.Option(help="Config whose MLflow store to serve")] = DEFAULT_CONFIG,
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1")] = 5000,
-    host: Annotated[str, typer.Option(help="Interface to bind; keep 127.0.0.1 unless you mean it")] = "127.0.0.1",
+    host: Annotated[str, typer.Option(help="Interface to bind (keep 127.0.0.1 unless you mean it)")
+                    ] = "127.0.0.1",
 ) -> None:
     """Serve the MLflow UI on the store the pipeline wrote to."""
     import subprocess

@@ -15,17 +15,26 @@ def build_results(summaries: list[dict]) -> dict[str, Any]:
 
 
 def results_table(results: dict[str, Any]):
-    """A rich Table: one row per model, one column per metric."""
+    """A rich Table: one row per (split, model), one column per metric."""
     from rich.table import Table
 
-    metric_names = sorted({name for m in results["models"] for name in m["metrics"]})
+    by_split: dict[str, dict[str, dict[str, float]]] = {}
+    for m in results["models"]:
+        for name, value in m["metrics"].items():
+            split, metric = name.split("/", 1)
+            by_split.setdefault(split, {}).setdefault(m["role"], {})[metric] = value
+    metric_names = sorted({metric for rows in by_split.values() for r in rows.values() for metric in r})
     table = Table(title="smoothkd results (ROUGE F1 ×100)")
-    table.add_column("model")
-    table.add_column("params", justify="right")
+    for column in ("split", "model", "params"):
+        table.add_column(column)
     for name in metric_names:
         table.add_column(name, justify="right")
-    for m in results["models"]:
-        cells = [f"{m['metrics'][n]:.2f}" if n in m["metrics"] else "-" for n in metric_names]
-        tag = " (cached)" if m.get("cached") else ""
-        table.add_row(m["role"] + tag, f"{m['parameters'] / 1e6:.2f}M", *cells)
+    params = {m["role"]: m["parameters"] for m in results["models"]}
+    cached = {m["role"] for m in results["models"] if m.get("cached")}
+    for split, rows in sorted(by_split.items()):
+        for role, values in rows.items():
+            cells = [f"{values[n]:.2f}" if n in values else "-" for n in metric_names]
+            label = role + (" (cached)" if role in cached else "")
+            table.add_row(split, label, f"{params[role] / 1e6:.2f}M", *cells)
+        table.add_section()
     return table

@@ -35,7 +35,7 @@ def tracking_uri(cfg: RunConfig) -> str:
     return cfg.tracking.tracking_uri or f"sqlite:///{output_root(cfg) / 'mlflow.db'}"
 
 
-# ---- data -------------------------------------------------------------------------------------------------
+# ---- data ----
 
 
 def embedded_corpus_dir(cfg: RunConfig) -> Path:
@@ -103,7 +103,7 @@ def dataset_key(data_dir: str | Path) -> str:
     return read_json(Path(data_dir) / "manifest.json")["key"]
 
 
-# ---- tokenizer and models -----------------------------------------------------------------------------------
+# ---- tokenizer and models ----
 
 
 def prepare_tokenizer(cfg: RunConfig, data_dir: str | Path) -> Path | str:
@@ -203,7 +203,7 @@ def train_student(cfg: RunConfig, data_dir: str | Path, tokenizer_ref: str | Pat
                      Path(run_dir) / f"student_{name}")
 
 
-# ---- evaluation ---------------------------------------------------------------------------------------------
+# ---- evaluation ----
 
 
 def evaluate_model(cfg: RunConfig, model_path: str | Path, data_dir: str | Path, tokenizer_ref=None,

@@ -6,7 +6,8 @@ from typing import Literal
 
 SplitKind = Literal["instruction", "cnndm", "xsum"]
 
-# Dolly (databricks/databricks-dolly-15k), CNN/DailyMail 3.0.0 (abisee/cnn_dailymail), XSum (EdinburghNLP/xsum).
+# Mirrors Dolly (databricks/databricks-dolly-15k), CNN/DailyMail 3.0.0 (abisee/cnn_dailymail)
+# and XSum (EdinburghNLP/xsum).
 COLUMNS: dict[str, tuple[str, ...]] = {
     "instruction": ("instruction", "context", "response", "category"),
     "cnndm": ("id", "article", "highlights"),

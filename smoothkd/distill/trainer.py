@@ -7,6 +7,7 @@ of the whole accumulated batch, so gradient accumulation and data-parallel ranks
 from __future__ import annotations
 
 import math
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,6 +96,7 @@ def training_arguments(cfg: TrainConfig, output_dir: str | Path, device: str = "
         report_to="none",
         remove_unused_columns=False,
         dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available() and device != "cpu",
         use_cpu=device == "cpu",
     )
 
@@ -118,6 +120,7 @@ def train_sft(model, tokenizer, examples: list[dict], cfg: TrainConfig, output_d
     with atomic_dir(output_dir) as tmp:
         trainer.model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+    shutil.rmtree(work_dir, ignore_errors=True)
     tokens_per_epoch = sum(len(e["input_ids"]) for e in examples)
     epochs_seen = state.metrics.get("epoch", cfg.epochs)
     return TrainResult(

@@ -1,0 +1,104 @@
+"""End to end: the real `distill` ZenML pipeline on an isolated store, MLflow on sqlite, `smoothkd ui`."""
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from smoothkd.config import load_config
+from smoothkd.stages import tracking_uri
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    from pipelines.runner import run_distill
+
+    out = tmp_path_factory.mktemp("run")
+    cfg = load_config(ROOT / "configs/test/tiny.yaml", [f"output_dir={out}"])
+    return cfg, run_distill(cfg)
+
+
+def test_pipeline_runs_and_reports_every_model(tiny_run):
+    cfg, results = tiny_run
+    roles = [m["role"] for m in results["models"]]
+    assert roles == ["teacher", "student_sft"]
+    for model in results["models"]:
+        expected = {f"{s}/{m}" for s in ("cnndm", "xsum") for m in ("rougeL", "rougeLsum")}
+        assert set(model["metrics"]) == expected
+        assert all(0.0 <= v <= 100.0 for v in model["metrics"].values())
+        assert (Path(model["path"]) / "model.safetensors").exists()
+    assert results["pipeline_seconds"] > 0
+
+
+def test_each_model_is_an_mlflow_run_with_params_loss_curve_and_metrics(tiny_run):
+    cfg, results = tiny_run
+    client = mlflow.MlflowClient(tracking_uri(cfg))
+    experiment = client.get_experiment_by_name(cfg.tracking.experiment_name)
+    runs = client.search_runs([experiment.experiment_id])
+    by_name = {r.info.run_name: r for r in runs}
+    assert {"teacher", "student_sft", results["run_name"]} <= set(by_name)
+    student = by_name["student_sft"]
+    assert student.data.params["train.max_steps"] == "4"
+    assert student.data.metrics["cnndm/rougeLsum"] == pytest.approx(
+        results["models"][1]["metrics"]["cnndm/rougeLsum"])
+    curve = client.get_metric_history(student.info.run_id, "train/loss")
+    assert [p.step for p in curve] == [2, 4]
+    # Artifacts land under output_dir, not in the caller's working directory.
+    assert Path(cfg.output_dir).resolve().as_uri() in experiment.artifact_location
+
+
+def test_second_run_reuses_the_cached_teacher(tiny_run):
+    from pipelines.runner import run_distill
+
+    cfg, first = tiny_run
+    again = run_distill(cfg)
+    teacher_first, teacher_again = first["models"][0], again["models"][0]
+    assert teacher_again["cached"] and not teacher_first["cached"]
+    assert teacher_again["path"] == teacher_first["path"]
+    assert teacher_again["metrics"] == teacher_first["metrics"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ui_serves_the_pipeline_store(tiny_run, tmp_path):
+    cfg, results = tiny_run
+    config_file = tmp_path / "cfg.yaml"
+    config_file.write_text(f"output_dir: {cfg.output_dir}\n")
+    experiment = mlflow.MlflowClient(tracking_uri(cfg)).get_experiment_by_name(cfg.tracking.experiment_name)
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "smoothkd.cli", "ui", "--config", str(config_file),
+                             "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        body = json.dumps({"experiment_ids": [experiment.experiment_id], "max_results": 50}).encode()
+        deadline = time.time() + 90
+        while True:
+            try:
+                request = urllib.request.Request(
+                    f"http://127.0.0.1:{port}/api/2.0/mlflow/runs/search", data=body,
+                    headers={"Content-Type": "application/json"})
+                with urllib.request.urlopen(request, timeout=5) as response:
+                    payload = json.load(response)
+                break
+            except OSError:
+                assert proc.poll() is None, proc.stdout.read().decode()
+                assert time.time() < deadline, "MLflow UI did not come up"
+                time.sleep(1)
+        runs = {r["info"]["run_name"]: r for r in payload["runs"]}
+        assert "student_sft" in runs
+        metrics = {m["key"]: m["value"] for m in runs["student_sft"]["data"]["metrics"]}
+        assert metrics["xsum/rougeL"] == pytest.approx(results["models"][1]["metrics"]["xsum/rougeL"])
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
