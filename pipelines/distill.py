@@ -1,17 +1,32 @@
-"""The `distill` pipeline: data → tokenizer → teacher → student → report. Wiring only."""
+"""The `distill` pipeline: data → validation → tokenizer → teacher → calibration gate → soft labels
+→ students (SFT baseline and one KD student per α) → report. Wiring only."""
 
 from zenml import pipeline
+from zenml.enums import ExecutionMode
 
+from smoothkd.stages import student_name
+from steps.calibration import check_teacher_calibration
 from steps.data import build_tokenizer, load_data
+from steps.labels import precompute_labels
 from steps.models import student, teacher
 from steps.report import report
+from steps.validate import validate_data
 
 
-@pipeline(enable_cache=False)
+# Fail fast re-raises the failing step's own exception (not a generic RuntimeError), so the CLI can report
+# a known input problem (e.g. DataValidationError) as one line.
+@pipeline(enable_cache=False, execution_mode=ExecutionMode.FAIL_FAST)
 def distill(config: dict) -> None:
     """Run the whole flow for one validated RunConfig (passed as a plain dict)."""
-    dataset_dir = load_data(config)
+    # Everything downstream consumes the validated dataset: a stopping failure ends the run here.
+    dataset_dir = validate_data(config, load_data(config))
     tokenizer = build_tokenizer(config, dataset_dir)
-    teacher_summary = teacher(config, dataset_dir, tokenizer)
-    student_summary = student(config, dataset_dir, tokenizer, name="sft", id="student_sft")
-    report(config, teacher_summary, student_summary)
+    teacher_summary, teacher_dir = teacher(config, dataset_dir, tokenizer)
+    distill_temperature = check_teacher_calibration(config, dataset_dir, teacher_dir)
+    labels_dir = precompute_labels(config, dataset_dir, tokenizer, teacher_dir, distill_temperature)
+    student_summaries = [
+        student(config, dataset_dir, tokenizer, distill_temperature, labels_dir, teacher_dir, alpha=alpha,
+                id=f"student_{student_name(alpha)}")
+        for alpha in [0.0, *config["distill"]["alphas"]]
+    ]
+    report(config, teacher_summary, student_summaries)

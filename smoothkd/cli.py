@@ -12,6 +12,8 @@ app = typer.Typer(help="Distil LLMs with soft labels and ship only faithful stud
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 data_app = typer.Typer(help="Corpus and dataset commands.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+teacher_app = typer.Typer(help="Teacher commands.", no_args_is_help=True)
+app.add_typer(teacher_app, name="teacher")
 
 DEFAULT_CONFIG = Path("configs/demo.yaml")
 
@@ -106,6 +108,56 @@ def data_generate(
     manifest = generate_corpus(out, seed=seed, n_instruction=n_instruction, n_cnndm=n_cnndm, n_xsum=n_xsum)
     counts = ", ".join(f"{k}={v}" for k, v in manifest["counts"].items())
     typer.echo(f"wrote {out} ({counts})")
+
+
+@data_app.command("validate")
+def data_validate(config: ConfigArg, set_: SetOpt = None) -> None:
+    """Validate every split of CONFIG (Great Expectations): table, Data Docs path, exit 1 on failure."""
+    cfg = _load(config, set_)
+    from rich.console import Console
+
+    from smoothkd.stages import prepare_data
+    from smoothkd.validation.report import validation_table
+    from smoothkd.validation.validate import validate_dataset
+
+    try:
+        report = validate_dataset(cfg, prepare_data(cfg))
+    except Exception as exc:  # a known input problem gets one line; anything else keeps its traceback
+        message = _user_error(exc)
+        if message is None:
+            raise
+        _fail(message)
+    console = Console()
+    console.print(validation_table(report))
+    console.print(f"Data Docs: {report.docs_index}", highlight=False)
+    console.print(report.message(), style="red" if report.failures else "green", highlight=False)
+    raise typer.Exit(1 if report.failures else 0)
+
+
+@teacher_app.command("check")
+def teacher_check(config: ConfigArg, set_: SetOpt = None) -> None:
+    """Run only the teacher calibration gate for CONFIG: metrics table and verdict (exit 1 on reject)."""
+    cfg = _load(config, set_)
+    from rich.console import Console
+
+    from smoothkd.calibration.gate import calibrate_teacher, calibration_table
+    from smoothkd.stages import output_root, prepare_data, prepare_teacher, prepare_tokenizer
+
+    try:
+        data_dir = prepare_data(cfg)
+        teacher = prepare_teacher(cfg, data_dir, prepare_tokenizer(cfg, data_dir))
+        out_dir = output_root(cfg) / "calibration" / Path(teacher.path).name
+        report = calibrate_teacher(cfg, data_dir, teacher.path, out_dir)
+    except Exception as exc:  # a known input problem gets one line; anything else keeps its traceback
+        message = _user_error(exc)
+        if message is None:
+            raise
+        _fail(message)
+    console = Console(soft_wrap=True)  # the path and the verdict stay one line each, whatever the width
+    console.print(calibration_table(report))
+    console.print(f"reliability diagram: {report.diagram}")
+    console.print(report.message(), style="green" if report.passed else "red", highlight=False)
+    raise typer.Exit(0 if report.passed else 1)
 
 
 def main() -> None:

@@ -10,10 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from smoothkd.data.schema import DOLLY_CATEGORIES
 
 
 class ConfigError(ValueError):
@@ -59,6 +61,46 @@ class DataConfig(_Section):
     validation_fraction: float = Field(default=0.05, ge=0, lt=1)
 
 
+Severity = Literal["stop", "warn"]
+
+
+class ValidationSeverity(_Section):
+    """What a failed data-validation check does: `stop` the run before anything trains, or `warn`."""
+
+    columns: Severity = "stop"
+    not_null: Severity = "stop"
+    not_empty: Severity = "stop"
+    max_chars: Severity = "stop"
+    allowed_values: Severity = "stop"
+    unique_id: Severity = "stop"
+    # The embedded corpus repeats its context-free questions on purpose (~8% of its rows).
+    duplicate_rows: Severity = "warn"
+    truncation: Severity = "stop"
+    reference_shorter: Severity = "stop"
+    leakage_exact: Severity = "stop"
+    leakage_near: Severity = "stop"
+
+
+class ValidationConfig(_Section):
+    """Data validation (Great Expectations) run on every split before anything trains.
+
+    `severity` says which failed checks stop the run and which only warn. Rates are fractions of a split's
+    rows. Token counts use the run's tokenizer against the strictest of the teacher's and the student's
+    `max_length`/`max_prompt_length`.
+    """
+
+    max_instruction_chars: int = Field(default=20_000, gt=0)
+    max_source_chars: int = Field(default=200_000, gt=0)  # context, article, document
+    max_reference_chars: int = Field(default=30_000, gt=0)  # response, highlights, summary
+    max_truncation_rate: float = Field(default=0.02, ge=0, le=1)
+    max_duplicate_rate: float = Field(default=0.10, ge=0, le=1)
+    categories: list[str] = Field(default_factory=lambda: list(DOLLY_CATEGORIES))
+    max_reference_ratio: float = Field(default=1.0, gt=0)  # reference chars / source chars, strictly below
+    leakage_ngram: int = Field(default=8, gt=0)
+    max_leakage_overlap: float = Field(default=0.8, ge=0, le=1)  # share of a source's n-grams in one context
+    severity: ValidationSeverity = Field(default_factory=ValidationSeverity)
+
+
 class TinyModelConfig(_Section):
     """Shape of a Llama-architecture model built from scratch (used when `name_or_path` is unset)."""
 
@@ -84,6 +126,8 @@ class TrainConfig(_Section):
     max_grad_norm: float = Field(default=1.0, gt=0)
     seed: int = 10
     log_every: int = Field(default=10, gt=0)
+    checkpoint_every: int | None = Field(default=None, gt=0)
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
 
 
 class ModelConfig(_Section):
@@ -105,6 +149,26 @@ class StudentConfig(ModelConfig):
     train: TrainConfig = Field(default_factory=TrainConfig)
 
 
+class DistillConfig(_Section):
+    """Knowledge distillation: one KD student per α next to the SFT baseline (α = 0).
+
+    Loss = (1 − α)·NLL + α·KD, α the direct weight of the KD term (the paper's code rescales its ratio r to
+    r / (1 + r)). Teacher labels are the top-k log-probs at `temperature`, precomputed once (`mode: stored`)
+    or computed by a teacher forward in the training loop (`mode: online`, full vocabulary).
+    """
+
+    alphas: list[Annotated[float, Field(gt=0, le=1)]] = Field(default_factory=lambda: [0.1, 1.0])
+    divergence: Literal["forward_kl", "reverse_kl", "jsd"] = "forward_kl"
+    jsd_beta: float = Field(default=0.5, gt=0, lt=1)
+    temperature: float = Field(default=1.0, gt=0)
+    mode: Literal["stored", "online"] = "stored"
+    top_k: int = Field(default=16, gt=0)
+    encoding: Literal["compact", "exact"] = "compact"
+    shard_size: int = Field(default=512, gt=0)
+    precompute_batch_size: int = Field(default=16, gt=0)
+    chunk_tokens: int = Field(default=1024, gt=0)
+
+
 class TokenizerConfig(_Section):
     """Tokenizer for tiny models built from scratch; hub models bring their own."""
 
@@ -118,6 +182,28 @@ class EvalConfig(_Section):
     batch_size: int = Field(default=16, gt=0)
     max_new_tokens: int = Field(default=64, gt=0)
     use_stemmer: bool = False
+
+
+class CalibrationConfig(_Section):
+    """Teacher calibration gate, judged on the held-out instruction split before any soft label is made.
+
+    The teacher is measured at `temperature` (the distillation temperature) and rejected when a metric
+    exceeds its maximum. `fit_temperature: true` instead fits T by NLL on half the split and judges the
+    other half at T. `logit_scale` multiplies the teacher's logits before anything else: a test and
+    diagnostic knob (e.g. 3.0 makes a calibrated teacher overconfident); leave it at 1.0 for real runs.
+    """
+
+    max_ece: float = Field(default=0.1, ge=0)
+    max_nll: float | None = Field(default=None, gt=0)
+    max_overconfidence: float | None = None
+    n_bins: int = Field(default=15, gt=0)
+    temperature: float = Field(default=1.0, gt=0)
+    max_examples: int | None = Field(default=1000, gt=0)
+    max_tokens: int | None = Field(default=100_000, gt=0)
+    batch_size: int = Field(default=16, gt=0)
+    fit_temperature: bool = False
+    fit_max_tokens: int = Field(default=8192, gt=0)  # full logits are cached for the fit: tokens × vocab
+    logit_scale: float = Field(default=1.0, gt=0)
 
 
 class TrackingConfig(_Section):
@@ -134,10 +220,13 @@ class RunConfig(_Section):
     output_dir: str = ".smoothkd"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     data: DataConfig = Field(default_factory=DataConfig)
+    validation: ValidationConfig = Field(default_factory=ValidationConfig)
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
     student: StudentConfig = Field(default_factory=StudentConfig)
+    distill: DistillConfig = Field(default_factory=DistillConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     def fingerprint(self, *sections: str) -> str:

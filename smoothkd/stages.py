@@ -159,18 +159,30 @@ class ModelArtifact:
         return asdict(self)
 
 
-def _finetune(cfg: RunConfig, model_cfg: ModelConfig, train_cfg: TrainConfig, role: str, tokenizer_ref,
-              data_dir, out: Path) -> ModelArtifact:
+def _train_examples(tokenizer, data_dir, train_cfg: TrainConfig) -> list[dict]:
     from smoothkd.data.tokenize import encode_instruction_rows
-    from smoothkd.distill.trainer import train_sft
+
+    return encode_instruction_rows(tokenizer, read_split(data_dir, "train"), train_cfg.max_length,
+                                   train_cfg.max_prompt_length)
+
+
+def _finetune(cfg: RunConfig, model_cfg: ModelConfig, train_cfg: TrainConfig, role: str, tokenizer_ref,
+              data_dir, out: Path, alpha: float = 0.0, label_store=None, teacher=None,
+              temperature: float | None = None, work_key: str = "") -> ModelArtifact:
+    from smoothkd.distill.trainer import finetune
     from smoothkd.modeling.models import count_parameters
 
     tokenizer = _tokenizer_for(cfg, tokenizer_ref, model_cfg)
     init_key = _digest(str(tokenizer_ref), model_cfg.model_dump_json(), str(train_cfg.seed))
     model = _initial_model(model_cfg, tokenizer, output_root(cfg) / "init" / init_key, train_cfg.seed)
-    examples = encode_instruction_rows(tokenizer, read_split(data_dir, "train"), train_cfg.max_length,
-                                       train_cfg.max_prompt_length)
-    result = train_sft(model, tokenizer, examples, train_cfg, out, device=cfg.device)
+    distill = cfg.distill.model_copy(update={"temperature": temperature or cfg.distill.temperature})
+    # Checkpoints are keyed by everything that shapes the run, so rerunning an interrupted one resumes it.
+    work_dir = output_root(cfg) / "checkpoints" / _digest(
+        role, init_key, dataset_key(data_dir), train_cfg.model_dump_json(), str(alpha),
+        distill.model_dump_json() if alpha else "", work_key)
+    result = finetune(model, tokenizer, _train_examples(tokenizer, data_dir, train_cfg), train_cfg, out,
+                      device=cfg.device, alpha=alpha, distill=distill, label_store=label_store,
+                      teacher=teacher, work_dir=work_dir)
     artifact = ModelArtifact(
         path=str(out), role=role, parameters=count_parameters(model), train_steps=result.steps,
         train_seconds=result.seconds, train_tokens_per_second=result.tokens_per_second,
@@ -196,11 +208,71 @@ def prepare_teacher(cfg: RunConfig, data_dir: str | Path, tokenizer_ref: str | P
     return _finetune(cfg, t, t.train, "teacher", tokenizer_ref, data_dir, out)
 
 
+def check_tokenizers_agree(teacher_tokenizer, student_tokenizer) -> None:
+    """Soft labels index the teacher's vocabulary: the student's must be the same token for token."""
+    from smoothkd.errors import TokenizerMismatchError
+
+    t_vocab, s_vocab = teacher_tokenizer.get_vocab(), student_tokenizer.get_vocab()
+    if t_vocab != s_vocab:
+        differing = sorted(set(t_vocab.items()) ^ set(s_vocab.items()))[:3]
+        raise TokenizerMismatchError(
+            f"teacher and student tokenizers differ ({len(t_vocab)} vs {len(s_vocab)} tokens; e.g. "
+            f"{differing}); KD needs one shared vocabulary: pick a student of the teacher's family")
+
+
+def teacher_labels(cfg: RunConfig, data_dir: str | Path, tokenizer_ref: str | Path, teacher_path: str,
+                   temperature: float | None = None, progress: bool = True):
+    """Precompute (or reuse) the teacher's top-k labels on the training split; returns PrecomputeResult."""
+    from smoothkd.distill.labels import LabelSpec, directory_identity, precompute_labels
+    from smoothkd.modeling.models import load_causal_lm, resolve_device
+
+    d = cfg.distill
+    tokenizer = _tokenizer_for(cfg, tokenizer_ref)
+    check_tokenizers_agree(tokenizer, _tokenizer_for(cfg, cfg.student.name_or_path or tokenizer_ref,
+                                                     cfg.student))
+    spec = LabelSpec(top_k=d.top_k, temperature=temperature or d.temperature, encoding=d.encoding,
+                     shard_size=d.shard_size)
+    identity = {
+        "teacher": directory_identity(teacher_path, ("*.safetensors", "config.json")),
+        "tokenizer": directory_identity(tokenizer_ref, ("tokenizer.json", "tokenizer_config.json")),
+    }
+    model = load_causal_lm(teacher_path, cfg.teacher).to(resolve_device(cfg.device))
+    examples = _train_examples(tokenizer, data_dir, cfg.student.train)
+    return precompute_labels(model, examples, output_root(cfg) / "labels", spec, identity,
+                             tokenizer.pad_token_id, d.precompute_batch_size, progress)
+
+
+def label_store_summary(path: str | Path) -> dict:
+    """Mean captured top-k mass and size figures of a label store (for tracking and benches)."""
+    from smoothkd.distill.labels import LabelStore
+
+    store = LabelStore(path)
+    _, _, tail = store.all_tokens()
+    manifest = store.manifest
+    return {"topk_mass": float(1.0 - tail.exp().mean()), "bytes_per_token": manifest["bytes_per_token"],
+            "tokens": manifest["tokens"], "top_k": manifest["top_k"], "key": manifest["key"]}
+
+
+def student_name(alpha: float) -> str:
+    return "sft" if alpha == 0 else f"kd_a{alpha:g}"
+
+
 def train_student(cfg: RunConfig, data_dir: str | Path, tokenizer_ref: str | Path, run_dir: str | Path,
-                  name: str = "sft") -> ModelArtifact:
-    """Finetune the student on the instruction split (the SFT baseline)."""
+                  alpha: float = 0.0, labels_dir: str | None = None, teacher_path: str | None = None,
+                  temperature: float | None = None) -> ModelArtifact:
+    """Finetune one student: the SFT baseline (α = 0) or a KD student on stored or online teacher labels."""
+    from smoothkd.distill.labels import LabelStore
+    from smoothkd.modeling.models import load_causal_lm
+
+    store = teacher = None
+    if alpha > 0 and cfg.distill.mode == "online":
+        teacher = load_causal_lm(teacher_path, cfg.teacher)
+    elif alpha > 0:
+        store = LabelStore(labels_dir)
+    name = student_name(alpha)
     return _finetune(cfg, cfg.student, cfg.student.train, f"student_{name}", tokenizer_ref, data_dir,
-                     Path(run_dir) / f"student_{name}")
+                     Path(run_dir) / f"student_{name}", alpha=alpha, label_store=store, teacher=teacher,
+                     temperature=temperature, work_key=str(labels_dir or teacher_path or ""))
 
 
 # ---- evaluation ----

@@ -9,8 +9,8 @@ from smoothkd.report import build_results
 
 
 @step(experiment_tracker=True)
-def report(config: dict, teacher_summary: dict, student_summary: dict) -> Annotated[dict, "results"]:
+def report(config: dict, teacher_summary: dict, student_summaries: list[dict]) -> Annotated[dict, "results"]:
     """Collect per-model metrics into one results record."""
-    results = build_results([teacher_summary, student_summary])
+    results = build_results([teacher_summary, *student_summaries])
     mlflow.log_dict(results, "results.json")
     return results

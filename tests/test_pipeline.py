@@ -29,7 +29,7 @@ def tiny_run(tmp_path_factory):
 def test_pipeline_runs_and_reports_every_model(tiny_run):
     cfg, results = tiny_run
     roles = [m["role"] for m in results["models"]]
-    assert roles == ["teacher", "student_sft"]
+    assert roles == ["teacher", "student_sft", "student_kd_a0.5"]
     for model in results["models"]:
         expected = {f"{s}/{m}" for s in ("cnndm", "xsum") for m in ("rougeL", "rougeLsum")}
         assert set(model["metrics"]) == expected

@@ -1,7 +1,10 @@
-"""Finetuning on response tokens with the HF Trainer: the SFT baseline and the teacher's SFT.
+"""Finetuning on response tokens with the HF Trainer: teacher SFT, the SFT baseline and KD students.
 
-`DistillTrainer` overrides `compute_loss` only (TRL-style): the loss is the mean NLL over response tokens
-of the whole accumulated batch, so gradient accumulation and data-parallel ranks weigh every token alike.
+`DistillTrainer` overrides `compute_loss` only (TRL-style). The loss is (1 − α)·NLL + α·KD summed over
+response tokens and divided by the token count of the whole accumulated batch, so gradient accumulation
+and data-parallel ranks weigh every token alike. α = 0 takes the plain NLL path: exactly SFT.
+With α > 0 the loss runs over response positions in chunks, each recomputed in the backward pass
+(activation checkpointing), so fp32 log-probs exist for one chunk at a time, never for the whole batch.
 """
 
 from __future__ import annotations
@@ -14,15 +17,15 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from smoothkd.config import TrainConfig
+from smoothkd.config import DistillConfig, TrainConfig
 from smoothkd.data.tokenize import IGNORE_INDEX, CausalLMCollator
+from smoothkd.distill.labels import LabelStore
+from smoothkd.distill.losses import dense_kd_loss, mixed_loss, sparse_kd_loss
+from smoothkd.errors import NonFiniteLossError
 from smoothkd.io import atomic_dir
-
-
-class NonFiniteLossError(RuntimeError):
-    """Training produced a NaN/Inf loss."""
 
 
 def response_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -34,15 +37,69 @@ def response_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tens
     return total, (targets != IGNORE_INDEX).sum()
 
 
+@dataclass
+class DistillCollator(CausalLMCollator):
+    """CausalLMCollator plus the stored teacher labels of the batch's response tokens, in row-major order."""
+
+    store: LabelStore | None = None
+
+    def __call__(self, features):
+        batch = super().__call__(features)
+        if self.store is not None:
+            parts = [self.store.example(f["label_index"]) for f in features]
+            ids, logp, tail = (torch.cat(x) for x in zip(*parts, strict=True))
+            batch.update(kd_ids=ids, kd_logp=logp, kd_tail=tail)
+        return batch
+
+
 class DistillTrainer(Trainer):
-    """HF Trainer computing response-token NLL (α = 0: plain SFT)."""
+    """HF Trainer computing (1 − α)·NLL + α·KD on response tokens; α = 0 is plain SFT."""
 
     loss_is_scaled_for_ga = True
+
+    def __init__(self, *args, distill: DistillConfig | None = None, alpha: float = 0.0, teacher=None,
+                 **kwargs):
+        super().__init__(*args, **kwargs)
+        self.distill, self.alpha, self.teacher = distill or DistillConfig(), alpha, teacher
+        if self.teacher is not None:
+            self.teacher.eval().requires_grad_(False)
+
+    def _kd_sums(self, logits, inputs, mask):
+        """(NLL sum, KD sum) over response tokens, chunk by chunk with recomputation in backward."""
+        d = self.distill
+        flat = logits[:, :-1][mask]
+        targets = inputs["labels"][:, 1:][mask]
+        if self.teacher is not None:
+            with torch.no_grad():
+                teacher_logits = self.teacher(input_ids=inputs["input_ids"],
+                                              attention_mask=inputs["attention_mask"]).logits[:, :-1][mask]
+
+        def chunk_loss(start: int, student):
+            end = start + student.shape[0]
+            nll = F.cross_entropy(student.float(), targets[start:end], reduction="sum")
+            if self.teacher is not None:
+                kd = dense_kd_loss(student, teacher_logits[start:end], d.temperature, d.divergence,
+                                   d.jsd_beta)
+            else:
+                kd = sparse_kd_loss(student, inputs["kd_ids"][start:end], inputs["kd_logp"][start:end],
+                                    inputs["kd_tail"][start:end], d.temperature, d.divergence, d.jsd_beta)
+            return nll, kd
+
+        nll_sum = kd_sum = flat.new_zeros((), dtype=torch.float32)
+        for start in range(0, flat.shape[0], d.chunk_tokens):
+            piece = flat[start:start + d.chunk_tokens]
+            nll, kd = checkpoint(chunk_loss, start, piece, use_reentrant=False)
+            nll_sum, kd_sum = nll_sum + nll, kd_sum + kd
+        return nll_sum, kd_sum, mask.sum()
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs["labels"]
         outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
-        total, count = response_nll(outputs.logits, labels)
+        if self.alpha == 0.0:
+            total, count = response_nll(outputs.logits, labels)
+        else:
+            nll_sum, kd_sum, count = self._kd_sums(outputs.logits, inputs, labels[:, 1:] != IGNORE_INDEX)
+            total = mixed_loss(nll_sum, kd_sum, self.alpha)
         if num_items_in_batch is None:
             loss = total / count.clamp(min=1)
         else:
@@ -52,15 +109,6 @@ class DistillTrainer(Trainer):
         if not torch.isfinite(loss):
             raise NonFiniteLossError(f"non-finite loss {loss.item()} at step {self.state.global_step + 1}")
         return (loss, outputs) if return_outputs else loss
-
-
-class _LossHistory(TrainerCallback):
-    def __init__(self) -> None:
-        self.points: list[tuple[int, float]] = []
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs and "loss" in logs:
-            self.points.append((state.global_step, float(logs["loss"])))
 
 
 @dataclass
@@ -74,6 +122,14 @@ class TrainResult:
     @property
     def tokens_per_second(self) -> float:
         return self.train_tokens / self.seconds if self.seconds else math.nan
+
+
+def _precision(cfg: TrainConfig, device: str) -> dict[str, bool]:
+    """bf16/fp16 autocast flags: `auto` is bf16 on a CUDA device that supports it, full precision else."""
+    on_cuda = device != "cpu" and torch.cuda.is_available()
+    if cfg.mixed_precision == "auto":
+        return {"bf16": on_cuda and torch.cuda.is_bf16_supported()}
+    return {"bf16": cfg.mixed_precision == "bf16", "fp16": cfg.mixed_precision == "fp16"}
 
 
 def training_arguments(cfg: TrainConfig, output_dir: str | Path, device: str = "auto") -> TrainingArguments:
@@ -92,7 +148,10 @@ def training_arguments(cfg: TrainConfig, output_dir: str | Path, device: str = "
         seed=cfg.seed,
         data_seed=cfg.seed,
         logging_steps=cfg.log_every,
-        save_strategy="no",
+        save_strategy="steps" if cfg.checkpoint_every else "no",
+        save_steps=cfg.checkpoint_every or 500,
+        save_total_limit=2,
+        **_precision(cfg, device),
         report_to="none",
         remove_unused_columns=False,
         dataloader_num_workers=0,
@@ -101,21 +160,36 @@ def training_arguments(cfg: TrainConfig, output_dir: str | Path, device: str = "
     )
 
 
-def train_sft(model, tokenizer, examples: list[dict], cfg: TrainConfig, output_dir: str | Path,
-              device: str = "auto") -> TrainResult:
-    """Finetune `model` on encoded examples, then save weights and tokenizer atomically to `output_dir`."""
+def finetune(model, tokenizer, examples: list[dict], cfg: TrainConfig, output_dir: str | Path,
+             device: str = "auto", alpha: float = 0.0, distill: DistillConfig | None = None,
+             label_store: LabelStore | None = None, teacher=None, work_dir: str | Path | None = None,
+             callbacks: list[TrainerCallback] | None = None) -> TrainResult:
+    """Finetune `model` on encoded examples, then save weights and tokenizer atomically to `output_dir`.
+
+    α > 0 needs either `label_store` (stored teacher labels, one entry per example, in order) or `teacher`
+    (online mode). Checkpoints go to `work_dir` every `cfg.checkpoint_every` steps; when it already holds
+    one, training resumes from it. `work_dir` is removed once the model is saved.
+    """
+    if alpha > 0 and label_store is None and teacher is None:
+        raise ValueError("alpha > 0 needs stored teacher labels or an online teacher")
+    if label_store is not None and len(label_store) != len(examples):
+        raise ValueError(f"label store holds {len(label_store)} examples, training set {len(examples)}")
     output_dir = Path(output_dir)
-    history = _LossHistory()
-    work_dir = output_dir.parent / f".{output_dir.name}.work"
+    work_dir = Path(work_dir) if work_dir else output_dir.parent / f".{output_dir.name}.work"
+    store = label_store if alpha > 0 and teacher is None else None
     trainer = DistillTrainer(
         model=model,
         args=training_arguments(cfg, work_dir, device),
-        train_dataset=examples,
-        data_collator=CausalLMCollator(tokenizer.pad_token_id),
-        callbacks=[history],
+        train_dataset=[{**e, "label_index": i} for i, e in enumerate(examples)],
+        data_collator=DistillCollator(tokenizer.pad_token_id, store),
+        callbacks=callbacks,
+        distill=distill,
+        alpha=alpha,
+        teacher=teacher.to(model.device) if teacher is not None else None,
     )
+    resume = any(work_dir.glob("checkpoint-*"))
     start = time.perf_counter()
-    state = trainer.train()
+    state = trainer.train(resume_from_checkpoint=True if resume else None)
     seconds = time.perf_counter() - start
     with atomic_dir(output_dir) as tmp:
         trainer.model.save_pretrained(tmp)
@@ -125,7 +199,8 @@ def train_sft(model, tokenizer, examples: list[dict], cfg: TrainConfig, output_d
     epochs_seen = state.metrics.get("epoch", cfg.epochs)
     return TrainResult(
         output_dir=str(output_dir),
-        loss_history=history.points,
+        # The trainer state survives a resume, so this is the whole curve even after an interruption.
+        loss_history=[(h["step"], float(h["loss"])) for h in trainer.state.log_history if "loss" in h],
         steps=state.global_step,
         seconds=seconds,
         train_tokens=int(tokens_per_epoch * epochs_seen),

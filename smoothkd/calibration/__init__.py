@@ -1,0 +1,1 @@
+"""Teacher calibration: streamed metrics (ECE, adaptive ECE, Brier, NLL), reliability diagram, the gate."""

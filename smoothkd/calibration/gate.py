@@ -1,0 +1,175 @@
+"""The teacher calibration gate: measure the teacher on held-out response tokens, compare with thresholds.
+
+A teacher whose confidence outruns its accuracy hands that overconfidence to the student through its soft
+labels, so the run stops here, before any label is made, unless the configured remedy (temperature
+scaling) brings it within the thresholds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from smoothkd.calibration.metrics import CalibrationAccumulator, CalibrationMetrics
+from smoothkd.calibration.plot import reliability_diagram
+from smoothkd.calibration.temperature import fit_temperature
+from smoothkd.config import CalibrationConfig, ConfigError, RunConfig
+from smoothkd.data.tokenize import IGNORE_INDEX, CausalLMCollator, encode_instruction_rows
+from smoothkd.io import atomic_dir, write_json
+
+GATE_NAME = "teacher_calibration"
+
+
+@dataclass
+class GateCheck:
+    """One metric against its maximum."""
+
+    name: str
+    value: float
+    threshold: float
+
+    @property
+    def passed(self) -> bool:
+        return self.value <= self.threshold
+
+    def describe(self) -> str:
+        return f"{self.name} {self.value:.4f} {'<=' if self.passed else '>'} max {self.threshold:.4f}"
+
+
+@dataclass
+class CalibrationReport:
+    """The gate's verdict, the metrics it judged, and the temperature label precompute should use."""
+
+    metrics: CalibrationMetrics
+    checks: list[GateCheck]
+    temperature: float
+    fitted: bool
+    diagram: str
+    before: CalibrationMetrics | None = None  # at the configured temperature, when one was fitted
+
+    @property
+    def passed(self) -> bool:
+        return all(check.passed for check in self.checks)
+
+    @property
+    def verdict(self) -> str:
+        return "pass" if self.passed else "reject"
+
+    def message(self) -> str:
+        """One line: verdict, then each metric against its threshold."""
+        state = "passed" if self.passed else "rejected the teacher"
+        fitted = " fitted" if self.fitted else ""
+        checks = "; ".join(check.describe() for check in self.checks)
+        return (f"calibration gate {state} ({self.metrics.n_tokens} held-out tokens,{fitted} temperature "
+                f"{self.temperature:.3g}): {checks}")
+
+    def to_dict(self) -> dict:
+        return {"verdict": self.verdict, "temperature": self.temperature, "fitted": self.fitted,
+                "diagram": self.diagram, "metrics": asdict(self.metrics),
+                "before": asdict(self.before) if self.before else None,
+                "checks": [{**asdict(c), "passed": c.passed} for c in self.checks]}
+
+
+def gate_checks(metrics: CalibrationMetrics, cfg: CalibrationConfig) -> list[GateCheck]:
+    """The configured thresholds applied to `metrics` (unset optional thresholds are skipped)."""
+    limits = {"ece": cfg.max_ece, "nll": cfg.max_nll, "overconfidence": cfg.max_overconfidence}
+    return [GateCheck(name, getattr(metrics, name), limit) for name, limit in limits.items()
+            if limit is not None]
+
+
+def response_logit_batches(model, examples: list[dict], pad_token_id: int, batch_size: int,
+                           max_tokens: int | None = None, logit_scale: float = 1.0
+                           ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield (logits, next-token targets) for the response tokens of each batch, at most `max_tokens`."""
+    collate = CausalLMCollator(pad_token_id)
+    device = next(model.parameters()).device
+    seen = 0
+    for start in range(0, len(examples), batch_size):
+        batch = collate(examples[start:start + batch_size])
+        with torch.no_grad():  # not inference_mode: fitting T backpropagates through these
+            logits = model(input_ids=batch["input_ids"].to(device),
+                           attention_mask=batch["attention_mask"].to(device)).logits[:, :-1]
+        targets = batch["labels"][:, 1:].to(device)
+        keep = targets != IGNORE_INDEX
+        logits, targets = logits[keep], targets[keep]
+        if max_tokens is not None:
+            logits, targets = logits[: max_tokens - seen], targets[: max_tokens - seen]
+        seen += targets.numel()
+        yield (logits * logit_scale if logit_scale != 1.0 else logits), targets
+        if max_tokens is not None and seen >= max_tokens:
+            return
+
+
+def calibrate_teacher(cfg: RunConfig, data_dir: str | Path, teacher_dir: str | Path, out_dir: str | Path
+                      ) -> CalibrationReport:
+    """Measure the teacher on the held-out instruction split, draw the diagram, and judge it.
+
+    With `calibration.fit_temperature`, the split is cut in two (alternate rows): T is fitted on one half
+    and the gate judges the other half at T.
+    """
+    from smoothkd.modeling.models import load_causal_lm, resolve_device
+    from smoothkd.modeling.tokenizer import load_tokenizer
+    from smoothkd.stages import read_split
+
+    c, t = cfg.calibration, cfg.teacher
+    rows = read_split(data_dir, "validation")[: c.max_examples]
+    if len(rows) < (2 if c.fit_temperature else 1):
+        raise ConfigError(f"calibration: the held-out split has {len(rows)} rows; raise "
+                          "data.validation_fraction")
+    tokenizer = load_tokenizer(str(cfg.tokenizer.name_or_path or teacher_dir),
+                               revision=t.revision if t.name_or_path else None,
+                               trust_remote_code=t.trust_remote_code)
+    model = load_causal_lm(teacher_dir, t).to(resolve_device(cfg.device)).eval()
+    examples = encode_instruction_rows(tokenizer, rows, t.train.max_length, t.train.max_prompt_length)
+
+    def batches(part: list[dict], max_tokens: int | None):
+        return response_logit_batches(model, part, tokenizer.pad_token_id, c.batch_size, max_tokens,
+                                      c.logit_scale)
+
+    configured = CalibrationAccumulator(c.n_bins, c.temperature)
+    before = None
+    if c.fit_temperature:
+        fit_part, check_part = examples[0::2], examples[1::2]
+        fit_logits, fit_targets = zip(*batches(fit_part, c.fit_max_tokens), strict=True)
+        temperature = fit_temperature(torch.cat(fit_logits), torch.cat(fit_targets))
+        fitted = CalibrationAccumulator(c.n_bins, temperature)
+        for logits, targets in batches(check_part, c.max_tokens):
+            configured.update(logits, targets)
+            fitted.update(logits, targets)
+        before, metrics = configured.compute(), fitted.compute()
+    else:
+        temperature = c.temperature
+        for logits, targets in batches(examples, c.max_tokens):
+            configured.update(logits, targets)
+        metrics = configured.compute()
+    report = CalibrationReport(metrics=metrics, checks=gate_checks(metrics, c), temperature=temperature,
+                               fitted=c.fit_temperature, diagram=str(Path(out_dir) / "reliability.png"),
+                               before=before)
+    # Written as one directory, so a rerun into the same place leaves no stale picture behind.
+    with atomic_dir(out_dir) as tmp:
+        reliability_diagram(metrics, tmp / "reliability.png", "teacher calibration (held-out)")
+        if before is not None:
+            reliability_diagram(before, tmp / "reliability_before_fit.png", "teacher before temperature fit")
+        write_json(tmp / "calibration.json", report.to_dict())
+    return report
+
+
+def calibration_table(report: CalibrationReport):
+    """A rich Table: each metric, its maximum when the gate checks it, and the verdict per check."""
+    from rich.table import Table
+
+    limits = {check.name: check for check in report.checks}
+    table = Table(title=f"teacher calibration (held-out response tokens, T={report.temperature:.3g})")
+    columns = ["metric", *(["before fit"] if report.before else []), "value", "max", "check"]
+    for i, column in enumerate(columns):
+        table.add_column(column, justify="left" if i == 0 else "right")
+    before = report.before.scalars() if report.before else None
+    for name, value in report.metrics.scalars().items():
+        check = limits.get(name)
+        cells = [f"{before[name]:.4g}"] if before else []
+        verdict = "" if check is None else ("[green]ok[/]" if check.passed else "[red]FAIL[/]")
+        table.add_row(name, *cells, f"{value:.4g}", f"{check.threshold:.4g}" if check else "", verdict)
+    return table

@@ -1,0 +1,239 @@
+"""Teacher soft labels, precomputed once and stored compactly.
+
+For every response token the store keeps the teacher's top-k log-probabilities (at the distillation
+temperature), their token ids and nothing else: the tail bucket log(1 − Σ p_topk) is implied by the
+stored values and recomputed on load, after the values are decoded, so the k + 1 outcomes always form
+a proper distribution.
+
+Encodings:
+- `compact` (default): ids in the fewest bytes the vocabulary allows (uint8/uint16/uint32), log-probs
+  quantised to uint8 in steps of 1/16 nat (down to −15.9 nats). k = 16 with a 32k–64k vocabulary costs
+  48 bytes/token.
+- `exact`: int32 ids and float32 log-probs, for tests against dense references.
+
+Layout of a store directory `<root>/<key>/`: `shard-00000.npz`, ... (each written atomically), a
+`progress.json` updated after each shard (so an interrupted precompute resumes from its last complete
+shard) and `manifest.json` written last. The key hashes teacher, tokenizer, data, k, temperature and
+encoding: the same inputs find the same directory and no teacher forward pass runs again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from smoothkd.data.tokenize import IGNORE_INDEX, CausalLMCollator
+from smoothkd.distill.losses import log1mexp
+from smoothkd.errors import CorruptLabelStoreError
+from smoothkd.io import atomic_write_text, read_json, sha256_file, write_json
+
+LOGP_STEP = 1.0 / 16.0
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class LabelSpec:
+    top_k: int = 16
+    temperature: float = 1.0
+    encoding: str = "compact"
+    shard_size: int = 512
+
+
+def id_dtype(vocab_size: int) -> np.dtype:
+    """The narrowest unsigned dtype that holds every token id."""
+    for dtype in (np.uint8, np.uint16, np.uint32):
+        if vocab_size - 1 <= np.iinfo(dtype).max:
+            return np.dtype(dtype)
+    raise ValueError(f"vocab of {vocab_size} does not fit uint32")
+
+
+def bytes_per_token(spec: LabelSpec, vocab_size: int) -> int:
+    if spec.encoding == "exact":
+        return spec.top_k * 8
+    return spec.top_k * (id_dtype(vocab_size).itemsize + 1)
+
+
+def _encode(ids: torch.Tensor, logp: torch.Tensor, spec: LabelSpec, vocab_size: int
+            ) -> dict[str, np.ndarray]:
+    if spec.encoding == "exact":
+        return {"ids": ids.numpy().astype(np.int32), "logp": logp.numpy().astype(np.float32)}
+    quantised = torch.clamp(torch.round(-logp / LOGP_STEP), 0, 255).to(torch.uint8)
+    return {"ids": ids.numpy().astype(id_dtype(vocab_size)), "logp": quantised.numpy()}
+
+
+def _decode(ids: np.ndarray, logp: np.ndarray, complete: bool
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    values = torch.from_numpy(logp.astype(np.float32))
+    if logp.dtype == np.uint8:
+        values = -values * LOGP_STEP
+    if complete:  # top-k spans the whole vocabulary: there is no tail
+        return torch.from_numpy(ids.astype(np.int64)), values, torch.full(values.shape[:-1], float("-inf"))
+    tail = log1mexp(torch.logsumexp(values, dim=-1))
+    # Quantisation can push Σp above 1 by a hair: renormalise the k + 1 outcomes jointly.
+    norm = torch.logaddexp(torch.logsumexp(values, dim=-1), tail).clamp(min=0.0)
+    return torch.from_numpy(ids.astype(np.int64)), values - norm.unsqueeze(-1), tail - norm
+
+
+def content_hash(*parts: object) -> str:
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(json.dumps(part, sort_keys=True, default=str).encode())
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def directory_identity(path: str | Path, patterns: tuple[str, ...]) -> str:
+    """sha256 over the matching files of a local model/tokenizer dir; the id itself for a hub name."""
+    path = Path(path)
+    if not path.is_dir():
+        return f"hub:{path}"
+    files = sorted(p for pattern in patterns for p in path.glob(pattern))
+    return content_hash([(p.name, sha256_file(p)) for p in files])
+
+
+def examples_hash(examples: list[dict]) -> str:
+    return content_hash([(e["input_ids"], e["labels"]) for e in examples])
+
+
+def response_count(example: dict) -> int:
+    """Number of next-token targets (response tokens) in an encoded example."""
+    return sum(1 for label in example["labels"][1:] if label != IGNORE_INDEX)
+
+
+class LabelStore:
+    """Read side: verifies every shard's checksum, then serves per-example label tensors."""
+
+    def __init__(self, path: str | Path, verify: bool = True):
+        self.path = Path(path)
+        manifest_file = self.path / "manifest.json"
+        if not manifest_file.exists():
+            raise CorruptLabelStoreError(f"label store {self.path} has no manifest (incomplete precompute)")
+        self.manifest = read_json(manifest_file)
+        if verify:
+            self.verify()
+        ids, logp, lengths = [], [], []
+        for shard in self.manifest["shards"]:
+            with np.load(self.path / shard["file"]) as data:
+                ids.append(data["ids"])
+                logp.append(data["logp"])
+                lengths.append(data["lengths"])
+        self.lengths = np.concatenate(lengths)
+        self.offsets = np.concatenate([[0], np.cumsum(self.lengths)])
+        self._ids, self._logp = np.concatenate(ids), np.concatenate(logp)
+        self.complete = self.manifest["top_k"] >= self.manifest["vocab_size"]
+
+    def verify(self) -> None:
+        """Raise CorruptLabelStoreError naming the first shard whose bytes differ from the manifest."""
+        for shard in self.manifest["shards"]:
+            file = self.path / shard["file"]
+            if not file.exists():
+                raise CorruptLabelStoreError(f"label shard missing: {file}")
+            if sha256_file(file) != shard["sha256"]:
+                raise CorruptLabelStoreError(
+                    f"label shard corrupted (sha256 mismatch): {file}; delete it and rerun to recompute it")
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def example(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(ids [n, k], teacher log-probs [n, k], tail log-prob [n]) for example `index`."""
+        lo, hi = self.offsets[index], self.offsets[index + 1]
+        return _decode(self._ids[lo:hi], self._logp[lo:hi], self.complete)
+
+    def all_tokens(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return _decode(self._ids, self._logp, self.complete)
+
+
+@dataclass
+class PrecomputeResult:
+    path: str
+    key: str
+    teacher_forward_passes: int
+    seconds: float
+    tokens: int
+    bytes_per_token: float
+    reused: bool
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@torch.inference_mode()
+def _teacher_topk(model, batch: dict[str, torch.Tensor], spec: LabelSpec
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    device = next(model.parameters()).device
+    logits = model(input_ids=batch["input_ids"].to(device),
+                   attention_mask=batch["attention_mask"].to(device)).logits
+    mask = (batch["labels"][:, 1:] != IGNORE_INDEX).to(device)
+    selected = logits[:, :-1][mask].float() / spec.temperature
+    logp = torch.log_softmax(selected, dim=-1)
+    values, ids = logp.topk(spec.top_k, dim=-1)
+    return ids.cpu(), values.cpu()
+
+
+def precompute_labels(model, examples: list[dict], root: str | Path, spec: LabelSpec, identity: dict,
+                      pad_token_id: int, batch_size: int = 16, progress: bool = True) -> PrecomputeResult:
+    """Run the teacher once over `examples` and store its top-k labels (reused when already stored).
+
+    `identity` names what determines the labels (teacher, tokenizer); the examples' own hash is added.
+    """
+    vocab_size = model.config.vocab_size
+    if spec.top_k > vocab_size:
+        raise ValueError(f"distill.top_k={spec.top_k} exceeds the teacher vocabulary ({vocab_size})")
+    key = content_hash(FORMAT_VERSION, identity, examples_hash(examples), spec.__dict__)[:20]
+    out = Path(root) / key
+    total_tokens = sum(response_count(e) for e in examples)
+    per_token = bytes_per_token(spec, vocab_size)
+    if (out / "manifest.json").exists():
+        LabelStore(out)  # verifies checksums: a corrupted shard is named, never silently used
+        return PrecomputeResult(str(out), key, 0, 0.0, total_tokens, per_token, reused=True)
+
+    out.mkdir(parents=True, exist_ok=True)
+    progress_file = out / "progress.json"
+    done: dict[str, str] = read_json(progress_file) if progress_file.exists() else {}
+    collate = CausalLMCollator(pad_token_id)
+    model.eval()
+    passes, start = 0, time.perf_counter()
+    n_shards = (len(examples) + spec.shard_size - 1) // spec.shard_size
+    shards = []
+    for s in tqdm(range(n_shards), desc="teacher labels", unit="shard", disable=not progress):
+        name = f"shard-{s:05d}.npz"
+        file = out / name
+        if name in done and file.exists() and sha256_file(file) == done[name]:
+            shards.append({"file": name, "sha256": done[name]})
+            continue
+        chunk = examples[s * spec.shard_size:(s + 1) * spec.shard_size]
+        ids, logp = [], []
+        for b in range(0, len(chunk), batch_size):
+            batch_ids, batch_logp = _teacher_topk(model, collate(chunk[b:b + batch_size]), spec)
+            passes += 1
+            ids.append(batch_ids)
+            logp.append(batch_logp)
+        arrays = _encode(torch.cat(ids), torch.cat(logp), spec, vocab_size)
+        arrays["lengths"] = np.array([response_count(e) for e in chunk], dtype=np.int32)
+        tmp = out / f".{name}.tmp"
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+        tmp.replace(file)
+        done[name] = sha256_file(file)
+        write_json(progress_file, done)
+        shards.append({"file": name, "sha256": done[name]})
+    seconds = time.perf_counter() - start
+    manifest = {
+        "format_version": FORMAT_VERSION, "key": key, "identity": identity,
+        "data_hash": examples_hash(examples),
+        "top_k": spec.top_k, "temperature": spec.temperature, "encoding": spec.encoding,
+        "logp_step": LOGP_STEP if spec.encoding == "compact" else None, "vocab_size": vocab_size,
+        "examples": len(examples), "tokens": total_tokens, "bytes_per_token": per_token,
+        "precompute_seconds": seconds, "shards": shards,
+    }
+    atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    progress_file.unlink(missing_ok=True)
+    return PrecomputeResult(str(out), key, passes, seconds, total_tokens, per_token, reused=False)

@@ -1,0 +1,100 @@
+"""KD losses on response tokens, comparing teacher and student on the same support.
+
+The teacher is given either densely (log-probs over the whole vocabulary, online mode) or sparsely
+(stored top-k log-probs, their token ids and a tail bucket log(1 − Σ p_topk)). In the sparse case the
+student is reduced to the same k + 1 outcomes: its own probabilities at those k ids plus its remaining
+mass. Renormalising only the teacher while the student stays full-vocabulary is a known silent bug; here
+both sides are proper distributions over one support.
+
+Temperature T divides teacher and student logits alike and the divergence is scaled by T² so gradient
+magnitudes stay comparable across temperatures. Divergences (per token, summed over the support):
+
+- `forward_kl`: KL(p‖q) — the paper's loss; it equals the soft cross-entropy −Σ p log q up to the
+  teacher's entropy, a constant for the student, so gradients are identical.
+- `reverse_kl`: KL(q‖p).
+- `jsd`: generalised Jensen–Shannon with weight β: β·KL(p‖m) + (1−β)·KL(q‖m), m = β·p + (1−β)·q.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+Divergence = Literal["forward_kl", "reverse_kl", "jsd"]
+
+
+def _kl(log_a: torch.Tensor, log_b: torch.Tensor) -> torch.Tensor:
+    """Σ a·(log a − log b) per row; outcomes where a = 0 contribute nothing (even if b = 0 too)."""
+    a = log_a.exp()
+    # Mask the inputs, not the product: −inf − −inf would put NaN into the backward pass.
+    present = a > 0
+    zero = torch.zeros_like(log_a)
+    return (a * (torch.where(present, log_a, zero) - torch.where(present, log_b, zero))).sum(-1)
+
+
+def divergence(teacher_logp: torch.Tensor, student_logp: torch.Tensor, kind: Divergence = "forward_kl",
+               beta: float = 0.5) -> torch.Tensor:
+    """Per-row divergence between two distributions given as log-probs over the same support."""
+    if kind == "forward_kl":
+        return _kl(teacher_logp, student_logp)
+    if kind == "reverse_kl":
+        return _kl(student_logp, teacher_logp)
+    if kind == "jsd":
+        if not 0.0 < beta < 1.0:
+            raise ValueError(f"jsd beta must be in (0, 1), got {beta}")
+        log_m = torch.logaddexp(teacher_logp + torch.log(torch.tensor(beta)),
+                                student_logp + torch.log(torch.tensor(1.0 - beta)))
+        return beta * _kl(teacher_logp, log_m) + (1.0 - beta) * _kl(student_logp, log_m)
+    raise ValueError(f"unknown divergence {kind!r}")
+
+
+def log1mexp(x: torch.Tensor) -> torch.Tensor:
+    """log(1 − exp(x)) for x ≤ 0, stable at both ends.
+
+    x is capped just below 0 so the result (a tail bucket's log-mass) stays finite with a finite gradient;
+    a support that covers the whole vocabulary has no tail and does not call this.
+    """
+    x = x.clamp(max=-1e-7)
+    return torch.where(x > -0.6931, torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
+
+
+def student_on_support(student_logits: torch.Tensor, ids: torch.Tensor, temperature: float = 1.0
+                       ) -> torch.Tensor:
+    """Student log-probs at the teacher's top-k ids plus its tail bucket: [N, k + 1]."""
+    logp = torch.log_softmax(student_logits.float() / temperature, dim=-1)
+    top = logp.gather(-1, ids)
+    if ids.shape[-1] >= student_logits.shape[-1]:
+        tail = torch.full_like(top[..., :1], float("-inf"))
+    else:
+        tail = log1mexp(torch.logsumexp(top, dim=-1, keepdim=True))
+    return torch.cat([top, tail], dim=-1)
+
+
+def sparse_kd_loss(student_logits: torch.Tensor, ids: torch.Tensor, teacher_logp: torch.Tensor,
+                   teacher_tail: torch.Tensor, temperature: float = 1.0, kind: Divergence = "forward_kl",
+                   beta: float = 0.5) -> torch.Tensor:
+    """Summed divergence over N tokens against stored top-k teacher labels, scaled by T².
+
+    student_logits [N, V]; ids, teacher_logp [N, k] (teacher log-probs at temperature T); teacher_tail [N].
+    """
+    teacher = torch.cat([teacher_logp.float(), teacher_tail.float().unsqueeze(-1)], dim=-1)
+    student = student_on_support(student_logits, ids.long(), temperature)
+    return divergence(teacher, student, kind, beta).sum() * temperature**2
+
+
+def dense_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0,
+                  kind: Divergence = "forward_kl", beta: float = 0.5) -> torch.Tensor:
+    """Summed divergence over N tokens against full teacher logits (online mode), scaled by T²."""
+    teacher = torch.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    student = torch.log_softmax(student_logits.float() / temperature, dim=-1)
+    return divergence(teacher, student, kind, beta).sum() * temperature**2
+
+
+def mixed_loss(nll_sum: torch.Tensor, kd_sum: torch.Tensor, alpha: float) -> torch.Tensor:
+    """(1 − α)·NLL + α·KD. α is the direct weight of the KD term.
+
+    The paper's released code takes a ratio r and trains with r / (1 + r); its "α = 0.1, 1, 10" therefore
+    correspond to our α ≈ 0.091, 0.5, 0.909.
+    """
+    return (1.0 - alpha) * nll_sum + alpha * kd_sum

@@ -1,0 +1,5 @@
+"""Data validation with Great Expectations 1.x: every split is checked before anything trains.
+
+`validate.validate_dataset` (imports GX, ~4 s) runs the suites of `suites.py` over a prepared dataset and
+builds a Data Docs site; `report` holds the outcome and `DataValidationError` without importing GX.
+"""

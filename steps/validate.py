@@ -1,0 +1,29 @@
+"""Validation step: every split checked with Great Expectations before the tokenizer, teacher or students."""
+
+from typing import Annotated
+
+from zenml import get_step_context, log_metadata, step
+from zenml.logger import get_logger
+
+from smoothkd.config import RunConfig
+from smoothkd.stages import output_root
+from smoothkd.validation.report import log_to_mlflow
+from smoothkd.validation.validate import validate_dataset
+
+logger = get_logger(__name__)
+
+
+@step(experiment_tracker=True)
+def validate_data(config: dict, dataset_dir: str) -> Annotated[str, "validated_dataset_dir"]:
+    """Validate the dataset, record the verdict and Data Docs, and stop the run on a stopping failure."""
+    cfg = RunConfig.model_validate(config)
+    docs_dir = output_root(cfg) / "data_docs" / get_step_context().pipeline_run.name
+    report = validate_dataset(cfg, dataset_dir, docs_dir)
+    # Recorded before raising, so a failed run still carries its verdict and Data Docs.
+    log_to_mlflow(report)
+    log_metadata(metadata=report.metadata())
+    logger.info("Data Docs: %s", report.docs_index)
+    if report.warnings:
+        logger.warning(report.message())
+    report.raise_for_failures()
+    return dataset_dir

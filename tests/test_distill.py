@@ -1,0 +1,213 @@
+"""Soft-label store and KD training: exactness, reuse, integrity, resume, guards."""
+
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+from smoothkd.config import DistillConfig, TinyModelConfig, TrainConfig
+from smoothkd.data.corpus import generate_corpus, read_jsonl
+from smoothkd.data.prompts import build_prompt, response_text
+from smoothkd.data.tokenize import encode_instruction_rows
+from smoothkd.distill.labels import LabelSpec, LabelStore, precompute_labels
+from smoothkd.distill.trainer import (
+    DistillCollator,
+    DistillTrainer,
+    finetune,
+    response_nll,
+    training_arguments,
+)
+from smoothkd.errors import CorruptLabelStoreError, NonFiniteLossError, TokenizerMismatchError
+from smoothkd.modeling.models import build_tiny_llama, load_causal_lm
+from smoothkd.modeling.tokenizer import load_tokenizer, train_bpe_tokenizer
+
+VOCAB = 300
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("kd")
+    generate_corpus(root / "corpus", seed=5, n_instruction=60, n_cnndm=4, n_xsum=4)
+    rows = read_jsonl(root / "corpus/instruction.jsonl")
+    texts = [build_prompt(r["instruction"], r["context"], r["category"]) + response_text(r["response"])
+             for r in rows]
+    tokenizer = load_tokenizer(str(train_bpe_tokenizer(texts, root / "tok", vocab_size=VOCAB)))
+    teacher = build_tiny_llama(tokenizer, TinyModelConfig(hidden_size=32, num_hidden_layers=1,
+                                                          num_attention_heads=2, intermediate_size=64),
+                               root / "teacher", seed=1)
+    student = build_tiny_llama(tokenizer, TinyModelConfig(hidden_size=16, num_hidden_layers=1,
+                                                          num_attention_heads=2, intermediate_size=32),
+                               root / "student", seed=2)
+    examples = encode_instruction_rows(tokenizer, rows[:24], max_length=128, max_prompt_length=96)
+    return {"root": root, "tokenizer": tokenizer, "teacher": teacher, "student": student,
+            "examples": examples}
+
+
+def store_for(world, tmp_path, **spec):
+    spec = {"top_k": VOCAB, "encoding": "exact", "shard_size": 8, **spec}
+    model = load_causal_lm(world["teacher"])
+    return precompute_labels(model, world["examples"], tmp_path / "labels", LabelSpec(**spec),
+                             {"teacher": "t"}, world["tokenizer"].pad_token_id, batch_size=4,
+                             progress=False)
+
+
+def batch_loss(world, alpha, store=None, teacher=None, chunk_tokens=1024, tmp_path=None):
+    """(loss, grads) of one batch through DistillTrainer.compute_loss."""
+    student = load_causal_lm(world["student"])
+    trainer = DistillTrainer(
+        model=student, args=training_arguments(TrainConfig(batch_size=8), tmp_path / "w", "cpu"),
+        distill=DistillConfig(chunk_tokens=chunk_tokens), alpha=alpha, teacher=teacher,
+        data_collator=DistillCollator(world["tokenizer"].pad_token_id, store))
+    features = [{**e, "label_index": i} for i, e in enumerate(world["examples"][:8])]
+    batch = trainer.data_collator(features)
+    loss = trainer.compute_loss(student, batch)
+    loss.backward()
+    return loss.item(), [p.grad.clone() for p in student.parameters()], batch
+
+
+def test_stored_full_vocab_labels_equal_the_online_teacher(world, tmp_path):
+    result = store_for(world, tmp_path)
+    store = LabelStore(result.path)
+    stored, grads_stored, _ = batch_loss(world, 0.5, store=store, tmp_path=tmp_path)
+    online, grads_online, _ = batch_loss(world, 0.5, teacher=load_causal_lm(world["teacher"]),
+                                         tmp_path=tmp_path)
+    assert stored == pytest.approx(online, abs=1e-5)
+    for a, b in zip(grads_stored, grads_online, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_alpha_zero_is_exactly_sft(world, tmp_path):
+    loss, _, batch = batch_loss(world, 0.0, tmp_path=tmp_path)
+    student = load_causal_lm(world["student"])
+    total, count = response_nll(student(input_ids=batch["input_ids"],
+                                        attention_mask=batch["attention_mask"]).logits, batch["labels"])
+    assert loss == (total / count).item()
+
+
+def test_chunking_changes_neither_loss_nor_gradients(world, tmp_path):
+    store = LabelStore(store_for(world, tmp_path, top_k=8, encoding="compact").path)
+    whole, grads_whole, _ = batch_loss(world, 0.1, store=store, chunk_tokens=100_000, tmp_path=tmp_path)
+    chunked, grads_chunked, _ = batch_loss(world, 0.1, store=store, chunk_tokens=7, tmp_path=tmp_path)
+    assert chunked == pytest.approx(whole, rel=1e-6)
+    for a, b in zip(grads_whole, grads_chunked, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_compact_store_is_small_and_reconstructs_a_distribution(world, tmp_path):
+    result = store_for(world, tmp_path, top_k=8, encoding="compact")
+    assert result.bytes_per_token == 8 * 3  # uint16 ids (vocab 300) + uint8 log-probs
+    ids, logp, tail = LabelStore(result.path).all_tokens()
+    assert ids.shape == (result.tokens, 8) and (ids < VOCAB).all()
+    total = torch.cat([logp, tail.unsqueeze(-1)], -1).exp().sum(-1)
+    torch.testing.assert_close(total, torch.ones_like(total), atol=1e-5, rtol=0)
+
+
+def test_unchanged_inputs_reuse_labels_without_teacher_passes(world, tmp_path):
+    first = store_for(world, tmp_path)
+    again = store_for(world, tmp_path)
+    assert first.teacher_forward_passes == 6 and not first.reused  # 24 examples, batches of 4
+    assert again.teacher_forward_passes == 0 and again.reused and again.path == first.path
+    other = store_for(world, tmp_path, temperature=2.0)
+    assert other.path != first.path and other.teacher_forward_passes == 6
+
+
+def test_flipped_byte_is_reported_by_shard_name(world, tmp_path):
+    result = store_for(world, tmp_path)
+    shard = sorted((tmp_path / "labels").rglob("shard-00001.npz"))[0]
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    with pytest.raises(CorruptLabelStoreError, match="shard-00001.npz"):
+        LabelStore(result.path)
+    with pytest.raises(CorruptLabelStoreError, match="shard-00001.npz"):
+        store_for(world, tmp_path)
+
+
+def test_interrupted_precompute_resumes_from_last_complete_shard(world, tmp_path):
+    result = store_for(world, tmp_path)
+    path = tmp_path / "labels" / result.key
+    reference = {p.name: p.read_bytes() for p in path.glob("shard-*.npz")}
+    # What an interruption during shard 2 leaves: shards 0-1 and their progress record, no manifest.
+    manifest = json.loads((path / "manifest.json").read_text())
+    (path / "manifest.json").unlink()
+    (path / "shard-00002.npz").unlink()
+    (path / "progress.json").write_text(json.dumps({s["file"]: s["sha256"] for s in manifest["shards"][:2]}))
+    resumed = store_for(world, tmp_path)
+    assert resumed.teacher_forward_passes == 2  # only shard 2: 8 examples, batches of 4
+    assert {p.name: p.read_bytes() for p in path.glob("shard-*.npz")} == reference
+
+
+def test_mismatched_tokenizers_fail_before_any_compute(world, tmp_path):
+    from smoothkd.stages import check_tokenizers_agree
+
+    rows = read_jsonl(world["root"] / "corpus/instruction.jsonl")
+    other = load_tokenizer(str(train_bpe_tokenizer((r["response"] for r in rows), tmp_path / "t2", 280)))
+    with pytest.raises(TokenizerMismatchError, match="300 vs 280 tokens"):
+        check_tokenizers_agree(world["tokenizer"], other)
+    check_tokenizers_agree(world["tokenizer"], load_tokenizer(str(world["teacher"])))
+
+
+def test_non_finite_loss_stops_training_with_the_step(world, tmp_path):
+    model = load_causal_lm(world["student"])
+    with torch.no_grad():
+        model.get_input_embeddings().weight[5] = float("nan")  # poison one token so step 1 sees it
+    cfg = TrainConfig(max_steps=3, batch_size=24, learning_rate=1e-3)
+    examples = [{**e, "input_ids": [5, *e["input_ids"][1:]]} for e in world["examples"]]
+    with pytest.raises(NonFiniteLossError, match="at step 1"):
+        finetune(model, world["tokenizer"], examples, cfg, tmp_path / "out", device="cpu")
+    assert not (tmp_path / "out").exists()
+
+
+KILL_SCRIPT = textwrap.dedent("""
+    import os, signal, sys
+    from transformers import TrainerCallback
+    from smoothkd.config import DistillConfig, TrainConfig
+    from smoothkd.data.corpus import read_jsonl
+    from smoothkd.data.tokenize import encode_instruction_rows
+    from smoothkd.distill.labels import LabelStore
+    from smoothkd.distill.trainer import finetune
+    from smoothkd.modeling.models import load_causal_lm
+    from smoothkd.modeling.tokenizer import load_tokenizer
+
+    root, store, out, kill_at = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+
+    class KillAfterCheckpoint(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            if state.global_step == kill_at:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    tok = load_tokenizer(root + "/tok")
+    rows = read_jsonl(root + "/corpus/instruction.jsonl")[:24]
+    examples = encode_instruction_rows(tok, rows, max_length=128, max_prompt_length=96)
+    cfg = TrainConfig(max_steps=12, batch_size=4, learning_rate=3e-3, checkpoint_every=4, log_every=1)
+    finetune(load_causal_lm(root + "/student"), tok, examples, cfg, out, device="cpu", alpha=0.5,
+             distill=DistillConfig(), label_store=LabelStore(store), work_dir=out + ".work",
+             callbacks=[KillAfterCheckpoint()] if kill_at else None)
+""")
+
+
+def test_sigkill_after_checkpoint_then_rerun_equals_uninterrupted_run(world, tmp_path):
+    from safetensors.torch import load_file
+
+    store = store_for(world, tmp_path, top_k=16, encoding="compact").path
+    script = tmp_path / "train.py"
+    script.write_text(KILL_SCRIPT)
+
+    def run(out, kill_at):
+        argv = [sys.executable, str(script), str(world["root"]), store, str(out), str(kill_at)]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=300)
+
+    killed = run(tmp_path / "a", 8)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert not (tmp_path / "a").exists() and (tmp_path / "a.work/checkpoint-8").exists()
+    resumed = run(tmp_path / "a", 0)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert run(tmp_path / "b", 0).returncode == 0
+    wa, wb = load_file(tmp_path / "a/model.safetensors"), load_file(tmp_path / "b/model.safetensors")
+    for name in wa:
+        assert np.allclose(wa[name].numpy(), wb[name].numpy(), atol=1e-6, rtol=0), name
