@@ -187,17 +187,18 @@ class EvalConfig(_Section):
 class CalibrationConfig(_Section):
     """Teacher calibration gate, judged on the held-out instruction split before any soft label is made.
 
-    The teacher is measured at `temperature` (the distillation temperature) and rejected when a metric
-    exceeds its maximum. `fit_temperature: true` instead fits T by NLL on half the split and judges the
-    other half at T. `logit_scale` multiplies the teacher's logits before anything else: a test and
-    diagnostic knob (e.g. 3.0 makes a calibrated teacher overconfident); leave it at 1.0 for real runs.
+    The teacher is measured at `distill.temperature` (one knob, so the gate judges exactly the
+    distribution the soft labels will carry) and rejected when a metric exceeds its maximum.
+    `fit_temperature: true` instead fits T by NLL on half the split, judges the other half at T, and hands
+    T to label precompute in place of `distill.temperature`. `logit_scale` multiplies the teacher's logits
+    before anything else: a test and diagnostic knob (e.g. 3.0 makes a calibrated teacher
+    overconfident); leave it at 1.0 for real runs.
     """
 
     max_ece: float = Field(default=0.1, ge=0)
     max_nll: float | None = Field(default=None, gt=0)
     max_overconfidence: float | None = None
     n_bins: int = Field(default=15, gt=0)
-    temperature: float = Field(default=1.0, gt=0)
     max_examples: int | None = Field(default=1000, gt=0)
     max_tokens: int | None = Field(default=100_000, gt=0)
     batch_size: int = Field(default=16, gt=0)

@@ -185,3 +185,9 @@ def test_fitted_temperature_rescues_an_overconfident_teacher(rejected_run, out_d
     result = _check(out_dir, OVERCONFIDENT, "calibration.fit_temperature=true")
     assert result.exit_code == 0, result.output
     assert "before fit" in result.output and "fitted temperature" in result.output
+
+
+def test_gate_measures_at_the_distillation_temperature(rejected_run, out_dir):
+    result = _check(out_dir, OVERCONFIDENT, "distill.temperature=30")
+    assert result.exit_code == 0, result.output
+    assert "temperature 30" in result.output

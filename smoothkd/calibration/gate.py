@@ -107,8 +107,8 @@ def calibrate_teacher(cfg: RunConfig, data_dir: str | Path, teacher_dir: str | P
                       ) -> CalibrationReport:
     """Measure the teacher on the held-out instruction split, draw the diagram, and judge it.
 
-    With `calibration.fit_temperature`, the split is cut in two (alternate rows): T is fitted on one half
-    and the gate judges the other half at T.
+    The teacher is judged at `distill.temperature`; with `calibration.fit_temperature`, the split is cut in
+    two (alternate rows): T is fitted on one half and the gate judges the other half at T.
     """
     from smoothkd.modeling.models import load_causal_lm, resolve_device
     from smoothkd.modeling.tokenizer import load_tokenizer
@@ -129,7 +129,7 @@ def calibrate_teacher(cfg: RunConfig, data_dir: str | Path, teacher_dir: str | P
         return response_logit_batches(model, part, tokenizer.pad_token_id, c.batch_size, max_tokens,
                                       c.logit_scale)
 
-    configured = CalibrationAccumulator(c.n_bins, c.temperature)
+    configured = CalibrationAccumulator(c.n_bins, cfg.distill.temperature)
     before = None
     if c.fit_temperature:
         fit_part, check_part = examples[0::2], examples[1::2]
@@ -141,7 +141,7 @@ def calibrate_teacher(cfg: RunConfig, data_dir: str | Path, teacher_dir: str | P
             fitted.update(logits, targets)
         before, metrics = configured.compute(), fitted.compute()
     else:
-        temperature = c.temperature
+        temperature = cfg.distill.temperature
         for logits, targets in batches(examples, c.max_tokens):
             configured.update(logits, targets)
         metrics = configured.compute()

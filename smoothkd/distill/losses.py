@@ -59,12 +59,10 @@ def log1mexp(x: torch.Tensor) -> torch.Tensor:
     return torch.where(x > -0.6931, torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
 
 
-def student_on_support(student_logits: torch.Tensor, ids: torch.Tensor, temperature: float = 1.0
-                       ) -> torch.Tensor:
-    """Student log-probs at the teacher's top-k ids plus its tail bucket: [N, k + 1]."""
-    logp = torch.log_softmax(student_logits.float() / temperature, dim=-1)
-    top = logp.gather(-1, ids)
-    if ids.shape[-1] >= student_logits.shape[-1]:
+def student_on_support(student_logp: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Full-vocabulary student log-probs reduced to the teacher's top-k ids + a tail bucket: [N, k + 1]."""
+    top = student_logp.gather(-1, ids)
+    if ids.shape[-1] >= student_logp.shape[-1]:
         tail = torch.full_like(top[..., :1], float("-inf"))
     else:
         tail = log1mexp(torch.logsumexp(top, dim=-1, keepdim=True))
@@ -73,21 +71,26 @@ def student_on_support(student_logits: torch.Tensor, ids: torch.Tensor, temperat
 
 def sparse_kd_loss(student_logits: torch.Tensor, ids: torch.Tensor, teacher_logp: torch.Tensor,
                    teacher_tail: torch.Tensor, temperature: float = 1.0, kind: Divergence = "forward_kl",
-                   beta: float = 0.5) -> torch.Tensor:
+                   beta: float = 0.5, student_logp: torch.Tensor | None = None) -> torch.Tensor:
     """Summed divergence over N tokens against stored top-k teacher labels, scaled by T².
 
     student_logits [N, V]; ids, teacher_logp [N, k] (teacher log-probs at temperature T); teacher_tail [N].
+    `student_logp` may pass log_softmax(student_logits / T) when the caller already has it.
     """
+    if student_logp is None:
+        student_logp = torch.log_softmax(student_logits.float() / temperature, dim=-1)
     teacher = torch.cat([teacher_logp.float(), teacher_tail.float().unsqueeze(-1)], dim=-1)
-    student = student_on_support(student_logits, ids.long(), temperature)
+    student = student_on_support(student_logp, ids.long())
     return divergence(teacher, student, kind, beta).sum() * temperature**2
 
 
 def dense_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0,
-                  kind: Divergence = "forward_kl", beta: float = 0.5) -> torch.Tensor:
+                  kind: Divergence = "forward_kl", beta: float = 0.5, student_logp: torch.Tensor | None = None
+                  ) -> torch.Tensor:
     """Summed divergence over N tokens against full teacher logits (online mode), scaled by T²."""
     teacher = torch.log_softmax(teacher_logits.float() / temperature, dim=-1)
-    student = torch.log_softmax(student_logits.float() / temperature, dim=-1)
+    student = student_logp if student_logp is not None else torch.log_softmax(
+        student_logits.float() / temperature, dim=-1)
     return divergence(teacher, student, kind, beta).sum() * temperature**2
 
 

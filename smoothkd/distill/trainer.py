@@ -29,12 +29,13 @@ from smoothkd.io import atomic_dir
 
 
 def response_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed next-token NLL over positions whose label is not IGNORE_INDEX, and their count."""
-    logits = logits[:, :-1].float()
-    targets = labels[:, 1:]
-    total = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1),
-                            ignore_index=IGNORE_INDEX, reduction="sum")
-    return total, (targets != IGNORE_INDEX).sum()
+    """Summed next-token NLL over positions whose label is not IGNORE_INDEX, and their count.
+
+    Only response positions reach the log-softmax: prompt positions would cost vocab-sized work for nothing.
+    """
+    mask = labels[:, 1:] != IGNORE_INDEX
+    total = F.cross_entropy(logits[:, :-1][mask].float(), labels[:, 1:][mask], reduction="sum")
+    return total, mask.sum()
 
 
 @dataclass
@@ -76,13 +77,17 @@ class DistillTrainer(Trainer):
 
         def chunk_loss(start: int, student):
             end = start + student.shape[0]
-            nll = F.cross_entropy(student.float(), targets[start:end], reduction="sum")
+            logp = torch.log_softmax(student.float(), dim=-1)
+            nll = -logp.gather(-1, targets[start:end].unsqueeze(-1)).sum()
+            # At T = 1 the KD term reuses the NLL's log-softmax instead of computing it again.
+            logp_t = logp if d.temperature == 1.0 else None
             if self.teacher is not None:
                 kd = dense_kd_loss(student, teacher_logits[start:end], d.temperature, d.divergence,
-                                   d.jsd_beta)
+                                   d.jsd_beta, student_logp=logp_t)
             else:
                 kd = sparse_kd_loss(student, inputs["kd_ids"][start:end], inputs["kd_logp"][start:end],
-                                    inputs["kd_tail"][start:end], d.temperature, d.divergence, d.jsd_beta)
+                                    inputs["kd_tail"][start:end], d.temperature, d.divergence, d.jsd_beta,
+                                    student_logp=logp_t)
             return nll, kd
 
         nll_sum = kd_sum = flat.new_zeros((), dtype=torch.float32)

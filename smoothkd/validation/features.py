@@ -37,8 +37,7 @@ _WORD = re.compile(r"\w+")
 
 @dataclass(frozen=True)
 class TokenCounter:
-    """Counts tokens the way training encodes a row: BOS (when the tokenizer has one) + prompt,
-    then response + EOS."""
+    """Token counts as training encodes a row: BOS (if the tokenizer has one) + prompt, response + EOS."""
 
     count: Callable[[list[str]], list[int]]
     bos: int
