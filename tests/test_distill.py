@@ -211,3 +211,45 @@ def test_sigkill_after_checkpoint_then_rerun_equals_uninterrupted_run(world, tmp
     wa, wb = load_file(tmp_path / "a/model.safetensors"), load_file(tmp_path / "b/model.safetensors")
     for name in wa:
         assert np.allclose(wa[name].numpy(), wb[name].numpy(), atol=1e-6, rtol=0), name
+
+
+DDP_SCRIPT = textwrap.dedent("""
+    import json, os, sys
+    from smoothkd.config import DistillConfig, TrainConfig
+    from smoothkd.data.corpus import read_jsonl
+    from smoothkd.data.tokenize import encode_instruction_rows
+    from smoothkd.distill.labels import LabelStore
+    from smoothkd.distill.trainer import finetune
+    from smoothkd.modeling.models import load_causal_lm
+    from smoothkd.modeling.tokenizer import load_tokenizer
+
+    root, store, out, per_device = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+    tok = load_tokenizer(root + "/tok")
+    rows = read_jsonl(root + "/corpus/instruction.jsonl")[:24]
+    examples = encode_instruction_rows(tok, rows, max_length=128, max_prompt_length=96)
+    cfg = TrainConfig(max_steps=20, batch_size=per_device, learning_rate=3e-3, log_every=1)
+    result = finetune(load_causal_lm(root + "/student"), tok, examples, cfg, out, device="cpu", alpha=0.5,
+                      distill=DistillConfig(), label_store=LabelStore(store))
+    if int(os.environ.get("RANK", "0")) == 0:
+        json.dump(result.loss_history, open(out + ".json", "w"))
+""")
+
+
+def test_two_process_data_parallel_matches_single_process(world, tmp_path):
+    """torchrun with gloo on CPU: 2 processes × batch 4 equal 1 process × batch 8, step for step."""
+    store = store_for(world, tmp_path, top_k=16, encoding="compact").path
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP_SCRIPT)
+    args = [str(script), str(world["root"]), store]
+    single = subprocess.run([sys.executable, *args, str(tmp_path / "one"), "8"], capture_output=True,
+                            text=True, timeout=300)
+    assert single.returncode == 0, single.stderr[-2000:]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    double = subprocess.run([*launcher, *args, str(tmp_path / "two"), "4"], capture_output=True, text=True,
+                            timeout=600)
+    assert double.returncode == 0, double.stderr[-3000:]
+    one = json.loads((tmp_path / "one.json").read_text())
+    two = json.loads((tmp_path / "two.json").read_text())
+    assert [s for s, _ in one] == [s for s, _ in two] == list(range(1, 21))
+    for (_, a), (_, b) in zip(one, two, strict=True):
+        assert abs(a - b) < 1e-4, (one, two)

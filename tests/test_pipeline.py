@@ -55,6 +55,19 @@ def test_each_model_is_an_mlflow_run_with_params_loss_curve_and_metrics(tiny_run
     assert Path(cfg.output_dir).resolve().as_uri() in experiment.artifact_location
 
 
+def test_teacher_passes_the_calibration_gate_before_any_student(tiny_run):
+    cfg, results = tiny_run
+    client = mlflow.MlflowClient(tracking_uri(cfg))
+    experiment = client.get_experiment_by_name(cfg.tracking.experiment_name)
+    gate = client.search_runs([experiment.experiment_id],
+                              "attributes.run_name = 'check_teacher_calibration'")[0]
+    assert gate.data.tags["gate.verdict"] == "pass"
+    assert gate.data.params["distill_temperature"] == "1.0"
+    assert 0 <= gate.data.metrics["calibration/ece"] <= cfg.calibration.max_ece
+    assert {a.path for a in client.list_artifacts(gate.info.run_id, "calibration")} >= {
+        "calibration/reliability.png", "calibration/calibration.json"}
+
+
 def test_second_run_reuses_the_cached_teacher(tiny_run):
     from pipelines.runner import run_distill
 

@@ -53,6 +53,27 @@ class DistillCollator(CausalLMCollator):
         return batch
 
 
+class EpochPermutationSampler(torch.utils.data.Sampler):
+    """A seeded permutation per epoch, the same on every rank.
+
+    Data-parallel ranks then take consecutive per-device batches of one shared order, so N processes with
+    batch b see exactly the examples one process with batch N·b would: the runs agree step for step.
+    """
+
+    def __init__(self, size: int, seed: int):
+        self.size, self.seed, self.epoch = size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(torch.randperm(self.size, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.size
+
+
 class DistillTrainer(Trainer):
     """HF Trainer computing (1 − α)·NLL + α·KD on response tokens; α = 0 is plain SFT."""
 
@@ -64,6 +85,10 @@ class DistillTrainer(Trainer):
         self.distill, self.alpha, self.teacher = distill or DistillConfig(), alpha, teacher
         if self.teacher is not None:
             self.teacher.eval().requires_grad_(False)
+
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        return EpochPermutationSampler(len(dataset), self.args.data_seed or self.args.seed)
 
     def _kd_sums(self, logits, inputs, mask):
         """(NLL sum, KD sum) over response tokens, chunk by chunk with recomputation in backward."""
@@ -160,6 +185,7 @@ def training_arguments(cfg: TrainConfig, output_dir: str | Path, device: str = "
         report_to="none",
         remove_unused_columns=False,
         dataloader_num_workers=0,
+        ddp_find_unused_parameters=False,
         dataloader_pin_memory=torch.cuda.is_available() and device != "cpu",
         use_cpu=device == "cpu",
     )
