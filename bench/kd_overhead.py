@@ -60,7 +60,8 @@ def main() -> None:
                                          ("online", 0.5, None, load_causal_lm(teacher_dir).to(device))]:
         model = load_causal_lm(student_dir).to(device)
         trainer = DistillTrainer(model=model, args=args, distill=DistillConfig(), alpha=alpha,
-                                 teacher=teacher, data_collator=DistillCollator(tokenizer.pad_token_id, store_))
+                                 teacher=teacher,
+                                 data_collator=DistillCollator(tokenizer.pad_token_id, store_))
         batch = {k: v.to(device) for k, v in trainer.data_collator(features).items()}
         variants[name] = (make_step(trainer, model, batch), trainer, model, batch)
 
