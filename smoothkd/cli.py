@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -47,6 +48,18 @@ def _user_error(exc: BaseException) -> str | None:
     return None
 
 
+@contextlib.contextmanager
+def _one_line_errors():
+    """Report a known input problem as one line (exit 2); anything else keeps its traceback."""
+    try:
+        yield
+    except Exception as exc:
+        message = _user_error(exc)
+        if message is None:
+            raise
+        _fail(message)
+
+
 @app.command()
 def run(config: ConfigArg, set_: SetOpt = None) -> None:
     """Run the distill pipeline (ZenML, MLflow tracking) for CONFIG."""
@@ -56,13 +69,8 @@ def run(config: ConfigArg, set_: SetOpt = None) -> None:
     from pipelines.runner import run_distill
     from smoothkd.report import results_table
 
-    try:
+    with _one_line_errors():
         results = run_distill(cfg)
-    except Exception as exc:  # a known input problem gets one line; anything else keeps its traceback
-        message = _user_error(exc)
-        if message is None:
-            raise
-        _fail(message)
     console = Console()
     console.print(results_table(results))
     console.print(f"pipeline wall time: {results['pipeline_seconds']:.1f} s (run {results['run_name']})")
@@ -120,13 +128,8 @@ def data_validate(config: ConfigArg, set_: SetOpt = None) -> None:
     from smoothkd.validation.report import validation_table
     from smoothkd.validation.validate import validate_dataset
 
-    try:
+    with _one_line_errors():
         report = validate_dataset(cfg, prepare_data(cfg))
-    except Exception as exc:  # a known input problem gets one line; anything else keeps its traceback
-        message = _user_error(exc)
-        if message is None:
-            raise
-        _fail(message)
     console = Console()
     console.print(validation_table(report))
     console.print(f"Data Docs: {report.docs_index}", highlight=False)
@@ -143,16 +146,11 @@ def teacher_check(config: ConfigArg, set_: SetOpt = None) -> None:
     from smoothkd.calibration.gate import calibrate_teacher, calibration_table
     from smoothkd.stages import output_root, prepare_data, prepare_teacher, prepare_tokenizer
 
-    try:
+    with _one_line_errors():
         data_dir = prepare_data(cfg)
         teacher = prepare_teacher(cfg, data_dir, prepare_tokenizer(cfg, data_dir))
         out_dir = output_root(cfg) / "calibration" / Path(teacher.path).name
         report = calibrate_teacher(cfg, data_dir, teacher.path, out_dir)
-    except Exception as exc:  # a known input problem gets one line; anything else keeps its traceback
-        message = _user_error(exc)
-        if message is None:
-            raise
-        _fail(message)
     console = Console(soft_wrap=True)  # the path and the verdict stay one line each, whatever the width
     console.print(calibration_table(report))
     console.print(f"reliability diagram: {report.diagram}")
