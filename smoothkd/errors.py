@@ -1,8 +1,17 @@
-"""Input problems that the CLI reports as one line (exit code 2) instead of a traceback."""
+"""Input problems that the CLI reports as one line (exit code 2) instead of a traceback.
+
+Only the config is imported here: the CLI's error path and every module raising these stay cheap to load.
+"""
 
 from smoothkd.config import ConfigError
-from smoothkd.data.loaders import DataLoadError
-from smoothkd.validation.report import DataValidationError
+
+
+class DataLoadError(ValueError):
+    """A data problem, with a one-line message naming the dataset, file or column and the config key."""
+
+
+class DataValidationError(ValueError):
+    """A stopping data-validation failure; the one-line message names each failed expectation."""
 
 
 class TokenizerMismatchError(ValueError):

@@ -17,14 +17,11 @@ import datasets
 
 from smoothkd.config import SplitSource
 from smoothkd.data.schema import COLUMNS, HUB_DEFAULTS, SplitKind
+from smoothkd.errors import DataLoadError
 
 _BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 _FORMATS = "jsonl, json, parquet or csv"
 _MAX_REASON = 200
-
-
-class DataLoadError(ValueError):
-    """A data problem, with a one-line message naming the dataset, file or column and the config key."""
 
 
 def load_split(kind: SplitKind, source: SplitSource, embedded_dir: str | Path | None = None) -> list[dict]:

@@ -9,11 +9,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from smoothkd.errors import DataValidationError
+
 MAX_EXAMPLES = 3  # offending row ids quoted per failed expectation
-
-
-class DataValidationError(ValueError):
-    """A stopping data-validation failure; the one-line message names each failed expectation."""
 
 
 @dataclass
