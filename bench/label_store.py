@@ -19,9 +19,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from smoothkd.config import load_config  # noqa: E402
-from smoothkd.data.tokenize import IGNORE_INDEX, CausalLMCollator  # noqa: E402
+from smoothkd.data.tokenize import CausalLMCollator  # noqa: E402
 from smoothkd.distill.labels import LabelSpec, LabelStore, precompute_labels  # noqa: E402
-from smoothkd.modeling.models import load_causal_lm, resolve_device  # noqa: E402
+from smoothkd.modeling.models import load_causal_lm, resolve_device, response_logits  # noqa: E402
 from smoothkd.modeling.tokenizer import load_tokenizer  # noqa: E402
 from smoothkd.stages import _train_examples, prepare_data, prepare_teacher, prepare_tokenizer  # noqa: E402
 
@@ -33,9 +33,8 @@ BATCH = 16
 def full_teacher_logp(model, examples, pad_id):
     collate, rows = CausalLMCollator(pad_id), []
     for b in range(0, len(examples), BATCH):
-        batch = collate(examples[b:b + BATCH])
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        rows.append(torch.log_softmax(logits[:, :-1][batch["labels"][:, 1:] != IGNORE_INDEX].float(), -1))
+        logits, _ = response_logits(model, collate(examples[b:b + BATCH]))
+        rows.append(torch.log_softmax(logits.float(), -1))
     return torch.cat(rows)
 
 

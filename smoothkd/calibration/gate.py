@@ -17,8 +17,9 @@ from smoothkd.calibration.metrics import CalibrationAccumulator, CalibrationMetr
 from smoothkd.calibration.plot import reliability_diagram
 from smoothkd.calibration.temperature import fit_temperature
 from smoothkd.config import CalibrationConfig, ConfigError, RunConfig
-from smoothkd.data.tokenize import IGNORE_INDEX, CausalLMCollator, encode_instruction_rows
+from smoothkd.data.tokenize import CausalLMCollator, encode_instruction_rows
 from smoothkd.io import atomic_dir, write_json
+from smoothkd.modeling.models import response_logits
 
 GATE_NAME = "teacher_calibration"
 
@@ -85,16 +86,11 @@ def response_logit_batches(model, examples: list[dict], pad_token_id: int, batch
                            ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield (logits, next-token targets) for the response tokens of each batch, at most `max_tokens`."""
     collate = CausalLMCollator(pad_token_id)
-    device = next(model.parameters()).device
     seen = 0
     for start in range(0, len(examples), batch_size):
         batch = collate(examples[start:start + batch_size])
         with torch.no_grad():  # not inference_mode: fitting T backpropagates through these
-            logits = model(input_ids=batch["input_ids"].to(device),
-                           attention_mask=batch["attention_mask"].to(device)).logits[:, :-1]
-        targets = batch["labels"][:, 1:].to(device)
-        keep = targets != IGNORE_INDEX
-        logits, targets = logits[keep], targets[keep]
+            logits, targets = response_logits(model, batch)
         if max_tokens is not None:
             logits, targets = logits[: max_tokens - seen], targets[: max_tokens - seen]
         seen += targets.numel()

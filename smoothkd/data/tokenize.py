@@ -49,6 +49,15 @@ def encode_instruction_rows(tokenizer, rows: list[dict], max_length: int, max_pr
     ]
 
 
+def select_response(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Next-token logits at the response positions of a batch and their targets: [N, V], [N], row-major.
+
+    Position t predicts token t + 1, so logits drop the last position and labels the first.
+    """
+    mask = labels[:, 1:] != IGNORE_INDEX
+    return logits[:, :-1][mask], labels[:, 1:][mask]
+
+
 @dataclass
 class CausalLMCollator:
     """Right-pads a batch of encoded pairs; padded positions are masked in attention and loss."""

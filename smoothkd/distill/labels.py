@@ -33,6 +33,7 @@ from smoothkd.data.tokenize import IGNORE_INDEX, CausalLMCollator
 from smoothkd.distill.losses import log1mexp
 from smoothkd.errors import CorruptLabelStoreError
 from smoothkd.io import atomic_write_text, read_json, sha256_file, write_json
+from smoothkd.modeling.models import response_logits
 
 LOGP_STEP = 1.0 / 16.0
 FORMAT_VERSION = 1
@@ -168,12 +169,8 @@ class PrecomputeResult:
 @torch.inference_mode()
 def _teacher_topk(model, batch: dict[str, torch.Tensor], spec: LabelSpec
                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    device = next(model.parameters()).device
-    logits = model(input_ids=batch["input_ids"].to(device),
-                   attention_mask=batch["attention_mask"].to(device)).logits
-    mask = (batch["labels"][:, 1:] != IGNORE_INDEX).to(device)
-    selected = logits[:, :-1][mask].float() / spec.temperature
-    logp = torch.log_softmax(selected, dim=-1)
+    selected, _ = response_logits(model, batch)
+    logp = torch.log_softmax(selected.float() / spec.temperature, dim=-1)
     values, ids = logp.topk(spec.top_k, dim=-1)
     return ids.cpu(), values.cpu()
 

@@ -21,11 +21,12 @@ from torch.utils.checkpoint import checkpoint
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from smoothkd.config import DistillConfig, TrainConfig
-from smoothkd.data.tokenize import IGNORE_INDEX, CausalLMCollator
+from smoothkd.data.tokenize import CausalLMCollator, select_response
 from smoothkd.distill.labels import LabelStore
 from smoothkd.distill.losses import dense_kd_loss, mixed_loss, sparse_kd_loss
 from smoothkd.errors import NonFiniteLossError
 from smoothkd.io import atomic_dir
+from smoothkd.modeling.models import response_logits
 
 
 def response_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -33,9 +34,8 @@ def response_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tens
 
     Only response positions reach the log-softmax: prompt positions would cost vocab-sized work for nothing.
     """
-    mask = labels[:, 1:] != IGNORE_INDEX
-    total = F.cross_entropy(logits[:, :-1][mask].float(), labels[:, 1:][mask], reduction="sum")
-    return total, mask.sum()
+    selected, targets = select_response(logits, labels)
+    return F.cross_entropy(selected.float(), targets, reduction="sum"), targets.new_tensor(targets.numel())
 
 
 @dataclass
@@ -90,15 +90,13 @@ class DistillTrainer(Trainer):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         return EpochPermutationSampler(len(dataset), self.args.data_seed or self.args.seed)
 
-    def _kd_sums(self, logits, inputs, mask):
-        """(NLL sum, KD sum) over response tokens, chunk by chunk with recomputation in backward."""
+    def _kd_sums(self, logits, inputs):
+        """(NLL sum, KD sum, token count) over response tokens, chunk by chunk, recomputed in backward."""
         d = self.distill
-        flat = logits[:, :-1][mask]
-        targets = inputs["labels"][:, 1:][mask]
+        flat, targets = select_response(logits, inputs["labels"])
         if self.teacher is not None:
             with torch.no_grad():
-                teacher_logits = self.teacher(input_ids=inputs["input_ids"],
-                                              attention_mask=inputs["attention_mask"]).logits[:, :-1][mask]
+                teacher_logits, _ = response_logits(self.teacher, inputs)
 
         def chunk_loss(start: int, student):
             end = start + student.shape[0]
@@ -120,7 +118,7 @@ class DistillTrainer(Trainer):
             piece = flat[start:start + d.chunk_tokens]
             nll, kd = checkpoint(chunk_loss, start, piece, use_reentrant=False)
             nll_sum, kd_sum = nll_sum + nll, kd_sum + kd
-        return nll_sum, kd_sum, mask.sum()
+        return nll_sum, kd_sum, targets.new_tensor(targets.numel())
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs["labels"]
@@ -128,7 +126,7 @@ class DistillTrainer(Trainer):
         if self.alpha == 0.0:
             total, count = response_nll(outputs.logits, labels)
         else:
-            nll_sum, kd_sum, count = self._kd_sums(outputs.logits, inputs, labels[:, 1:] != IGNORE_INDEX)
+            nll_sum, kd_sum, count = self._kd_sums(outputs.logits, inputs)
             total = mixed_loss(nll_sum, kd_sum, self.alpha)
         if num_items_in_batch is None:
             loss = total / count.clamp(min=1)

@@ -12,6 +12,7 @@ import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedModel
 
 from smoothkd.config import ModelConfig, TinyModelConfig
+from smoothkd.data.tokenize import select_response
 from smoothkd.io import atomic_dir
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -63,6 +64,15 @@ def load_causal_lm(path: str | Path, cfg: ModelConfig | None = None, attn_implem
         use_safetensors=True,
         attn_implementation=attn_implementation,
     )
+
+
+def response_logits(model: PreTrainedModel, batch: dict[str, torch.Tensor]
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward a collated batch on the model's device; logits at response positions and their targets."""
+    device = next(model.parameters()).device
+    logits = model(input_ids=batch["input_ids"].to(device),
+                   attention_mask=batch["attention_mask"].to(device)).logits
+    return select_response(logits, batch["labels"].to(device))
 
 
 def count_parameters(model: torch.nn.Module) -> int:
