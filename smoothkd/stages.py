@@ -242,17 +242,6 @@ def teacher_labels(cfg: RunConfig, data_dir: str | Path, tokenizer_ref: str | Pa
                              tokenizer.pad_token_id, d.precompute_batch_size, progress)
 
 
-def label_store_summary(path: str | Path) -> dict:
-    """Mean captured top-k mass and size figures of a label store (for tracking and benches)."""
-    from smoothkd.distill.labels import LabelStore
-
-    store = LabelStore(path)
-    _, _, tail = store.all_tokens()
-    manifest = store.manifest
-    return {"topk_mass": float(1.0 - tail.exp().mean()), "bytes_per_token": manifest["bytes_per_token"],
-            "tokens": manifest["tokens"], "top_k": manifest["top_k"], "key": manifest["key"]}
-
-
 def student_name(alpha: float) -> str:
     return "sft" if alpha == 0 else f"kd_a{alpha:g}"
 

@@ -6,7 +6,7 @@ import mlflow
 from zenml import log_metadata, step
 
 from smoothkd.config import RunConfig
-from smoothkd.stages import label_store_summary, teacher_labels
+from smoothkd.stages import teacher_labels
 
 
 @step(experiment_tracker=True)
@@ -15,12 +15,11 @@ def precompute_labels(config: dict, dataset_dir: str, tokenizer: str, teacher_di
     """Run the teacher over the training split once (skipped when an identical store exists)."""
     cfg = RunConfig.model_validate(config)
     result = teacher_labels(cfg, dataset_dir, tokenizer, teacher_dir, distill_temperature)
-    summary = {**result.to_dict(), **label_store_summary(result.path)}
     mlflow.log_params({"labels.key": result.key, "labels.top_k": cfg.distill.top_k,
                        "labels.temperature": distill_temperature, "labels.encoding": cfg.distill.encoding})
     mlflow.log_metrics({"labels/bytes_per_token": result.bytes_per_token, "labels/tokens": result.tokens,
                         "labels/teacher_forward_passes": result.teacher_forward_passes,
                         "labels/precompute_seconds": result.seconds,
-                        "labels/topk_mass": summary["topk_mass"]})
-    log_metadata(metadata=summary)
+                        "labels/topk_mass": result.topk_mass})
+    log_metadata(metadata=result.to_dict())
     return result.path

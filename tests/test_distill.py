@@ -136,7 +136,7 @@ def test_interrupted_precompute_resumes_from_last_complete_shard(world, tmp_path
     manifest = json.loads((path / "manifest.json").read_text())
     (path / "manifest.json").unlink()
     (path / "shard-00002.npz").unlink()
-    (path / "progress.json").write_text(json.dumps({s["file"]: s["sha256"] for s in manifest["shards"][:2]}))
+    (path / "progress.json").write_text(json.dumps({s["file"]: s for s in manifest["shards"][:2]}))
     resumed = store_for(world, tmp_path)
     assert resumed.teacher_forward_passes == 2  # only shard 2: 8 examples, batches of 4
     assert {p.name: p.read_bytes() for p in path.glob("shard-*.npz")} == reference

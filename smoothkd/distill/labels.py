@@ -13,8 +13,10 @@ Encodings:
 
 Layout of a store directory `<root>/<key>/`: `shard-00000.npz`, ... (each written atomically), a
 `progress.json` updated after each shard (so an interrupted precompute resumes from its last complete
-shard) and `manifest.json` written last. The key hashes teacher, tokenizer, data, k, temperature and
-encoding: the same inputs find the same directory and no teacher forward pass runs again.
+shard) and `manifest.json` written last. Each shard's entry records its sha256, token count and summed
+top-k mass, so the manifest states the captured mass without anyone rereading the shards. The key
+hashes teacher, tokenizer, data, k, temperature and encoding: the same inputs find the same directory
+and no teacher forward pass runs again.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +34,7 @@ from tqdm.auto import tqdm
 from smoothkd.data.tokenize import IGNORE_INDEX, CausalLMCollator
 from smoothkd.distill.losses import log1mexp
 from smoothkd.errors import CorruptLabelStoreError
-from smoothkd.io import atomic_write_text, read_json, sha256_file, write_json
+from smoothkd.io import read_json, sha256_file, write_json
 from smoothkd.modeling.models import response_logits
 
 LOGP_STEP = 1.0 / 16.0
@@ -108,17 +110,32 @@ def response_count(example: dict) -> int:
     return sum(1 for label in example["labels"][1:] if label != IGNORE_INDEX)
 
 
+def verified_manifest(path: str | Path) -> dict:
+    """The store's manifest, after checking every shard against it.
+
+    Raises CorruptLabelStoreError naming the first missing or altered shard, or the missing manifest.
+    """
+    path = Path(path)
+    manifest_file = path / "manifest.json"
+    if not manifest_file.exists():
+        raise CorruptLabelStoreError(f"label store {path} has no manifest (incomplete precompute)")
+    manifest = read_json(manifest_file)
+    for shard in manifest["shards"]:
+        file = path / shard["file"]
+        if not file.exists():
+            raise CorruptLabelStoreError(f"label shard missing: {file}")
+        if sha256_file(file) != shard["sha256"]:
+            raise CorruptLabelStoreError(
+                f"label shard corrupted (sha256 mismatch): {file}; delete it and rerun to recompute it")
+    return manifest
+
+
 class LabelStore:
     """Read side: verifies every shard's checksum, then serves per-example label tensors."""
 
-    def __init__(self, path: str | Path, verify: bool = True):
+    def __init__(self, path: str | Path):
         self.path = Path(path)
-        manifest_file = self.path / "manifest.json"
-        if not manifest_file.exists():
-            raise CorruptLabelStoreError(f"label store {self.path} has no manifest (incomplete precompute)")
-        self.manifest = read_json(manifest_file)
-        if verify:
-            self.verify()
+        self.manifest = verified_manifest(self.path)
         ids, logp, lengths = [], [], []
         for shard in self.manifest["shards"]:
             with np.load(self.path / shard["file"]) as data:
@@ -129,16 +146,6 @@ class LabelStore:
         self.offsets = np.concatenate([[0], np.cumsum(self.lengths)])
         self._ids, self._logp = np.concatenate(ids), np.concatenate(logp)
         self.complete = self.manifest["top_k"] >= self.manifest["vocab_size"]
-
-    def verify(self) -> None:
-        """Raise CorruptLabelStoreError naming the first shard whose bytes differ from the manifest."""
-        for shard in self.manifest["shards"]:
-            file = self.path / shard["file"]
-            if not file.exists():
-                raise CorruptLabelStoreError(f"label shard missing: {file}")
-            if sha256_file(file) != shard["sha256"]:
-                raise CorruptLabelStoreError(
-                    f"label shard corrupted (sha256 mismatch): {file}; delete it and rerun to recompute it")
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -160,10 +167,11 @@ class PrecomputeResult:
     seconds: float
     tokens: int
     bytes_per_token: float
+    topk_mass: float
     reused: bool
 
     def to_dict(self) -> dict:
-        return dict(self.__dict__)
+        return asdict(self)
 
 
 @torch.inference_mode()
@@ -184,17 +192,19 @@ def precompute_labels(model, examples: list[dict], root: str | Path, spec: Label
     vocab_size = model.config.vocab_size
     if spec.top_k > vocab_size:
         raise ValueError(f"distill.top_k={spec.top_k} exceeds the teacher vocabulary ({vocab_size})")
-    key = content_hash(FORMAT_VERSION, identity, examples_hash(examples), spec.__dict__)[:20]
+    data_hash = examples_hash(examples)
+    key = content_hash(FORMAT_VERSION, identity, data_hash, spec.__dict__)[:20]
     out = Path(root) / key
     total_tokens = sum(response_count(e) for e in examples)
     per_token = bytes_per_token(spec, vocab_size)
     if (out / "manifest.json").exists():
-        LabelStore(out)  # verifies checksums: a corrupted shard is named, never silently used
-        return PrecomputeResult(str(out), key, 0, 0.0, total_tokens, per_token, reused=True)
+        manifest = verified_manifest(out)  # a corrupted shard is named, never silently used
+        return PrecomputeResult(str(out), key, 0, 0.0, total_tokens, per_token, manifest["topk_mass"],
+                                reused=True)
 
     out.mkdir(parents=True, exist_ok=True)
     progress_file = out / "progress.json"
-    done: dict[str, str] = read_json(progress_file) if progress_file.exists() else {}
+    done: dict[str, dict] = read_json(progress_file) if progress_file.exists() else {}
     collate = CausalLMCollator(pad_token_id)
     model.eval()
     passes, start = 0, time.perf_counter()
@@ -203,8 +213,8 @@ def precompute_labels(model, examples: list[dict], root: str | Path, spec: Label
     for s in tqdm(range(n_shards), desc="teacher labels", unit="shard", disable=not progress):
         name = f"shard-{s:05d}.npz"
         file = out / name
-        if name in done and file.exists() and sha256_file(file) == done[name]:
-            shards.append({"file": name, "sha256": done[name]})
+        if name in done and file.exists() and sha256_file(file) == done[name]["sha256"]:
+            shards.append(done[name])
             continue
         chunk = examples[s * spec.shard_size:(s + 1) * spec.shard_size]
         ids, logp = [], []
@@ -219,18 +229,19 @@ def precompute_labels(model, examples: list[dict], root: str | Path, spec: Label
         with open(tmp, "wb") as fh:
             np.savez(fh, **arrays)
         tmp.replace(file)
-        done[name] = sha256_file(file)
+        done[name] = {"file": name, "sha256": sha256_file(file), "tokens": int(arrays["lengths"].sum()),
+                      "topk_mass_sum": float(torch.cat(logp).exp().sum())}
         write_json(progress_file, done)
-        shards.append({"file": name, "sha256": done[name]})
+        shards.append(done[name])
     seconds = time.perf_counter() - start
+    topk_mass = sum(s["topk_mass_sum"] for s in shards) / max(total_tokens, 1)
     manifest = {
-        "format_version": FORMAT_VERSION, "key": key, "identity": identity,
-        "data_hash": examples_hash(examples),
+        "format_version": FORMAT_VERSION, "key": key, "identity": identity, "data_hash": data_hash,
         "top_k": spec.top_k, "temperature": spec.temperature, "encoding": spec.encoding,
         "logp_step": LOGP_STEP if spec.encoding == "compact" else None, "vocab_size": vocab_size,
         "examples": len(examples), "tokens": total_tokens, "bytes_per_token": per_token,
-        "precompute_seconds": seconds, "shards": shards,
+        "precompute_seconds": seconds, "topk_mass": topk_mass, "shards": shards,
     }
-    atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    write_json(out / "manifest.json", manifest)
     progress_file.unlink(missing_ok=True)
-    return PrecomputeResult(str(out), key, passes, seconds, total_tokens, per_token, reused=False)
+    return PrecomputeResult(str(out), key, passes, seconds, total_tokens, per_token, topk_mass, reused=False)
