@@ -29,12 +29,11 @@ def ensure_local_stack(tracking_uri: str) -> str:
             StackComponentType.ARTIFACT_STORE: "default",
             StackComponentType.EXPERIMENT_TRACKER: TRACKER_NAME,
         })
-    else:
-        if moved:
-            # ZenML caches a built stack by the stack's own update time, which a component update leaves
-            # alone: touch the stack, or a second run in this process logs to the previous tracking URI.
-            client.update_stack(STACK_NAME, component_updates={
-                StackComponentType.EXPERIMENT_TRACKER: [TRACKER_NAME]})
+    if moved:
+        # ZenML caches a built stack by the stack's own update time, which a component update leaves
+        # alone: touch the stack, or a second run in this process logs to the previous tracking URI.
+        client.update_stack(STACK_NAME,
+                            component_updates={StackComponentType.EXPERIMENT_TRACKER: [TRACKER_NAME]})
     if client.active_stack_model.name != STACK_NAME:
         client.activate_stack(STACK_NAME)
     return STACK_NAME

@@ -123,7 +123,8 @@ def prepare_tokenizer(cfg: RunConfig, data_dir: str | Path) -> Path | str:
     return out
 
 
-def _tokenizer_for(cfg: RunConfig, tokenizer_ref: str | Path, model_cfg: ModelConfig | None = None):
+def load_run_tokenizer(cfg: RunConfig, tokenizer_ref: str | Path, model_cfg: ModelConfig | None = None):
+    """The run's tokenizer, loaded with a model section's revision and remote-code setting (the teacher's)."""
     from smoothkd.modeling.tokenizer import load_tokenizer
 
     model_cfg = model_cfg or cfg.teacher
@@ -172,7 +173,7 @@ def _finetune(cfg: RunConfig, model_cfg: ModelConfig, train_cfg: TrainConfig, ro
     from smoothkd.distill.trainer import finetune
     from smoothkd.modeling.models import count_parameters
 
-    tokenizer = _tokenizer_for(cfg, tokenizer_ref, model_cfg)
+    tokenizer = load_run_tokenizer(cfg, tokenizer_ref, model_cfg)
     init_key = _digest(str(tokenizer_ref), model_cfg.model_dump_json(), str(train_cfg.seed))
     model = _initial_model(model_cfg, tokenizer, output_root(cfg) / "init" / init_key, train_cfg.seed)
     distill = cfg.distill.model_copy(update={"temperature": temperature or cfg.distill.temperature})
@@ -227,8 +228,8 @@ def teacher_labels(cfg: RunConfig, data_dir: str | Path, tokenizer_ref: str | Pa
     from smoothkd.modeling.models import load_causal_lm, resolve_device
 
     d = cfg.distill
-    tokenizer = _tokenizer_for(cfg, tokenizer_ref)
-    check_tokenizers_agree(tokenizer, _tokenizer_for(cfg, cfg.student.name_or_path or tokenizer_ref,
+    tokenizer = load_run_tokenizer(cfg, tokenizer_ref)
+    check_tokenizers_agree(tokenizer, load_run_tokenizer(cfg, cfg.student.name_or_path or tokenizer_ref,
                                                      cfg.student))
     spec = LabelSpec(top_k=d.top_k, temperature=temperature or d.temperature, encoding=d.encoding,
                      shard_size=d.shard_size)
@@ -261,7 +262,7 @@ def train_student(cfg: RunConfig, data_dir: str | Path, tokenizer_ref: str | Pat
     name = student_name(alpha)
     return _finetune(cfg, cfg.student, cfg.student.train, f"student_{name}", tokenizer_ref, data_dir,
                      Path(run_dir) / f"student_{name}", alpha=alpha, label_store=store, teacher=teacher,
-                     temperature=temperature, work_key=str(labels_dir or teacher_path or ""))
+                     temperature=temperature, work_key=str(labels_dir or teacher_path) if alpha else "")
 
 
 # ---- evaluation ----

@@ -107,17 +107,14 @@ def calibrate_teacher(cfg: RunConfig, data_dir: str | Path, teacher_dir: str | P
     two (alternate rows): T is fitted on one half and the gate judges the other half at T.
     """
     from smoothkd.modeling.models import load_causal_lm, resolve_device
-    from smoothkd.modeling.tokenizer import load_tokenizer
-    from smoothkd.stages import read_split
+    from smoothkd.stages import load_run_tokenizer, read_split
 
     c, t = cfg.calibration, cfg.teacher
     rows = read_split(data_dir, "validation")[: c.max_examples]
     if len(rows) < (2 if c.fit_temperature else 1):
         raise ConfigError(f"calibration: the held-out split has {len(rows)} rows; raise "
                           "data.validation_fraction")
-    tokenizer = load_tokenizer(str(cfg.tokenizer.name_or_path or teacher_dir),
-                               revision=t.revision if t.name_or_path else None,
-                               trust_remote_code=t.trust_remote_code)
+    tokenizer = load_run_tokenizer(cfg, cfg.tokenizer.name_or_path or teacher_dir)
     model = load_causal_lm(teacher_dir, t).to(resolve_device(cfg.device)).eval()
     examples = encode_instruction_rows(tokenizer, rows, t.train.max_length, t.train.max_prompt_length)
 

@@ -17,7 +17,7 @@ from great_expectations.data_context.types.base import (
 )
 
 from smoothkd.config import RunConfig
-from smoothkd.stages import EVAL_KINDS, _tokenizer_for, output_root, prepare_tokenizer, read_split
+from smoothkd.stages import EVAL_KINDS, load_run_tokenizer, output_root, prepare_tokenizer, read_split
 from smoothkd.validation.features import (
     ROW_ID,
     TokenCounter,
@@ -55,7 +55,7 @@ def run_tokens(cfg: RunConfig, dataset_dir: str | Path) -> TokenCounter:
     """Count with the run's tokenizer; approximate from characters when it cannot be loaded (offline hub)."""
     ref = prepare_tokenizer(cfg, dataset_dir)
     try:
-        tokenizer = _tokenizer_for(cfg, ref)
+        tokenizer = load_run_tokenizer(cfg, ref)
     except (OSError, ValueError) as exc:
         return approximate_counter(f"tokenizer {ref} unavailable: {type(exc).__name__}")
     return tokenizer_counter(tokenizer, str(ref))
