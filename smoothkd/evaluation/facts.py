@@ -1,0 +1,354 @@
+"""Fact precision: the share of the facts a summary states that its source supports (deterministic).
+
+A fact is a named entity, a number or a date mentioned in the summary. Extraction runs in priority order
+over the summary, each pass claiming its characters so later passes cannot re-read them:
+
+1. dates: "27 November 2026", "Nov. 27", "November 27, 2026", "2026-11-27", "November 2026" (numeric
+   forms like 27/11/2026 are ambiguous and skipped);
+2. dictionary entities: every lexicon string (the embedded corpus's `lexicon.json`) and every entity value
+   in the row's gold facts, case-insensitive, longest first;
+3. numbers: "3.5 million", "3,500,000", "€3.5m", "2bn", "12 percent", "12 per cent", "12%". A bare
+   four-digit number in 1800-2100 is read as a year, i.e. a date with year only. Number words ("three")
+   are not read;
+4. capitalised spans (type `entity`): runs of capitalised words, joined by connectors like "of" or "van"
+   ("Bank of England"), with leading stopwords and titles dropped ("The", "Mr", "Chief"). A lone
+   capitalised word that opens a sentence cannot be told apart from an ordinary word ("Revenue rose"), so it
+   counts only when the summary or source capitalises it mid-sentence too.
+
+Values are normalised before comparison: numbers to their exact decimal value ("3.5 million" ==
+"3,500,000"), percentages separately from counts, dates to (year, month, day) with missing parts unknown
+("Nov. 27" == "27 November"), names case-folded with whitespace collapsed. A fact is supported when its
+normalised value is among the gold source facts or occurs in the source: numbers by value, names as a
+whole-word substring of the case-folded source, and dates when some source date agrees on every part the
+summary states ("27 November" is supported by "27 November 2026"; "27 November 2025" is not). A summary
+naming a prior trap's memorised chief (`gold["trap"]["memorized"]`) has that fact marked `trap`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from decimal import Decimal
+from functools import lru_cache
+from typing import Any
+
+_MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
+_MONTH = (r"(?P<mon>Jan(?:uary)?|Feb(?:ruary)?|Mar(?:ch)?|Apr(?:il)?|May|June?|July?|Aug(?:ust)?"
+          r"|Sep(?:t(?:ember)?)?|Oct(?:ober)?|Nov(?:ember)?|Dec(?:ember)?)\b\.?")
+_DATE_PATTERNS = (
+    re.compile(r"(?<![\d-])(?P<y>\d{4})-(?P<m>\d{1,2})-(?P<d>\d{1,2})(?![\d-])"),
+    re.compile(rf"(?<![\w.,])(?P<d>\d{{1,2}})(?:st|nd|rd|th)?\s+(?:of\s+)?{_MONTH}(?:,?\s+(?P<y>\d{{4}})(?!\d))?"),
+    re.compile(rf"\b{_MONTH}\s+(?P<d>\d{{1,2}})(?:st|nd|rd|th)?(?![\d,.]\d)(?:,?\s+(?P<y>\d{{4}})(?!\d))?"),
+    re.compile(rf"\b{_MONTH}\s+(?P<y>\d{{4}})(?!\d)"),
+)
+_NUMBER = re.compile(
+    r"(?<![\w.])(?<!\d,)(?P<cur>[$€£]\s?)?(?P<num>\d{1,3}(?:,\d{3})+|\d+)(?P<frac>\.\d+)?(?!\d|,\d)"
+    r"(?:\s*(?P<pct>%|percent\b|per\s+cent\b)|\s+(?P<scale>thousand|million|billion|trillion)\b"
+    r"|(?P<abbr>bn|m|k)\b)?"
+)
+_SCALES = {"thousand": 10**3, "k": 10**3, "million": 10**6, "m": 10**6, "billion": 10**9, "bn": 10**9,
+           "trillion": 10**12}
+_WORD = re.compile(r"[^\W\d_]+(?:['’\-][^\W\d_]+)*")
+_CONNECTORS = frozenset({"of", "de", "du", "da", "del", "della", "der", "den", "van", "von", "la", "le", "al",
+                         "bin", "y"})
+# Dropped from the front of a capitalised span: sentence openers, pronouns, titles.
+_LEADING = frozenset("""
+a an the this that these those there here it its he she his her they their them we our you your i my
+and but or so yet if when while after before as at in on for from by with without of to also however
+meanwhile now then today yesterday tomorrow last next some many most all both each every no not one
+mr mrs ms miss dr prof sir dame lord lady chief executive analyst president chairman chairwoman chair
+minister prime secretary senator governor mayor judge ceo cfo coo officer director managing founder deputy
+vice senior former acting spokesman spokeswoman spokesperson professor
+monday tuesday wednesday thursday friday saturday sunday
+""".split())
+_ABBREVIATIONS = frozenset("""
+mr mrs ms dr prof st jr sr inc corp ltd co plc vs gen sen rep gov jan feb mar apr jun jul aug sep sept oct
+nov dec u.s u.k e.g i.e
+""".split())
+_OPENERS = "\"“‘'(:—–-["
+_BOUNDARY = re.compile(r"[.!?]+[\"'”’)\]]*(?=\s)")
+
+Key = tuple[str, Any]
+
+
+@dataclass
+class Fact:
+    """One distinct fact a summary states. `spans` are its [start, end) character ranges in the summary."""
+
+    type: str  # person, org, place (lexicon or gold), entity (capitalised span), number, date
+    value: str
+    supported: bool
+    spans: tuple[tuple[int, int], ...] = ()
+    trap: bool = False  # the memorised chief of a prior trap
+
+
+@dataclass
+class FactCheck:
+    """The facts of one summary, each marked supported or not by its source."""
+
+    facts: list[Fact] = field(default_factory=list)
+
+    @property
+    def unsupported(self) -> list[Fact]:
+        return [f for f in self.facts if not f.supported]
+
+    @property
+    def n_unsupported(self) -> int:
+        return len(self.unsupported)
+
+    @property
+    def precision(self) -> float:
+        """Share of facts supported; 1.0 when the summary states no fact."""
+        return 1.0 - self.n_unsupported / len(self.facts) if self.facts else 1.0
+
+    @property
+    def trap_hit(self) -> bool:
+        """The summary names a prior trap's memorised chief."""
+        return any(f.trap for f in self.facts)
+
+
+@dataclass(frozen=True)
+class _Mention:
+    type: str
+    key: Key
+    start: int
+    end: int
+
+
+def _trim(text: str, start: int, end: int) -> tuple[int, int]:
+    while start < end and text[start].isspace():
+        start += 1
+    while end > start and text[end - 1].isspace():
+        end -= 1
+    return start, end
+
+
+def sentence_spans(text: str) -> list[tuple[int, int]]:
+    """[start, end) character spans of the sentences of `text`, whitespace trimmed.
+
+    Newlines always end a sentence; `.`, `!` or `?` do when followed by whitespace and an upper-case letter,
+    a digit or an opening quote, unless the word before a `.` is a known abbreviation or an initial.
+    """
+    spans: list[tuple[int, int]] = []
+    for line in re.finditer(r"[^\n]+", text):
+        start = line.start()
+        for boundary in _BOUNDARY.finditer(text, line.start(), line.end()):
+            rest = text[boundary.end():line.end()].lstrip().lstrip("\"'“‘([")
+            if not rest or not (rest[0].isupper() or rest[0].isdigit()):
+                continue
+            before = re.search(r"[\w.]+$", text[start:boundary.start()])
+            word = before.group().casefold() if before else ""
+            abbreviation = word in _ABBREVIATIONS or (len(word) == 1 and word.isalpha())
+            if boundary.group().startswith(".") and abbreviation:
+                continue
+            spans.append(_trim(text, start, boundary.end()))
+            start = boundary.end()
+        spans.append(_trim(text, start, line.end()))
+    return [(s, e) for s, e in spans if e > s]
+
+
+def split_sentences(text: str) -> list[str]:
+    """The sentences of `text` (see `sentence_spans`)."""
+    return [text[s:e] for s, e in sentence_spans(text)]
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.replace("’", "'").casefold().split())
+
+
+def _date_key(match: re.Match) -> Key | None:
+    groups = match.groupdict()
+    month = int(groups["m"]) if groups.get("m") else _MONTHS.index(groups["mon"][:3].lower()) + 1
+    day = int(groups["d"]) if groups.get("d") else None
+    year = int(groups["y"]) if groups.get("y") else None
+    if not 1 <= month <= 12 or (day is not None and not 1 <= day <= 31):
+        return None
+    return ("date", (year, month, day))
+
+
+def _number_key(match: re.Match) -> Key:
+    value = Decimal(match["num"].replace(",", "") + (match["frac"] or ""))
+    if match["pct"]:
+        return ("percent", value)
+    scale = match["scale"] or match["abbr"]
+    if scale:
+        return ("number", value * _SCALES[scale])
+    if not match["cur"] and len(match["num"]) == 4 and 1800 <= value <= 2100:
+        return ("date", (int(value), None, None))
+    return ("number", value)
+
+
+class _Claims:
+    """Character ranges already read by an earlier extraction pass."""
+
+    def __init__(self) -> None:
+        self.ranges: list[tuple[int, int]] = []
+        self.mentions: list[_Mention] = []
+
+    def free(self, start: int, end: int) -> bool:
+        return all(end <= a or start >= b for a, b in self.ranges)
+
+    def claim(self, mention: _Mention) -> None:
+        if mention.end > mention.start and self.free(mention.start, mention.end):
+            self.ranges.append((mention.start, mention.end))
+            self.mentions.append(mention)
+
+
+def _dates_and_numbers(text: str, claims: _Claims, numbers: bool = True) -> None:
+    for pattern in _DATE_PATTERNS:
+        for match in pattern.finditer(text):
+            key = _date_key(match)
+            if key:
+                claims.claim(_Mention("date", key, *_trim(text, match.start(), match.end())))
+    if numbers:
+        for match in _NUMBER.finditer(text):
+            key = _number_key(match)
+            claims.claim(_Mention("date" if key[0] == "date" else "number", key, match.start(), match.end()))
+
+
+@lru_cache(maxsize=8)
+def _dictionary_pattern(entries: tuple[str, ...]) -> re.Pattern | None:
+    if not entries:
+        return None
+    alternatives = "|".join(re.escape(e) for e in sorted(entries, key=len, reverse=True))
+    return re.compile(rf"(?<!\w)(?:{alternatives})(?!\w)", re.IGNORECASE)
+
+
+def _dictionary(text: str, claims: _Claims, types: dict[str, str], patterns: list[re.Pattern]) -> None:
+    matches = [m for pattern in patterns for m in pattern.finditer(text)]
+    for match in sorted(matches, key=lambda m: (m.start(), m.start() - m.end())):
+        key = _norm(match.group())
+        claims.claim(_Mention(types[key], ("entity", key), match.start(), match.end()))
+
+
+def _initial(text: str, start: int, sentence_starts: set[int]) -> bool:
+    """Whether a word at `start` opens a sentence, a quote, a parenthesis or a clause after a colon/dash."""
+    i = start
+    while i > 0 and text[i - 1].isspace():
+        i -= 1
+    return start in sentence_starts or i == 0 or text[i - 1] in _OPENERS
+
+
+def _midsentence_capitalised(text: str) -> set[str]:
+    starts = {s for s, _ in sentence_spans(text)}
+    return {_norm(m.group()) for m in _WORD.finditer(text)
+            if m.group()[0].isupper() and not _initial(text, m.start(), starts)}
+
+
+def _capitalised(text: str, claims: _Claims, proper: set[str]) -> None:
+    starts = {s for s, _ in sentence_spans(text)}
+    runs: list[list[re.Match]] = []
+    run: list[re.Match] = []
+    for word in _WORD.finditer(text):
+        if not claims.free(word.start(), word.end()):
+            run = []
+            continue
+        gap = text[run[-1].end():word.start()] if run else ""
+        adjacent = bool(gap) and not gap.strip(" ")
+        if word.group()[0].isupper():
+            if not adjacent:
+                run = []
+                runs.append(run)
+            run.append(word)
+        elif adjacent and word.group() in _CONNECTORS:
+            run.append(word)
+        else:
+            run = []
+    for words in runs:
+        while words and (words[0].group().casefold() in _LEADING or not words[0].group()[0].isupper()):
+            words = words[1:]
+        while words and not words[-1].group()[0].isupper():
+            words = words[:-1]
+        if not words:
+            continue
+        start, end = words[0].start(), words[-1].end()
+        if text[end - 2:end] in ("'s", "’s"):
+            end -= 2
+        if len(words) == 1 and _initial(text, start, starts) and _norm(text[start:end]) not in proper:
+            continue
+        claims.claim(_Mention("entity", ("entity", _norm(text[start:end])), start, end))
+
+
+def _entity_types(gold: dict | None, lexicon: dict[str, list[str]] | None) -> dict[str, str]:
+    types: dict[str, str] = {}
+    for kind, values in (lexicon or {}).items():
+        types.update((_norm(v), kind) for v in values)
+    if gold:
+        for fact in [*gold.get("source", []), *gold.get("summary", [])]:
+            if fact["type"] not in ("number", "date"):
+                types.setdefault(_norm(fact["value"]), fact["type"])
+        trap = gold.get("trap") or {}
+        for name in (trap.get("memorized"), trap.get("actual")):
+            if name:
+                types.setdefault(_norm(name), "person")
+    return types
+
+
+def _summary_mentions(summary: str, source: str, gold: dict | None,
+                      lexicon: dict[str, list[str]] | None) -> list[_Mention]:
+    types = _entity_types(gold, lexicon)
+    lexicon_keys = {_norm(v) for values in (lexicon or {}).values() for v in values}
+    patterns = [p for p in (_dictionary_pattern(tuple(sorted(lexicon_keys))),
+                            _dictionary_pattern(tuple(sorted(set(types) - lexicon_keys)))) if p]
+    claims = _Claims()
+    _dates_and_numbers(summary, claims, numbers=False)
+    _dictionary(summary, claims, types, patterns)
+    _dates_and_numbers(summary, claims)
+    _capitalised(summary, claims, _midsentence_capitalised(summary) | _midsentence_capitalised(source))
+    return sorted(claims.mentions, key=lambda m: m.start)
+
+
+class _SourceFacts:
+    """What a source supports: its numbers and dates, its gold facts, and its normalised text."""
+
+    def __init__(self, source: str, gold: dict | None) -> None:
+        claims = _Claims()
+        _dates_and_numbers(source, claims)
+        self.entities: set[str] = set()
+        mentions = list(claims.mentions)
+        for fact in (gold or {}).get("source", []):
+            if fact["type"] in ("number", "date"):
+                value_claims = _Claims()
+                _dates_and_numbers(fact["value"], value_claims)
+                mentions += value_claims.mentions
+            else:
+                self.entities.add(_norm(fact["value"]))
+        self.values = {m.key for m in mentions if m.key[0] != "date"}
+        self.dates = [m.key[1] for m in mentions if m.key[0] == "date"]
+        self.text = _norm(source)
+
+    def supports(self, key: Key) -> bool:
+        kind, value = key
+        if kind == "date":
+            return any(all(part is None or part == other for part, other in zip(value, date, strict=True))
+                       for date in self.dates)
+        if kind == "entity":
+            return value in self.entities or bool(re.search(rf"(?<!\w){re.escape(value)}(?!\w)", self.text))
+        return key in self.values
+
+
+def score_facts(summary: str, source: str, gold: dict | None = None,
+                lexicon: dict[str, list[str]] | None = None) -> FactCheck:
+    """Extract the facts `summary` states and mark each supported or not by `source`.
+
+    `gold` is an embedded-corpus row's `facts` field ({source, summary, trap}); `lexicon` maps entity type
+    to strings (`smoothkd.data.corpus.load_lexicon`). Both are optional: without them, entities come from
+    capitalised spans only. Each distinct normalised fact appears once, with every span it occupies.
+    """
+    support = _SourceFacts(source, gold)
+    trap = (gold or {}).get("trap") or {}
+    memorised = _norm(trap["memorized"]) if trap.get("memorized") else None
+    facts: dict[Key, Fact] = {}
+    for mention in _summary_mentions(summary, source, gold, lexicon):
+        span = (mention.start, mention.end)
+        if mention.key in facts:
+            facts[mention.key].spans += (span,)
+            continue
+        facts[mention.key] = Fact(
+            type=mention.type,
+            value=summary[mention.start:mention.end],
+            supported=support.supports(mention.key),
+            spans=(span,),
+            trap=mention.key == ("entity", memorised),
+        )
+    return FactCheck(list(facts.values()))
