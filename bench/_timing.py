@@ -1,0 +1,26 @@
+"""Timing helper shared by the benches."""
+
+import time
+from collections.abc import Callable
+
+import torch
+
+
+def interleaved_times(variants: dict[str, Callable[[], object]], repeats: int,
+                      device: torch.device) -> dict[str, list[float]]:
+    """Wall seconds of each variant's call, `repeats` times, the variants taken in turn within each repeat.
+
+    Interleaving spreads the machine's noise (other processes, clock changes) over every variant alike,
+    so the ratios of their medians stay fair. On CUDA the device is synchronised around every call.
+    """
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(repeats):
+        for name, fn in variants.items():
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times[name].append(time.perf_counter() - start)
+    return times

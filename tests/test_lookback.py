@@ -1,0 +1,188 @@
+"""Lookback ratios from the generation loop, sentence features, the detector and the factual rate."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import corpus_and_tokenizer
+
+from smoothkd.config import TinyModelConfig, TrainConfig
+from smoothkd.data.corpus import read_jsonl
+from smoothkd.data.prompts import build_prompt, eval_prompt
+from smoothkd.data.tokenize import encode_instruction_rows
+from smoothkd.distill.trainer import finetune
+from smoothkd.errors import DetectorError
+from smoothkd.evaluation.detector import (
+    detector_examples,
+    factual_rate,
+    fit_detector,
+    load_detector,
+)
+from smoothkd.evaluation.facts import sentence_spans
+from smoothkd.evaluation.generation import Generation, generate, generate_with_lookback
+from smoothkd.evaluation.lookback import span_tokens, token_offsets
+from smoothkd.io import read_json
+from smoothkd.modeling.models import build_tiny_llama, load_causal_lm
+
+SHAPE = TinyModelConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                        intermediate_size=64)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lookback")
+    _, tokenizer = corpus_and_tokenizer(root, seed=4, n_instruction=120, vocab_size=400, n_eval=6)
+    model_dir = build_tiny_llama(tokenizer, SHAPE, root / "model", seed=3)
+    docs = [r["document"] for r in read_jsonl(root / "corpus/xsum.jsonl")]
+    # Different prompt lengths, so the batch is left-padded.
+    prompts = [eval_prompt("xsum", doc[: 30 + 40 * i]) for i, doc in enumerate(docs)]
+    return {"root": root, "tokenizer": tokenizer, "model_dir": model_dir, "prompts": prompts}
+
+
+def hand_ratios(model, prompt_ids: list[int], new_ids: list[int]) -> np.ndarray:
+    """Lookback ratios of generated tokens 1.. from one unpadded full forward with returned attentions."""
+    ids = torch.tensor([prompt_ids + new_ids])
+    model.set_attn_implementation("eager")
+    with torch.no_grad():
+        attentions = model(input_ids=ids, output_attentions=True).attentions
+    n = len(prompt_ids)
+    out = []
+    for t in range(1, len(new_ids)):
+        query = n + t - 1  # the step producing token t reads token t - 1
+        per_layer = []
+        for layer in attentions:
+            row = layer[0, :, query, :].double()
+            context, new = row[:, :n].mean(-1), row[:, n:n + t].mean(-1)
+            per_layer.append((context / (context + new)).numpy())
+        out.append(per_layer)
+    return np.array(out)
+
+
+def test_lookback_ratios_equal_a_hand_computation_from_full_attentions(world):
+    from smoothkd.data.tokenize import encode_prompt
+
+    tokenizer, prompts = world["tokenizer"], world["prompts"]
+    model = load_causal_lm(world["model_dir"])
+    original = model.config._attn_implementation
+    generations = generate_with_lookback(model, tokenizer, prompts, batch_size=8, max_new_tokens=10,
+                                         progress=False)
+    assert model.config._attn_implementation == original != "eager"  # restored after the eager loop
+    assert len({len(encode_prompt(tokenizer, p, 512)) for p in prompts}) == len(prompts)
+    for prompt, gen in zip(prompts, generations, strict=True):
+        layers, heads = SHAPE.num_hidden_layers, SHAPE.num_attention_heads
+        assert gen.lookback.shape == (len(gen.token_ids), layers, heads)
+        assert np.all(gen.lookback[0] == 1.0)  # nothing generated yet: all attention is on the context
+        expected = hand_ratios(load_causal_lm(world["model_dir"]), encode_prompt(tokenizer, prompt, 512),
+                               gen.token_ids)
+        np.testing.assert_allclose(gen.lookback[1:], expected, atol=1e-5)
+        assert 0 < gen.lookback.min() and gen.lookback.max() <= 1
+
+
+def test_one_loop_matches_model_generate_batched_and_alone(world):
+    from smoothkd.data.tokenize import encode_prompt
+    from smoothkd.evaluation.generation import _left_pad
+
+    tokenizer, prompts = world["tokenizer"], world["prompts"]
+    model = load_causal_lm(world["model_dir"])
+    batched = generate(model, tokenizer, prompts, batch_size=8, max_new_tokens=12, progress=False)
+    single = [generate(model, tokenizer, [p], batch_size=1, max_new_tokens=12, progress=False)[0]
+              for p in prompts]
+    with_lookback = generate_with_lookback(model, tokenizer, prompts, batch_size=3, max_new_tokens=12,
+                                           progress=False)
+    assert batched == single == [g.text for g in with_lookback]
+    # The same greedy text as transformers' own generate (which cannot stop at our newline ids here).
+    input_ids, mask = _left_pad([encode_prompt(tokenizer, p, 512) for p in prompts], tokenizer.pad_token_id)
+    reference = model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=12, do_sample=False,
+                               pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    for row, gen in zip(reference[:, input_ids.shape[1]:].tolist(), with_lookback, strict=True):
+        assert row[:len(gen.token_ids)] == gen.token_ids
+
+
+def test_token_offsets_map_sentences_to_their_tokens(world):
+    tokenizer = world["tokenizer"]
+    raw = " Acme opened a plant in Riga. Its chief, Ada Quinn, said so.\nNext line"
+    ids = tokenizer(raw, add_special_tokens=False)["input_ids"]
+    text, offsets = token_offsets(tokenizer, ids)
+    assert text == "Acme opened a plant in Riga. Its chief, Ada Quinn, said so."
+    assert "".join(text[s:e] for s, e in offsets) == text
+    second = text.index("Its")
+    first, last = span_tokens(offsets, second, len(text))
+    assert tokenizer.decode(ids[first:last]).strip() == text[second:]
+    assert all(e <= second for s, e in offsets[:first])
+
+
+def test_detector_auroc_is_held_out_and_the_detector_round_trips(tmp_path):
+    rng = np.random.default_rng(0)
+    features = rng.uniform(0.2, 0.8, size=(200, 2, 3))
+    labels = (features[:, 1, 2] + rng.normal(0, 0.05, 200) > 0.5).astype(int)  # one head carries the signal
+    detector = fit_detector(features, labels, seed=1)
+    assert detector.auroc > 0.9 and (detector.n_train, detector.n_test) == (100, 100)
+    assert (detector.layers, detector.heads) == (2, 3)
+    assert detector.n_factual + detector.n_hallucinated == 200
+    # Labels unrelated to the features: an in-sample AUROC would look good, the held-out one is chance.
+    shuffled = [fit_detector(features, rng.permutation(labels), seed=s).auroc for s in range(5)]
+    assert 0.3 < np.mean(shuffled) < 0.7
+
+    path = detector.save(tmp_path / "detector.json")
+    loaded = load_detector(path)
+    assert json.loads(path.read_text())["format"] == "smoothkd-lookback-detector/1"
+    np.testing.assert_allclose(loaded.predict_proba(features), detector.predict_proba(features), rtol=1e-12)
+    assert loaded.auroc == detector.auroc and not list(tmp_path.glob(".detector.json.*"))
+    with pytest.raises(DetectorError, match="2 layers × 3 heads"):
+        loaded.predict_proba(features[:, :1])
+
+
+def test_detector_needs_both_classes():
+    features = np.random.default_rng(0).uniform(size=(20, 2, 2))
+    with pytest.raises(DetectorError, match="got 20 factual, 0 hallucinated") as err:
+        fit_detector(features, np.ones(20), seed=0)
+    assert "\n" not in str(err.value)
+
+
+def test_factual_rate_handles_an_empty_generation():
+    empty = Generation(text="", token_ids=[2], lookback=np.ones((1, 2, 3)), offsets=[(0, 0)])
+    detector = fit_detector(np.random.default_rng(0).uniform(size=(8, 2, 3)), np.array([0, 1] * 4), seed=0)
+    rate = factual_rate(detector, [empty])
+    assert rate.per_example == [None] and rate.n_sentences == [0]
+    assert rate.rate is None and rate.mean_lookback_ratio is None
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny Llama trained for ~20 s (uncontended) on 1,200 rows, and 300 unseen rows of the same world."""
+    root = tmp_path_factory.mktemp("trained")
+    rows, tokenizer = corpus_and_tokenizer(root, seed=7, n_instruction=1500, vocab_size=512, n_eval=1,
+                                           train_rows=1200)
+    train, held_out = rows[:1200], rows[1200:]
+    shape = TinyModelConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128)
+    init = build_tiny_llama(tokenizer, shape, root / "init", seed=1)
+    examples = encode_instruction_rows(tokenizer, train, max_length=192, max_prompt_length=160)
+    cfg = TrainConfig(max_steps=300, learning_rate=5e-3, batch_size=16, warmup_ratio=0.05, log_every=100,
+                      seed=1)
+    finetune(load_causal_lm(init), tokenizer, examples, cfg, root / "model", device="cpu")
+    return {"model": load_causal_lm(root / "model"), "tokenizer": tokenizer, "rows": held_out,
+            "lexicon": read_json(root / "corpus/lexicon.json")}
+
+
+def test_detector_beats_chance_on_held_out_sentences_of_a_trained_model(trained, tmp_path):
+    model, tokenizer, rows = trained["model"], trained["tokenizer"], trained["rows"]
+    data = detector_examples(model, tokenizer, rows, trained["lexicon"], batch_size=32, max_new_tokens=40,
+                             max_prompt_length=160)
+    assert data.features.shape == (len(data.labels), 2, 4) and len(data.sentences) == len(data.labels)
+    assert 10 <= data.labels.sum() < len(data.labels) - 10  # both classes, from the fact scorer
+    # Repeated stratified hold-out: each detector is scored only on the half it never saw.
+    aurocs = [fit_detector(data.features, data.labels, seed=seed).auroc for seed in range(5)]
+    assert np.mean(aurocs) > 0.6, aurocs
+
+    detector = load_detector(fit_detector(data.features, data.labels, seed=0).save(tmp_path / "d.json"))
+    with_context = [r for r in rows if r["context"]][:16]
+    prompts = [build_prompt(r["instruction"], r["context"], r["category"]) for r in with_context]
+    generations = generate_with_lookback(model, tokenizer, prompts, max_new_tokens=40, max_prompt_length=160,
+                                         progress=False)
+    rate = factual_rate(detector, generations)
+    assert rate.n_sentences == [len(sentence_spans(g.text)) for g in generations]
+    for share, lookback in zip(rate.per_example, rate.mean_lookback, strict=True):
+        assert share is None or (0 <= share <= 1 and 0 < lookback <= 1)
+    # The balanced detector calls some sentences factual and some not: the rate separates generations.
+    assert 0 < rate.rate < 1
