@@ -6,10 +6,10 @@ interleaved repetitions so machine noise hits both sides alike. Prints `kd_over_
 """
 
 import statistics
-import time
 
 import torch
 from _kd_world import demo_world
+from _timing import interleaved_times
 
 from smoothkd.config import DistillConfig, TrainConfig
 from smoothkd.distill.labels import LabelSpec, LabelStore, precompute_labels
@@ -65,19 +65,10 @@ def main() -> None:
         batch = {k: v.to(device) for k, v in trainer.data_collator(features).items()}
         variants[name] = (make_step(trainer, model, batch), trainer, model, batch)
 
-    times = {name: [] for name in variants}
     for _ in range(3):  # warm-up
         for step, *_ in variants.values():
             step()
-    for _ in range(REPEATS):
-        for name, (step, *_) in variants.items():
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            step()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            times[name].append(time.perf_counter() - start)
+    times = interleaved_times({name: step for name, (step, *_) in variants.items()}, REPEATS, device)
     median = {name: statistics.median(t) for name, t in times.items()}
 
     memory = {}

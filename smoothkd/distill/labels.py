@@ -11,12 +11,16 @@ Encodings:
   48 bytes/token.
 - `exact`: int32 ids and float32 log-probs, for tests against dense references.
 
-Layout of a store directory `<root>/<key>/`: `shard-00000.npz`, ... (each written atomically), a
-`progress.json` updated after each shard (so an interrupted precompute resumes from its last complete
-shard) and `manifest.json` written last. Each shard's entry records its sha256, token count and summed
-top-k mass, so the manifest states the captured mass without anyone rereading the shards. The key
-hashes teacher, tokenizer, data, k, temperature and encoding: the same inputs find the same directory
-and no teacher forward pass runs again.
+Layout of a store directory `<root>/<key>/`: `shard-00000.npz`, ... each written atomically and followed
+by its record `shard-00000.json` (sha256, token count, summed top-k mass), so an interrupted precompute
+resumes from its complete shards; `manifest.json`, written last, gathers the records (and replaces them),
+so it states the captured mass without anyone rereading the shards. The key hashes teacher, tokenizer,
+data, k, temperature and encoding: the same inputs find the same directory and no teacher forward pass
+runs again.
+
+Inside a torch.distributed world (torchrun, `accelerate launch`) rank r computes shards r, r + N, ...;
+per-shard records make concurrent writers safe and let a rerun resume with any number of processes.
+Rank 0 writes the manifest once every rank's shards exist.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from smoothkd.data.tokenize import IGNORE_INDEX, CausalLMCollator
@@ -38,7 +43,9 @@ from smoothkd.io import read_json, sha256_file, write_json
 from smoothkd.modeling.models import response_logits
 
 LOGP_STEP = 1.0 / 16.0
-FORMAT_VERSION = 1
+# Part of every store key: bumped whenever the on-disk layout changes, so an older store is never read
+# with the wrong layout (2: per-shard records, top-k mass in the manifest).
+FORMAT_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -174,6 +181,13 @@ class PrecomputeResult:
         return asdict(self)
 
 
+def _world() -> tuple[int, int]:
+    """(rank, world size) of the torch.distributed group this process belongs to; (0, 1) outside one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 @torch.inference_mode()
 def _teacher_topk(model, batch: dict[str, torch.Tensor], spec: LabelSpec
                   ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -188,6 +202,8 @@ def precompute_labels(model, examples: list[dict], root: str | Path, spec: Label
     """Run the teacher once over `examples` and store its top-k labels (reused when already stored).
 
     `identity` names what determines the labels (teacher, tokenizer); the examples' own hash is added.
+    In a distributed world every rank calls this and computes its share of the shards; the result's
+    `teacher_forward_passes` counts all ranks' passes.
     """
     vocab_size = model.config.vocab_size
     if spec.top_k > vocab_size:
@@ -202,19 +218,17 @@ def precompute_labels(model, examples: list[dict], root: str | Path, spec: Label
         return PrecomputeResult(str(out), key, 0, 0.0, total_tokens, per_token, manifest["topk_mass"],
                                 reused=True)
 
+    rank, world = _world()
     out.mkdir(parents=True, exist_ok=True)
-    progress_file = out / "progress.json"
-    done: dict[str, dict] = read_json(progress_file) if progress_file.exists() else {}
     collate = CausalLMCollator(pad_token_id)
     model.eval()
     passes, start = 0, time.perf_counter()
     n_shards = (len(examples) + spec.shard_size - 1) // spec.shard_size
-    shards = []
-    for s in tqdm(range(n_shards), desc="teacher labels", unit="shard", disable=not progress):
+    mine = range(rank, n_shards, world)
+    for s in tqdm(mine, desc="teacher labels", unit="shard", disable=not progress or rank != 0):
         name = f"shard-{s:05d}.npz"
-        file = out / name
-        if name in done and file.exists() and sha256_file(file) == done[name]["sha256"]:
-            shards.append(done[name])
+        file, record = out / name, out / f"shard-{s:05d}.json"
+        if record.exists() and file.exists() and sha256_file(file) == read_json(record)["sha256"]:
             continue
         chunk = examples[s * spec.shard_size:(s + 1) * spec.shard_size]
         ids, logp = [], []
@@ -229,19 +243,28 @@ def precompute_labels(model, examples: list[dict], root: str | Path, spec: Label
         with open(tmp, "wb") as fh:
             np.savez(fh, **arrays)
         tmp.replace(file)
-        done[name] = {"file": name, "sha256": sha256_file(file), "tokens": int(arrays["lengths"].sum()),
-                      "topk_mass_sum": float(torch.cat(logp).exp().sum())}
-        write_json(progress_file, done)
-        shards.append(done[name])
+        write_json(record, {"file": name, "sha256": sha256_file(file), "tokens": int(arrays["lengths"].sum()),
+                            "topk_mass_sum": float(torch.cat(logp).exp().sum())})
     seconds = time.perf_counter() - start
-    topk_mass = sum(s["topk_mass_sum"] for s in shards) / max(total_tokens, 1)
-    manifest = {
-        "format_version": FORMAT_VERSION, "key": key, "identity": identity, "data_hash": data_hash,
-        "top_k": spec.top_k, "temperature": spec.temperature, "encoding": spec.encoding,
-        "logp_step": LOGP_STEP if spec.encoding == "compact" else None, "vocab_size": vocab_size,
-        "examples": len(examples), "tokens": total_tokens, "bytes_per_token": per_token,
-        "precompute_seconds": seconds, "topk_mass": topk_mass, "shards": shards,
-    }
-    write_json(out / "manifest.json", manifest)
-    progress_file.unlink(missing_ok=True)
+    if world > 1:
+        counts = [None] * world
+        dist.all_gather_object(counts, passes)  # also the barrier: every rank's shards are on disk now
+        passes = sum(counts)
+    if rank == 0:
+        records = [out / f"shard-{s:05d}.json" for s in range(n_shards)]
+        shards = [read_json(r) for r in records]
+        manifest = {
+            "format_version": FORMAT_VERSION, "key": key, "identity": identity, "data_hash": data_hash,
+            "top_k": spec.top_k, "temperature": spec.temperature, "encoding": spec.encoding,
+            "logp_step": LOGP_STEP if spec.encoding == "compact" else None, "vocab_size": vocab_size,
+            "examples": len(examples), "tokens": total_tokens, "bytes_per_token": per_token,
+            "precompute_seconds": seconds,
+            "topk_mass": sum(s["topk_mass_sum"] for s in shards) / max(total_tokens, 1), "shards": shards,
+        }
+        write_json(out / "manifest.json", manifest)
+        for record in records:
+            record.unlink()
+    if world > 1:
+        dist.barrier()  # the manifest exists before any rank returns
+    topk_mass = read_json(out / "manifest.json")["topk_mass"]
     return PrecomputeResult(str(out), key, passes, seconds, total_tokens, per_token, topk_mass, reused=False)

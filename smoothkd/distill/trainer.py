@@ -9,7 +9,9 @@ With α > 0 the loss runs over response positions in chunks, each recomputed in 
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -20,7 +22,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from smoothkd.config import DistillConfig, TrainConfig
+from smoothkd.config import DistillConfig, LoraSettings, TrainConfig
 from smoothkd.data.tokenize import CausalLMCollator, select_response
 from smoothkd.distill.labels import LabelStore
 from smoothkd.distill.losses import dense_kd_loss, mixed_loss, sparse_kd_loss
@@ -84,7 +86,8 @@ class DistillTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.distill, self.alpha, self.teacher = distill or DistillConfig(), alpha, teacher
         if self.teacher is not None:
-            self.teacher.eval().requires_grad_(False)
+            # The Trainer has put the student on this rank's device by now; the teacher joins it.
+            self.teacher.to(self.args.device).eval().requires_grad_(False)
 
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
@@ -146,22 +149,51 @@ class TrainResult:
     steps: int = 0
     seconds: float = 0.0
     train_tokens: int = 0
+    main_process: bool = True  # the one process that saved (always, outside a distributed run)
 
     @property
     def tokens_per_second(self) -> float:
         return self.train_tokens / self.seconds if self.seconds else math.nan
 
 
-def _precision(cfg: TrainConfig, device: str) -> dict[str, bool]:
-    """bf16/fp16 autocast flags: `auto` is bf16 on a CUDA device that supports it, full precision else."""
+def mixed_precision(cfg: TrainConfig, device: str) -> str:
+    """`no`, `bf16` or `fp16`: `auto` is bf16 on a CUDA device that supports it, full precision else."""
+    if cfg.mixed_precision != "auto":
+        return cfg.mixed_precision
     on_cuda = device != "cpu" and torch.cuda.is_available()
-    if cfg.mixed_precision == "auto":
-        return {"bf16": on_cuda and torch.cuda.is_bf16_supported()}
-    return {"bf16": cfg.mixed_precision == "bf16", "fp16": cfg.mixed_precision == "fp16"}
+    return "bf16" if on_cuda and torch.cuda.is_bf16_supported() else "no"
+
+
+def world_size() -> int:
+    """Processes in this run: set by torchrun / accelerate launch, 1 in a plain process."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def main_process_first():
+    """A context in which rank 0 runs first and the other ranks after it (a no-op in a plain process)."""
+    if world_size() == 1:
+        return contextlib.nullcontext()
+    from accelerate import PartialState
+
+    return PartialState().main_process_first()
+
+
+def _fsdp(cfg: TrainConfig) -> dict:
+    """FSDP2 through the Trainer's own settings, so a torchrun start shards exactly as our launcher does.
+
+    Wrapping follows the model's `_no_split_modules` (its decoder layers); the full state dict is gathered
+    for the final save, so the saved model is a plain one.
+    """
+    if cfg.distributed != "fsdp" or world_size() == 1:
+        return {}
+    return {"fsdp": True, "fsdp_config": {"version": 2, "state_dict_type": "FULL_STATE_DICT"}}
 
 
 def training_arguments(cfg: TrainConfig, output_dir: str | Path, device: str = "auto") -> TrainingArguments:
     """Map our TrainConfig onto TrainingArguments (no hub, no external reporters)."""
+    precision = mixed_precision(cfg, device)
+    # Without CUDA the Trainer must be told it is on CPU, or a multi-process start would not form a world.
+    use_cpu = device == "cpu" or not torch.cuda.is_available()
     return TrainingArguments(
         output_dir=str(output_dir),
         num_train_epochs=cfg.epochs,
@@ -179,25 +211,56 @@ def training_arguments(cfg: TrainConfig, output_dir: str | Path, device: str = "
         save_strategy="steps" if cfg.checkpoint_every else "no",
         save_steps=cfg.checkpoint_every or 500,
         save_total_limit=2,
-        **_precision(cfg, device),
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        **_fsdp(cfg),
         report_to="none",
         remove_unused_columns=False,
         dataloader_num_workers=0,
         ddp_find_unused_parameters=False,
-        dataloader_pin_memory=torch.cuda.is_available() and device != "cpu",
-        use_cpu=device == "cpu",
+        dataloader_pin_memory=not use_cpu,
+        use_cpu=use_cpu,
     )
+
+
+def with_lora(model, lora: LoraSettings):
+    """`model` with LoRA adapters injected (in place) and only the adapters trainable."""
+    from peft import LoraConfig, get_peft_model
+
+    return get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                            target_modules=lora.target_modules, task_type="CAUSAL_LM"))
+
+
+def _save(trainer: Trainer, tokenizer, output_dir: Path, merge_lora: bool) -> None:
+    """Write the trained model once, from the main process, as a plain HF model directory.
+
+    LoRA adapters are merged into the weights first, so serving needs no peft.
+    """
+    accelerator = trainer.accelerator
+    # Under FSDP this gathers the shards, a collective every rank must join; otherwise the weights are whole.
+    state_dict = accelerator.get_state_dict(trainer.model) if trainer.is_fsdp_enabled else None
+    if accelerator.is_main_process:
+        model = accelerator.unwrap_model(trainer.model)
+        if merge_lora:
+            model = model.merge_and_unload()
+        with atomic_dir(output_dir) as tmp:
+            model.save_pretrained(tmp, state_dict=state_dict)
+            tokenizer.save_pretrained(tmp)
+    accelerator.wait_for_everyone()
 
 
 def finetune(model, tokenizer, examples: list[dict], cfg: TrainConfig, output_dir: str | Path,
              device: str = "auto", alpha: float = 0.0, distill: DistillConfig | None = None,
              label_store: LabelStore | None = None, teacher=None, work_dir: str | Path | None = None,
-             callbacks: list[TrainerCallback] | None = None) -> TrainResult:
+             callbacks: list[TrainerCallback] | None = None, lora: LoraSettings | None = None
+             ) -> TrainResult:
     """Finetune `model` on encoded examples, then save weights and tokenizer atomically to `output_dir`.
 
     α > 0 needs either `label_store` (stored teacher labels, one entry per example, in order) or `teacher`
     (online mode). Checkpoints go to `work_dir` every `cfg.checkpoint_every` steps; when it already holds
-    one, training resumes from it. `work_dir` is removed once the model is saved.
+    one, training resumes from it. `work_dir` is removed once the model is saved. With `lora.enabled` only
+    adapters train and `model` ends up holding the merged weights that are saved. Under torchrun or
+    `accelerate launch` every rank calls this; only the main process writes.
     """
     if alpha > 0 and label_store is None and teacher is None:
         raise ValueError("alpha > 0 needs stored teacher labels or an online teacher")
@@ -206,6 +269,10 @@ def finetune(model, tokenizer, examples: list[dict], cfg: TrainConfig, output_di
     output_dir = Path(output_dir)
     work_dir = Path(work_dir) if work_dir else output_dir.parent / f".{output_dir.name}.work"
     store = label_store if alpha > 0 and teacher is None else None
+    use_lora = lora is not None and lora.enabled
+    if use_lora:
+        torch.manual_seed(cfg.seed)  # adapters are initialised randomly: seeded, a rerun is the same run
+        model = with_lora(model, lora)
     trainer = DistillTrainer(
         model=model,
         args=training_arguments(cfg, work_dir, device),
@@ -214,16 +281,15 @@ def finetune(model, tokenizer, examples: list[dict], cfg: TrainConfig, output_di
         callbacks=callbacks,
         distill=distill,
         alpha=alpha,
-        teacher=teacher.to(model.device) if teacher is not None else None,
+        teacher=teacher,
     )
     resume = any(work_dir.glob("checkpoint-*"))
     start = time.perf_counter()
     state = trainer.train(resume_from_checkpoint=True if resume else None)
     seconds = time.perf_counter() - start
-    with atomic_dir(output_dir) as tmp:
-        trainer.model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-    shutil.rmtree(work_dir, ignore_errors=True)
+    _save(trainer, tokenizer, output_dir, merge_lora=use_lora)
+    if trainer.accelerator.is_main_process:
+        shutil.rmtree(work_dir, ignore_errors=True)
     tokens_per_epoch = sum(len(e["input_ids"]) for e in examples)
     epochs_seen = state.metrics.get("epoch", cfg.epochs)
     return TrainResult(
@@ -232,5 +298,6 @@ def finetune(model, tokenizer, examples: list[dict], cfg: TrainConfig, output_di
         loss_history=[(h["step"], float(h["loss"])) for h in trainer.state.log_history if "loss" in h],
         steps=state.global_step,
         seconds=seconds,
+        main_process=trainer.accelerator.is_main_process,
         train_tokens=int(tokens_per_epoch * epochs_seen),
     )
