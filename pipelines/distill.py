@@ -1,5 +1,6 @@
 """The `distill` pipeline: data → validation → tokenizer → teacher → calibration gate → soft labels
-→ students (SFT baseline and one KD student per α) → report. Wiring only."""
+→ students (SFT baseline and one KD student per α) → factual-rate detectors → evaluation of every model
+→ registration and promotion gate → report. Wiring only."""
 
 from zenml import pipeline
 from zenml.enums import ExecutionMode
@@ -8,7 +9,8 @@ from smoothkd.stages import student_name
 from steps.calibration import check_teacher_calibration
 from steps.data import build_tokenizer, load_data
 from steps.labels import precompute_labels
-from steps.models import student, teacher
+from steps.models import evaluate, factual_rate_detector, student, teacher
+from steps.registry import register_students
 from steps.report import report
 from steps.validate import validate_data
 
@@ -24,9 +26,23 @@ def distill(config: dict) -> None:
     teacher_summary, teacher_dir = teacher(config, dataset_dir, tokenizer)
     distill_temperature = check_teacher_calibration(config, dataset_dir, teacher_dir)
     labels_dir = precompute_labels(config, dataset_dir, tokenizer, teacher_dir, distill_temperature)
-    student_summaries = [
-        student(config, dataset_dir, tokenizer, distill_temperature, labels_dir, teacher_dir, alpha=alpha,
-                id=f"student_{student_name(alpha)}")
+    students = {
+        alpha: student(config, dataset_dir, tokenizer, distill_temperature, labels_dir, teacher_dir,
+                       alpha=alpha, id=f"student_{student_name(alpha)}")
         for alpha in [0.0, *config["distill"]["alphas"]]
+    }
+    # Lookback features are per (layer, head): the teacher gets its own detector, the students share one
+    # fitted on all students' held-out generations.
+    teacher_detector = factual_rate_detector(config, dataset_dir, [teacher_summary], id="detector_teacher",
+                                             after=[distill_temperature])
+    student_detector = factual_rate_detector(config, dataset_dir, list(students.values()),
+                                             id="detector_student")
+    evaluated_teacher = evaluate(config, dataset_dir, teacher_summary, teacher_detector,
+                                 id="evaluate_teacher")
+    evaluated_students = [
+        evaluate(config, dataset_dir, summary, student_detector, id=f"evaluate_{student_name(alpha)}")
+        for alpha, summary in students.items()
     ]
-    report(config, teacher_summary, student_summaries)
+    # Registration comes after every gate and evaluation: a run that failed earlier registers nothing.
+    gate_decisions = register_students(config, evaluated_students)
+    report(config, evaluated_teacher, evaluated_students, gate_decisions)

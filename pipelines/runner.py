@@ -1,37 +1,119 @@
-"""Run the `distill` pipeline for a RunConfig on the local stack and return its results record."""
+"""Run the `distill` pipeline for a RunConfig on its stack and return its results record."""
 
 import os
 import time
 
-from smoothkd.config import RunConfig
+from smoothkd.config import ConfigError, RunConfig
 from smoothkd.stages import output_root, tracking_uri
 from smoothkd.tracking import ensure_experiment
 
 
-def configure_zenml_env(cfg: RunConfig) -> None:
-    """Keep ZenML's state beside the run's outputs unless the user points elsewhere; analytics off."""
-    os.environ.setdefault("ZENML_CONFIG_PATH", str(output_root(cfg) / "zenml"))
+def configure_zenml_env(cfg: RunConfig, stack: str | None = None) -> None:
+    """The local stack keeps ZenML's state beside the run's outputs (unless the user points elsewhere);
+    other stacks use the user's ZenML configuration, where `zenml login` connected a server. Analytics off.
+    """
+    if (stack or cfg.orchestration.stack) == "local":
+        os.environ.setdefault("ZENML_CONFIG_PATH", str(output_root(cfg) / "zenml"))
     os.environ.setdefault("ZENML_ANALYTICS_OPT_IN", "false")
 
 
+def docker_settings(cfg: RunConfig):
+    """ZenML DockerSettings for the run's image."""
+    from zenml.config import DockerSettings
+
+    docker = cfg.orchestration.docker
+    # ZenML reads .dockerignore from the context root: the repository's keeps .venv and run outputs out.
+    built = docker.dockerfile is not None
+    return DockerSettings(
+        dockerfile=docker.dockerfile, build_context_root=docker.build_context_root if built else None,
+        parent_image=None if built else docker.parent_image, skip_build=docker.skip_build,
+        user=docker.user, requirements=docker.requirements or None, apt_packages=docker.apt_packages,
+        environment=docker.environment,
+    )
+
+
+def step_configurations(cfg: RunConfig, pipeline) -> dict[str, dict]:
+    """Per-invocation ResourceSettings and step operator; a step name covers all its invocations."""
+    from zenml.config import ResourceSettings
+
+    orch = cfg.orchestration
+    if not orch.resources and not orch.step_operator:
+        return {}
+    probe = pipeline.copy()
+    probe.prepare(config=cfg.model_dump(mode="json"))
+    invocations = {inv_id: inv.step.name for inv_id, inv in probe.invocations.items()}
+    known = set(invocations) | set(invocations.values())
+    named = [*orch.resources, *(orch.step_operator.steps if orch.step_operator else [])]
+    unknown = sorted(set(named) - known)
+    if unknown:
+        raise ConfigError(f"orchestration: unknown step {', '.join(unknown)} (steps: "
+                          f"{', '.join(sorted(set(invocations.values())))})")
+    configs: dict[str, dict] = {}
+    for inv_id, step_name in invocations.items():
+        # An invocation's own entry wins over its step's.
+        resources = orch.resources.get(inv_id) or orch.resources.get(step_name)
+        if resources is not None:
+            configs.setdefault(inv_id, {})["settings"] = {
+                "resources": ResourceSettings(**resources.model_dump(exclude_none=True))}
+        if orch.step_operator and {inv_id, step_name} & set(orch.step_operator.steps):
+            configs.setdefault(inv_id, {})["step_operator"] = orch.step_operator.name
+    return configs
+
+
 def run_distill(cfg: RunConfig) -> dict:
-    """Register the stack if needed, run the pipeline, and load the report step's results."""
+    """Register or activate the stack, run the pipeline, and load the report step's results."""
     configure_zenml_env(cfg)
     from zenml.integrations.mlflow.flavors.mlflow_experiment_tracker_flavor import (
         MLFlowExperimentTrackerSettings,
     )
 
     from pipelines.distill import distill
-    from pipelines.stack import ensure_local_stack
+    from pipelines.stack import ensure_local_stack, use_stack
 
-    uri = tracking_uri(cfg)
-    ensure_experiment(uri, cfg.tracking.experiment_name, output_root(cfg) / "mlartifacts")
-    ensure_local_stack(uri)
+    local = cfg.orchestration.stack == "local"
     settings = {"experiment_tracker": MLFlowExperimentTrackerSettings(
         experiment_name=cfg.tracking.experiment_name, nested=True)}
+    options: dict = {}
+    if local:
+        uri = tracking_uri(cfg)
+        ensure_experiment(uri, cfg.tracking.experiment_name, output_root(cfg) / "mlartifacts")
+        ensure_local_stack(uri)
+    else:
+        stack = cfg.orchestration.stack
+        uri = use_stack(stack)  # the server decides where artifacts go
+        if cfg.tracking.tracking_uri not in (None, uri):
+            raise ConfigError(f"tracking.tracking_uri {cfg.tracking.tracking_uri} is not stack {stack}'s "
+                              f"MLflow server ({uri}): unset it or make them agree")
+        settings["docker"] = docker_settings(cfg)
+        options = {"step_configurations": step_configurations(cfg, distill) or None,
+                   "secrets": cfg.orchestration.secrets or None}
     run_name = f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     start = time.perf_counter()
-    run = distill.with_options(settings=settings, run_name=run_name)(config=cfg.model_dump(mode="json"))
+    run = distill.with_options(settings=settings, run_name=run_name, **options)(
+        config=cfg.model_dump(mode="json"))
     seconds = time.perf_counter() - start
+    if not local:
+        run = _finished(run, cfg.orchestration.stack)
     results = run.steps["report"].outputs["results"][0].load()
-    return {**results, "run_name": run_name, "pipeline_seconds": seconds, "tracking_uri": uri}
+    return {**results, "gates": _gate_verdicts(run), "run_name": run_name, "pipeline_seconds": seconds,
+            "tracking_uri": uri}
+
+
+def _gate_verdicts(run) -> dict[str, dict]:
+    """What the data, calibration and detector steps recorded as ZenML metadata, for the run's summary."""
+    names = {"data": "validate_data", "calibration": "check_teacher_calibration",
+             "teacher detector": "detector_teacher", "student detector": "detector_student"}
+    return {label: dict(run.steps[step].run_metadata) for label, step in names.items() if step in run.steps}
+
+
+def _finished(run, stack: str):
+    """The run as the server sees it now; a remote run that did not complete is a one-line error."""
+    from zenml.client import Client
+
+    from smoothkd.errors import StackError
+
+    run = Client().get_pipeline_run(run.id)
+    if "report" not in run.steps or run.status.value != "completed":
+        raise StackError(f"run {run.name} is {run.status.value} on stack {stack}: follow it with "
+                         f"`zenml pipeline runs get {run.id}`; results land in MLflow")
+    return run

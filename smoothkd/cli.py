@@ -15,6 +15,8 @@ data_app = typer.Typer(help="Corpus and dataset commands.", no_args_is_help=True
 app.add_typer(data_app, name="data")
 teacher_app = typer.Typer(help="Teacher commands.", no_args_is_help=True)
 app.add_typer(teacher_app, name="teacher")
+stack_app = typer.Typer(help="ZenML stacks defined in infra/stacks.", no_args_is_help=True)
+app.add_typer(stack_app, name="stack")
 
 DEFAULT_CONFIG = Path("configs/demo.yaml")
 
@@ -67,15 +69,26 @@ def run(config: ConfigArg, set_: SetOpt = None) -> None:
     from rich.console import Console
 
     from pipelines.runner import run_distill
-    from smoothkd.report import results_table
+    from smoothkd.report import decisions_table, deltas_table, gate_lines, general_table, results_table
 
     with _one_line_errors():
         results = run_distill(cfg)
     console = Console()
-    console.print(results_table(results))
+    for line in gate_lines(results):
+        console.print(line, highlight=False)
+    console.print(results_table(results, cfg.eval.splits))
+    console.print(general_table(results))
+    if results["deltas"]:
+        console.print(deltas_table(results, cfg.eval.splits))
+    if results["decisions"]:
+        console.print(decisions_table(results))
+    champion = results["champion"]
+    console.print(f"champion: {champion['name']} v{champion['version']} ({champion['candidate']})" if champion
+                  else "champion: unchanged (no candidate of this run was promoted)", highlight=False)
     console.print(f"pipeline wall time: {results['pipeline_seconds']:.1f} s (run {results['run_name']})")
     ui_cmd = "smoothkd ui" if config == DEFAULT_CONFIG else f"smoothkd ui --config {config}"
-    console.print(f"browse runs and metrics: {ui_cmd}   (MLflow store {results['tracking_uri']})")
+    console.print(f"runs, charts, registry: {ui_cmd}   (MLflow store {results['tracking_uri']})",
+                  soft_wrap=True)
 
 
 @app.command()
@@ -86,20 +99,115 @@ def ui(
                     ] = "127.0.0.1",
 ) -> None:
     """Serve the MLflow UI on the store the pipeline wrote to."""
-    import subprocess
+    import os
 
     from smoothkd.stages import output_root, tracking_uri
 
     cfg = _load(config if config.exists() else None, None)
     uri = tracking_uri(cfg)
     typer.echo(f"MLflow UI for {uri} at http://{host}:{port}  (Ctrl-C to stop)")
+    sys.stdout.flush()
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", host,
            "--port", str(port), "--default-artifact-root", (output_root(cfg) / "mlartifacts").as_uri(),
            "--workers", "1"]
-    try:
-        raise typer.Exit(subprocess.call(cmd))
-    except KeyboardInterrupt:
-        raise typer.Exit(0) from None
+    # Become the server, so that stopping this command (Ctrl-C, SIGTERM) stops the server, not just a parent.
+    os.execv(sys.executable, cmd)
+
+
+ConfigOpt = Annotated[Path, typer.Option("--config", help="Config giving the MLflow store and gate")]
+TrackingOpt = Annotated[str | None, typer.Option("--tracking-uri", help="MLflow store (default: config's)")]
+
+
+def _registry_client(config: Path, set_: list[str] | None, uri: str | None):
+    from mlflow import MlflowClient
+
+    from smoothkd.stages import tracking_uri
+
+    cfg = _load(config if config.exists() else None, set_)
+    return cfg, MlflowClient(uri or tracking_uri(cfg))
+
+
+@app.command()
+def models(
+    name: Annotated[str | None, typer.Argument(help="Registered model (default: all)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output")] = False,
+    config: ConfigOpt = DEFAULT_CONFIG,
+    tracking_uri: TrackingOpt = None,
+) -> None:
+    """Registered versions with their aliases and gate verdicts, newest first."""
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from smoothkd.registry.store import list_versions
+
+    _, client = _registry_client(config, None, tracking_uri)
+    rows = list_versions(client, name)
+    if as_json:
+        typer.echo(json.dumps(rows, indent=1))
+        return
+    table = Table(title="registered models")
+    columns = ("name", "version", "aliases", "candidate", "gate", "primary", "forced_by", "created")
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*[", ".join(row[c]) if c == "aliases" else str(row[c]) for c in columns])
+    Console().print(table)
+
+
+@app.command()
+def promote(
+    name: Annotated[str, typer.Argument(help="Registered model")],
+    version: Annotated[str, typer.Argument(help="Version to judge and promote")],
+    force: Annotated[bool, typer.Option(help="Promote even if the gate fails (recorded in tags)")] = False,
+    reason: Annotated[str, typer.Option(help="Why (recorded with --force)")] = "",
+    config: ConfigOpt = DEFAULT_CONFIG,
+    set_: SetOpt = None,
+    tracking_uri: TrackingOpt = None,
+) -> None:
+    """Re-run the promotion gate for an existing version; move `champion` to it if it passes."""
+    from smoothkd.registry.promote import repromote
+    from smoothkd.stages import output_root
+
+    cfg, client = _registry_client(config, set_, tracking_uri)
+    if force and not reason:
+        _fail("--force needs --reason: it is recorded on the version")
+    record = repromote(client, cfg, name, version, output_root(cfg) / "registry.lock", force, reason)
+    for c in record["criteria"]:
+        value = "n/a" if c["value"] is None else f"{c['value']:.2f}"
+        typer.echo(f"  {c['verdict']:4}  {c['name']}: {value} (threshold {c['threshold']}) {c['detail']}")
+    typer.echo(f"{name} v{version}: {record['outcome']}")
+    raise typer.Exit(0 if record["outcome"].startswith("champion") else 1)
+
+
+@app.command("eval")
+def eval_(
+    config: ConfigArg,
+    model: Annotated[str, typer.Option(help="Model dir, or models:/NAME@ALIAS or models:/NAME/VERSION")],
+    detector: Annotated[Path | None, typer.Option(
+        help="Factual-rate detector (detector.json) fitted on a model of this shape; omitted: no factual rate"
+    )] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON")] = False,
+    set_: SetOpt = None,
+) -> None:
+    """Evaluate any model on CONFIG's evaluation data, outside the training pipeline."""
+    import json
+
+    from smoothkd.report import metrics_table
+    from smoothkd.stages import evaluate_model, prepare_data, resolve_model_ref
+
+    cfg = _load(config, set_)
+    with _one_line_errors():
+        path = resolve_model_ref(cfg, model)
+        result = evaluate_model(cfg, path, prepare_data(cfg), detector)
+    if as_json:
+        typer.echo(json.dumps(result["metrics"], indent=1, sort_keys=True))
+        return
+    from rich.console import Console
+
+    Console().print(metrics_table(result["metrics"], f"{model}: mean [95% bootstrap CI]"))
+    typer.echo(f"localization tables: {result['dir']}")
 
 
 @data_app.command("generate")
@@ -156,6 +264,46 @@ def teacher_check(config: ConfigArg, set_: SetOpt = None) -> None:
     console.print(f"reliability diagram: {report.diagram}")
     console.print(report.message(), style="green" if report.passed else "red", highlight=False)
     raise typer.Exit(0 if report.passed else 1)
+
+
+StackSetOpt = Annotated[list[str] | None, typer.Option(
+    "--set", help="Override a definition key: components.TYPE.configuration.KEY=VALUE (repeatable)")]
+StackConfigOpt = Annotated[Path, typer.Option(
+    help="Run config whose output_dir holds the local stack's ZenML state and MLflow store")]
+
+
+@stack_app.command("up")
+def stack_up(
+    name: Annotated[str, typer.Argument(help="A definition in infra/stacks (see `stack list`) or YAML file")],
+    set_: StackSetOpt = None,
+    config: StackConfigOpt = DEFAULT_CONFIG,
+) -> None:
+    """Register missing components, update changed ones, create and activate stack NAME (idempotent)."""
+    cfg = _load(config if config.exists() else None, None)
+    from pipelines.runner import configure_zenml_env
+    from smoothkd.stages import tracking_uri
+
+    configure_zenml_env(cfg, stack=name)
+    with _one_line_errors():
+        from pipelines.stack import stack_up as apply
+
+        report = apply(name, set_ or [], context={"SMOOTHKD_TRACKING_URI": tracking_uri(cfg)})
+    done = [f"created {c}" for c in report.created] + [f"updated {c}" for c in report.updated]
+    done += ["created the stack"] * report.stack_created + ["updated the stack"] * report.stack_updated
+    typer.echo(f"stack {report.stack}: {'; '.join(done) or 'unchanged'}; "
+               f"{'activated' if report.activated else 'active'}")
+
+
+@stack_app.command("list")
+def stack_list() -> None:
+    """The stack definitions in infra/stacks: name, ZenML stack, component flavors."""
+    from smoothkd.stackdef import available_stacks, load_stack_definition
+
+    with _one_line_errors():
+        for name in available_stacks():
+            defn = load_stack_definition(name)
+            typer.echo(f"{name}: {defn.name} - {defn.description}")
+            typer.echo("    " + ", ".join(f"{t}={c.flavor}" for t, c in defn.components.items()))
 
 
 def main() -> None:

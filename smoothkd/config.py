@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from smoothkd.data.schema import DOLLY_CATEGORIES
 
@@ -128,6 +128,24 @@ class TrainConfig(_Section):
     log_every: int = Field(default=10, gt=0)
     checkpoint_every: int | None = Field(default=None, gt=0)
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    # > 1 starts this many processes through `accelerate launch` (one per GPU; gloo on CPU); batch_size is
+    # per process. `fsdp` shards parameters, gradients and optimizer state (FSDP2) instead of replicating.
+    num_processes: int = Field(default=1, gt=0)
+    distributed: Literal["ddp", "fsdp"] = "ddp"
+
+
+class LoraSettings(_Section):
+    """LoRA adapters (peft) for large models: only the adapters train.
+
+    The finished model is saved with the adapters merged into its weights, a plain model that
+    `AutoModelForCausalLM` loads with no peft at serving time; checkpoints hold the adapters only.
+    """
+
+    enabled: bool = False
+    r: int = Field(default=16, gt=0)
+    alpha: int = Field(default=32, gt=0)
+    dropout: float = Field(default=0.05, ge=0, lt=1)
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
 
 
 class ModelConfig(_Section):
@@ -138,15 +156,27 @@ class ModelConfig(_Section):
     trust_remote_code: bool = False
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "float32"
     tiny: TinyModelConfig = Field(default_factory=TinyModelConfig)
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+
+
+def _no_lora_under_fsdp(section: ModelConfig) -> ModelConfig:
+    # Merging adapters needs whole weights; FSDP holds shards. LoRA models are small enough for DDP.
+    if section.lora.enabled and section.train.distributed == "fsdp":
+        raise ValueError("lora.enabled needs train.distributed: ddp (FSDP with LoRA is not supported)")
+    return section
 
 
 class TeacherConfig(ModelConfig):
     finetune: bool = True
     train: TrainConfig = Field(default_factory=TrainConfig)
 
+    _check_lora = model_validator(mode="after")(_no_lora_under_fsdp)
+
 
 class StudentConfig(ModelConfig):
     train: TrainConfig = Field(default_factory=TrainConfig)
+
+    _check_lora = model_validator(mode="after")(_no_lora_under_fsdp)
 
 
 class DistillConfig(_Section):
@@ -177,11 +207,32 @@ class TokenizerConfig(_Section):
 
 
 class EvalConfig(_Section):
+    """Summarisation evaluation: ROUGE, factual consistency with bootstrap CIs, general capability.
+
+    `consistency` picks the factual-consistency scorer (see `smoothkd.evaluation.consistency`):
+    `fact_precision` (deterministic, no model), `nli` (any sequence-classification NLI model; default
+    FacebookAI/roberta-large-mnli) or `hhem` (Vectara HHEM-2.1-open, loaded without remote code).
+    `consistency_model`/`consistency_tokenizer` take a hub id or local path (default per scorer); sources
+    longer than `consistency_max_length` tokens are scored in chunks, best chunk wins.
+    """
+
     splits: list[Literal["cnndm", "xsum"]] = Field(default_factory=lambda: ["cnndm", "xsum"])
     max_examples: int | None = Field(default=None, gt=0)
     batch_size: int = Field(default=16, gt=0)
     max_new_tokens: int = Field(default=64, gt=0)
     use_stemmer: bool = False
+    consistency: Literal["fact_precision", "nli", "hhem"] = "fact_precision"
+    consistency_model: str | None = None
+    consistency_tokenizer: str | None = None
+    consistency_max_length: int = Field(default=512, gt=16)
+    consistency_batch_size: int = Field(default=8, gt=0)
+    # Held-out rows with a context to fit the factual-rate detector on: the validation split's, and on the
+    # embedded corpus fresh rows (corpus seed data.seed + 1, no context shared with any split) up to this.
+    detector_rows: int = Field(default=1000, gt=0)
+    bootstrap_samples: int = Field(default=1000, gt=0)
+    confidence: float = Field(default=0.95, gt=0, lt=1)
+    bootstrap_seed: int = 10
+    lm_eval_tasks: list[str] = Field(default_factory=list)
 
 
 class CalibrationConfig(_Section):
@@ -207,11 +258,89 @@ class CalibrationConfig(_Section):
     logit_scale: float = Field(default=1.0, gt=0)
 
 
+class SplitGate(_Section):
+    """Absolute floors for one evaluation split (values in %, as the metrics are reported)."""
+
+    min_factual_consistency: float | None = Field(default=None, ge=0, le=100)
+    min_rougeLsum: float | None = Field(default=None, ge=0, le=100)
+
+
+class PromotionConfig(_Section):
+    """Registration and the promotion gate that moves the alias `champion`.
+
+    Every evaluated student (the SFT baseline and each α) is registered as a version of
+    `registered_model_name`. A candidate passes when it clears every split's floors, does not regress
+    against the current champion on any `regression_metrics` (judged on the paired bootstrap CI of
+    candidate − champion over the same examples: refused when the mean difference is below
+    −max_regression points and the CI lies entirely below zero), and meets the optional KD-vs-SFT and
+    general-capability criteria. Among the passing candidates of a run, the best by `primary_metric` (a
+    full name such as `cnndm/factual_consistency`, or a bare name averaged over the evaluation splits)
+    becomes champion.
+    """
+
+    enabled: bool = True
+    registered_model_name: str = "smoothkd-student"
+    primary_metric: str = "factual_consistency"
+    splits: dict[str, SplitGate] = Field(default_factory=dict)
+    max_regression: float = Field(default=2.0, ge=0)
+    regression_metrics: list[str] = Field(default_factory=lambda: ["factual_consistency", "rougeLsum"])
+    kd_not_worse_than_sft: bool = False
+    min_general_rougeL: float | None = Field(default=None, ge=0, le=100)
+    max_general_nll: float | None = Field(default=None, gt=0)
+
+
 class TrackingConfig(_Section):
     """MLflow store and experiment. A relative sqlite path is resolved against `output_dir`."""
 
     tracking_uri: str | None = None
     experiment_name: str = "smoothkd"
+
+
+class DockerConfig(_Section):
+    """The image remote steps run in (ZenML `DockerSettings`); the local stack runs in this process.
+
+    Paths are relative to the working directory `smoothkd run` starts in (the repository root).
+    """
+
+    dockerfile: str | None = None  # e.g. infra/docker/Dockerfile; built with build_context_root as context
+    build_context_root: str = "."
+    parent_image: str | None = None  # a prebuilt image instead of a Dockerfile (ignored when one is set)
+    skip_build: bool = False  # run parent_image as it is (it must hold the project and the stack's needs)
+    user: str | None = None  # e.g. smoothkd for infra/docker: ZenML installs as root, then switches
+    requirements: list[str] = Field(default_factory=list)
+    apt_packages: list[str] = Field(default_factory=list)
+    environment: dict[str, str] = Field(default_factory=dict)
+
+
+class StepResources(_Section):
+    """What one step asks the orchestrator for (ZenML `ResourceSettings`)."""
+
+    gpu_count: int | None = Field(default=None, ge=0)
+    cpu_count: float | None = Field(default=None, gt=0)
+    memory: str | None = Field(default=None, pattern=r"^[0-9]+(B|KB|KiB|MB|MiB|GB|GiB|TB|TiB|PB|PiB)$")
+
+
+class StepOperatorConfig(_Section):
+    """Run the named steps through a registered ZenML step operator (e.g. GPU steps on a cluster)."""
+
+    name: str
+    steps: list[str] = Field(min_length=1)
+
+
+class OrchestrationConfig(_Section):
+    """Where the pipeline runs: a stack defined in infra/stacks (`smoothkd stack up NAME` registers it).
+
+    `local` keeps ZenML's state under output_dir and registers itself; any other stack must be registered
+    first, and its steps get `docker` and the per-step `resources` (keys are step names such as `teacher`,
+    `precompute_labels`, `student`; `student` covers every student, `student_sft` just one). `secrets`
+    names ZenML secrets whose keys become environment variables in every step (e.g. HF_TOKEN).
+    """
+
+    stack: str = "local"
+    docker: DockerConfig = Field(default_factory=DockerConfig)
+    resources: dict[str, StepResources] = Field(default_factory=dict)
+    step_operator: StepOperatorConfig | None = None
+    secrets: list[str] = Field(default_factory=list)
 
 
 class RunConfig(_Section):
@@ -229,6 +358,8 @@ class RunConfig(_Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    orchestration: OrchestrationConfig = Field(default_factory=OrchestrationConfig)
+    promotion: PromotionConfig = Field(default_factory=PromotionConfig)
 
     def fingerprint(self, *sections: str) -> str:
         """Stable short hash of the named sections (all when none), for content-addressed caches."""

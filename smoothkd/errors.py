@@ -30,7 +30,24 @@ class TeacherRejectedError(RuntimeError):
     """The teacher failed the calibration gate; the message lists each metric against its threshold."""
 
 
+class EvaluationModelError(ValueError):
+    """An evaluation model (e.g. the consistency scorer) cannot be loaded or used; names the config key."""
+
+
+class StackError(RuntimeError):
+    """A ZenML stack cannot serve a run: missing integration or secret, unregistered stack, name clash."""
+
+
+class DetectorError(ValueError):
+    """The factual-rate detector cannot be fitted, loaded or applied; the message says why in one line."""
+
+
+class LaunchError(RuntimeError):
+    """A multi-process stage failed; the one-line message names the rank, the error and the log."""
+
+
 USER_ERRORS: tuple[type[BaseException], ...] = (
     ConfigError, DataLoadError, TokenizerMismatchError, NonFiniteLossError, CorruptLabelStoreError,
-    TeacherRejectedError, DataValidationError,
+    TeacherRejectedError, DataValidationError, EvaluationModelError, StackError, LaunchError,
+    DetectorError,
 )

@@ -1,40 +1,160 @@
-"""The run's results record and its console rendering."""
+"""The run's results record (metrics with CIs, paired KD − SFT deltas, gate decisions) and its rendering."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from smoothkd.config import EvalConfig
+from smoothkd.registry.gate import Candidate, paired_difference
 
-def build_results(summaries: list[dict]) -> dict[str, Any]:
-    """One record per model: role, path, size, cache use and metrics (predictions left out)."""
+HEADLINE = (("rougeLsum", "ROUGE-Lsum"), ("factual_consistency", "fact. consist. %"),
+            ("factual_rate", "factual rate %"), ("hallucinated_facts_per_summary", "halluc./summary"))
+# Per-example column behind each headline metric (the aggregate's name differs for hallucinated facts).
+PER_EXAMPLE = {"hallucinated_facts_per_summary": "hallucinated_facts"}
+
+
+def _candidate(summary: dict) -> Candidate:
+    return Candidate(summary["role"], summary.get("alpha") or 0.0, summary["metrics"],
+                     summary.get("per_example", {}))
+
+
+def paired_deltas(students: list[dict], eval_cfg: EvalConfig) -> dict[str, dict[str, float]]:
+    """For each KD student, KD − SFT on every split's headline metrics: mean and paired bootstrap CI."""
+    sft = next((s for s in students if s.get("alpha") == 0), None)
+    if sft is None:
+        return {}
+    deltas: dict[str, dict[str, float]] = {}
+    for kd in (s for s in students if s.get("alpha")):
+        flat: dict[str, float] = {}
+        for split in eval_cfg.splits:
+            for metric, _ in HEADLINE:
+                column = PER_EXAMPLE.get(metric, metric)
+                ci = paired_difference(_candidate(kd), _candidate(sft), split, column, eval_cfg)
+                if ci is not None:
+                    name = f"{split}/{metric}"
+                    flat |= {name: ci.mean, f"{name}_ci_low": ci.low, f"{name}_ci_high": ci.high}
+        deltas[f"{kd['role'].removeprefix('student_')} - sft"] = flat
+    return deltas
+
+
+def build_results(teacher: dict, students: list[dict], decisions: list[dict], eval_cfg: EvalConfig
+                  ) -> dict[str, Any]:
+    """One record per model (metrics with CIs, registry version and gate outcome), deltas and decisions."""
+    by_candidate = {d["candidate"]: d for d in decisions}
     models = []
-    for s in summaries:
-        models.append({key: s[key] for key in ("role", "path", "parameters", "cached", "train_seconds")}
-                      | {"metrics": dict(sorted(s["metrics"].items()))})
-    return {"models": models}
+    for s in [teacher, *students]:
+        decision = by_candidate.get(s["role"].removeprefix("student_"), {})
+        models.append({key: s.get(key) for key in ("role", "alpha", "path", "parameters", "cached",
+                                                    "train_seconds", "run_id")}
+                      | {"metrics": dict(sorted(s["metrics"].items())), "version": decision.get("version"),
+                         "outcome": decision.get("outcome")})
+    champion = next((d for d in decisions if d["outcome"] == "champion"), None)
+    return {"models": models, "deltas": paired_deltas(students, eval_cfg), "decisions": decisions,
+            "champion": {"name": champion["registered_model"], "version": champion["version"],
+                         "candidate": champion["candidate"]} if champion else None}
 
 
-def results_table(results: dict[str, Any]):
-    """A rich Table: one row per (split, model), one column per metric."""
+def _cell(metrics: dict[str, float], name: str) -> str:
+    """`mean (low–high)`, or `-` for a metric the model does not have."""
+    if name not in metrics:
+        return "-"
+    low, high = metrics.get(f"{name}_ci_low"), metrics.get(f"{name}_ci_high")
+    digits = 2 if abs(metrics[name]) < 10 else 1
+    ci = f" ({low:.{digits}f}–{high:.{digits}f})" if low is not None and high is not None else ""
+    return f"{metrics[name]:.{digits}f}{ci}"
+
+
+def _model_label(model: dict) -> str:
+    return model["role"].removeprefix("student_") + (" (cached)" if model.get("cached") else "")
+
+
+def _headline_table(title: str, key: str, groups: list[list[tuple[str, str, dict[str, float]]]]):
+    """Rows of (split, name, flat metrics) under the headline columns; a rule after each group."""
     from rich.table import Table
 
-    by_split: dict[str, dict[str, dict[str, float]]] = {}
+    table = Table(title=title)
+    table.add_column("split")
+    table.add_column(key)
+    for _, label in HEADLINE:
+        table.add_column(label, justify="right")
+    for group in groups:
+        for i, (split, name, metrics) in enumerate(group):
+            table.add_row(split, name, *[_cell(metrics, f"{split}/{metric}") for metric, _ in HEADLINE],
+                          end_section=i == len(group) - 1)
+    return table
+
+
+def results_table(results: dict[str, Any], splits: list[str]):
+    """One row per (split, model): headline metrics as mean (95% bootstrap CI)."""
+    return _headline_table("summarisation: mean (95% bootstrap CI)", "model",
+                           [[(split, _model_label(m), m["metrics"]) for m in results["models"]]
+                            for split in splits])
+
+
+def general_table(results: dict[str, Any]):
+    """General capability on the held-out instruction split, per model."""
+    from rich.table import Table
+
+    table = Table(title="general capability (held-out instructions)")
+    for column in ("model", "params", "ROUGE-L", "NLL of reference"):
+        table.add_column(column, justify="left" if column == "model" else "right")
     for m in results["models"]:
-        for name, value in m["metrics"].items():
-            split, metric = name.split("/", 1)
-            by_split.setdefault(split, {}).setdefault(m["role"], {})[metric] = value
-    metric_names = sorted({metric for rows in by_split.values() for r in rows.values() for metric in r})
-    table = Table(title="smoothkd results (ROUGE F1 ×100)")
-    for column in ("split", "model", "params"):
+        table.add_row(_model_label(m), f"{m['parameters'] / 1e6:.2f}M", _cell(m["metrics"], "general/rougeL"),
+                      _cell(m["metrics"], "general/nll"))
+    return table
+
+
+def deltas_table(results: dict[str, Any], splits: list[str]):
+    """KD − SFT per split: paired mean difference (95% CI); positive means KD is higher."""
+    return _headline_table("KD − SFT on the same examples: mean (paired 95% bootstrap CI)", "comparison",
+                           [[(split, comparison, flat) for comparison, flat in results["deltas"].items()]
+                            for split in splits])
+
+
+def _value(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
+def decisions_table(results: dict[str, Any]):
+    """Per candidate: registered version, outcome and the criteria it failed."""
+    from rich.table import Table
+
+    table = Table(title="promotion gate")
+    for column in ("candidate", "version", "outcome", "failed criteria"):
         table.add_column(column)
-    for name in metric_names:
-        table.add_column(name, justify="right")
-    params = {m["role"]: m["parameters"] for m in results["models"]}
-    cached = {m["role"] for m in results["models"] if m.get("cached")}
-    for split, rows in sorted(by_split.items()):
-        for role, values in rows.items():
-            cells = [f"{values[n]:.2f}" if n in values else "-" for n in metric_names]
-            label = role + (" (cached)" if role in cached else "")
-            table.add_row(split, label, f"{params[role] / 1e6:.2f}M", *cells)
-        table.add_section()
+    for d in results["decisions"]:
+        failed = [f"{c['name']} ({_value(c['value'])} vs {c['threshold']})"
+                  for c in d["criteria"] if c["verdict"] != "pass"]
+        table.add_row(d["candidate"], str(d["version"]), d["outcome"], "; ".join(failed) or "-")
+    return table
+
+
+def gate_lines(results: dict[str, Any]) -> list[str]:
+    """One line per gate the run passed through: data validation, teacher calibration, detectors."""
+    gates, lines = results.get("gates", {}), []
+    data = gates.get("data")
+    if data:
+        lines.append(f"data validation: {data['validation.verdict']} ({data['validation.expectations']} "
+                     f"expectations, {len(data['validation.warnings'])} warnings)")
+    if gates.get("calibration"):
+        lines.append(f"teacher {gates['calibration']['message']}")
+    for label in ("teacher detector", "student detector"):
+        meta = gates.get(label)
+        if meta and "auroc" in meta:
+            lines.append(f"{label} (factual rate): held-out AUROC {meta['auroc']:.3f} on {meta['n_test']} "
+                         f"sentences ({meta['n_factual']} factual / {meta['n_hallucinated']} hallucinated)")
+        elif meta is not None:
+            lines.append(f"{label} (factual rate): disabled, no factual rate for these models")
+    return lines
+
+
+def metrics_table(metrics: dict[str, float], title: str):
+    """Every aggregate metric of one model as mean [CI]."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for name in sorted(n for n in metrics if not n.endswith(("_ci_low", "_ci_high"))):
+        table.add_row(name, _cell(metrics, name))
     return table

@@ -13,8 +13,7 @@ from pathlib import Path
 
 from smoothkd.config import ModelConfig, RunConfig, TrainConfig
 from smoothkd.data.loaders import load_split
-from smoothkd.data.prompts import build_prompt, eval_prompt, response_text
-from smoothkd.data.schema import REFERENCE_COLUMN, SOURCE_COLUMN
+from smoothkd.data.prompts import build_prompt, response_text
 from smoothkd.io import atomic_dir, read_json, sha256_file, write_json
 
 EVAL_KINDS = ("cnndm", "xsum")
@@ -167,29 +166,54 @@ def _train_examples(tokenizer, data_dir, train_cfg: TrainConfig) -> list[dict]:
                                    train_cfg.max_prompt_length)
 
 
-def _finetune(cfg: RunConfig, model_cfg: ModelConfig, train_cfg: TrainConfig, role: str, tokenizer_ref,
-              data_dir, out: Path, alpha: float = 0.0, label_store=None, teacher=None,
+def _finetune(cfg: RunConfig, section: str, role: str, tokenizer_ref, data_dir, out: Path, alpha: float = 0.0,
+              labels_dir: str | None = None, teacher_path: str | None = None,
               temperature: float | None = None, work_key: str = "") -> ModelArtifact:
-    from smoothkd.distill.trainer import finetune
-    from smoothkd.modeling.models import count_parameters
+    """Train `cfg.<section>` (teacher or student) into `out`.
 
+    With `train.num_processes > 1` this starts that many processes through `accelerate launch`, each
+    calling this same function, and returns what rank 0 recorded.
+    """
+    from smoothkd.distill.labels import LabelStore
+    from smoothkd.distill.trainer import finetune, main_process_first, mixed_precision, world_size
+    from smoothkd.modeling.models import count_parameters, load_causal_lm
+
+    model_cfg = getattr(cfg, section)
+    train_cfg = model_cfg.train
+    if train_cfg.num_processes > 1 and world_size() == 1:
+        from smoothkd.distill.launch import launch
+
+        job = {"kind": "finetune", "section": section, "role": role, "tokenizer_ref": str(tokenizer_ref),
+               "data_dir": str(data_dir), "out": str(out), "alpha": alpha, "labels_dir": labels_dir,
+               "teacher_path": teacher_path, "temperature": temperature, "work_key": work_key}
+        return ModelArtifact(**launch(cfg, job, train_cfg.num_processes,
+                                      output_root(cfg) / "launch" / _digest(role, str(out)),
+                                      mixed_precision(train_cfg, cfg.device), label=role))
+    store = teacher = None
+    if alpha > 0 and cfg.distill.mode == "online":
+        teacher = load_causal_lm(teacher_path, cfg.teacher)
+    elif alpha > 0:
+        store = LabelStore(labels_dir)
     tokenizer = load_run_tokenizer(cfg, tokenizer_ref, model_cfg)
     init_key = _digest(str(tokenizer_ref), model_cfg.model_dump_json(), str(train_cfg.seed))
-    model = _initial_model(model_cfg, tokenizer, output_root(cfg) / "init" / init_key, train_cfg.seed)
+    with main_process_first():  # a tiny model is built once, by rank 0, and loaded by every rank
+        model = _initial_model(model_cfg, tokenizer, output_root(cfg) / "init" / init_key, train_cfg.seed)
     distill = cfg.distill.model_copy(update={"temperature": temperature or cfg.distill.temperature})
     # Checkpoints are keyed by everything that shapes the run, so rerunning an interrupted one resumes it.
     work_dir = output_root(cfg) / "checkpoints" / _digest(
         role, init_key, dataset_key(data_dir), train_cfg.model_dump_json(), str(alpha),
         distill.model_dump_json() if alpha else "", work_key)
+    parameters = count_parameters(model)  # before LoRA adds adapters or FSDP shards the weights
     result = finetune(model, tokenizer, _train_examples(tokenizer, data_dir, train_cfg), train_cfg, out,
-                      device=cfg.device, alpha=alpha, distill=distill, label_store=label_store,
-                      teacher=teacher, work_dir=work_dir)
+                      device=cfg.device, alpha=alpha, distill=distill, label_store=store, teacher=teacher,
+                      work_dir=work_dir, lora=model_cfg.lora)
     artifact = ModelArtifact(
-        path=str(out), role=role, parameters=count_parameters(model), train_steps=result.steps,
+        path=str(out), role=role, parameters=parameters, train_steps=result.steps,
         train_seconds=result.seconds, train_tokens_per_second=result.tokens_per_second,
         loss_history=result.loss_history,
     )
-    write_json(out / "smoothkd_train.json", artifact.to_dict())
+    if result.main_process:
+        write_json(out / "smoothkd_train.json", artifact.to_dict())
     return artifact
 
 
@@ -206,7 +230,7 @@ def prepare_teacher(cfg: RunConfig, data_dir: str | Path, tokenizer_ref: str | P
     record = out / "smoothkd_train.json"
     if record.exists():
         return ModelArtifact(**{**read_json(record), "cached": True})
-    return _finetune(cfg, t, t.train, "teacher", tokenizer_ref, data_dir, out)
+    return _finetune(cfg, "teacher", "teacher", tokenizer_ref, data_dir, out)
 
 
 def check_tokenizers_agree(teacher_tokenizer, student_tokenizer) -> None:
@@ -223,14 +247,27 @@ def check_tokenizers_agree(teacher_tokenizer, student_tokenizer) -> None:
 
 def teacher_labels(cfg: RunConfig, data_dir: str | Path, tokenizer_ref: str | Path, teacher_path: str,
                    temperature: float | None = None, progress: bool = True):
-    """Precompute (or reuse) the teacher's top-k labels on the training split; returns PrecomputeResult."""
-    from smoothkd.distill.labels import LabelSpec, directory_identity, precompute_labels
+    """Precompute (or reuse) the teacher's top-k labels on the training split; returns PrecomputeResult.
+
+    With `student.train.num_processes > 1` the shards are split over that many processes (one teacher per
+    device), started through `accelerate launch` like the students' training.
+    """
+    from smoothkd.distill.labels import LabelSpec, PrecomputeResult, directory_identity, precompute_labels
+    from smoothkd.distill.trainer import world_size
     from smoothkd.modeling.models import load_causal_lm, resolve_device
 
     d = cfg.distill
     tokenizer = load_run_tokenizer(cfg, tokenizer_ref)
     check_tokenizers_agree(tokenizer, load_run_tokenizer(cfg, cfg.student.name_or_path or tokenizer_ref,
                                                      cfg.student))
+    n = cfg.student.train.num_processes
+    if n > 1 and world_size() == 1:
+        from smoothkd.distill.launch import launch
+
+        job = {"kind": "labels", "data_dir": str(data_dir), "tokenizer_ref": str(tokenizer_ref),
+               "teacher_path": str(teacher_path), "temperature": temperature, "progress": progress}
+        job_dir = output_root(cfg) / "launch" / _digest("labels", str(data_dir), str(teacher_path))
+        return PrecomputeResult(**launch(cfg, job, n, job_dir, label="teacher_labels"))
     spec = LabelSpec(top_k=d.top_k, temperature=temperature or d.temperature, encoding=d.encoding,
                      shard_size=d.shard_size)
     identity = {
@@ -247,50 +284,144 @@ def student_name(alpha: float) -> str:
     return "sft" if alpha == 0 else f"kd_a{alpha:g}"
 
 
-def train_student(cfg: RunConfig, data_dir: str | Path, tokenizer_ref: str | Path, run_dir: str | Path,
-                  alpha: float = 0.0, labels_dir: str | None = None, teacher_path: str | None = None,
+def train_student(cfg: RunConfig, data_dir: str | Path, tokenizer_ref: str | Path, alpha: float = 0.0,
+                  labels_dir: str | None = None, teacher_path: str | None = None,
                   temperature: float | None = None) -> ModelArtifact:
-    """Finetune one student: the SFT baseline (α = 0) or a KD student on stored or online teacher labels."""
-    from smoothkd.distill.labels import LabelStore
-    from smoothkd.modeling.models import load_causal_lm
+    """Finetune one student: the SFT baseline (α = 0) or a KD student on stored or online teacher labels.
 
-    store = teacher = None
-    if alpha > 0 and cfg.distill.mode == "online":
-        teacher = load_causal_lm(teacher_path, cfg.teacher)
-    elif alpha > 0:
-        store = LabelStore(labels_dir)
+    Cached like the teacher: the same data, tokenizer, student config, α, distillation settings and label
+    store (or online teacher) give the same student directory, and a rerun reuses it.
+    """
     name = student_name(alpha)
-    return _finetune(cfg, cfg.student, cfg.student.train, f"student_{name}", tokenizer_ref, data_dir,
-                     Path(run_dir) / f"student_{name}", alpha=alpha, label_store=store, teacher=teacher,
-                     temperature=temperature, work_key=str(labels_dir or teacher_path) if alpha else "")
+    teacher_ref = str(labels_dir or teacher_path) if alpha else ""
+    distill = cfg.distill.model_copy(update={"temperature": temperature or cfg.distill.temperature})
+    key = _digest(name, dataset_key(data_dir), str(tokenizer_ref), cfg.student.model_dump_json(), cfg.device,
+                  distill.model_dump_json() if alpha else "", teacher_ref)
+    out = output_root(cfg) / "students" / key
+    record = out / "smoothkd_train.json"
+    if record.exists():
+        return ModelArtifact(**{**read_json(record), "cached": True})
+    return _finetune(cfg, "student", f"student_{name}", tokenizer_ref, data_dir, out, alpha=alpha,
+                     labels_dir=labels_dir, teacher_path=teacher_path, temperature=temperature,
+                     work_key=teacher_ref)
 
 
 # ---- evaluation ----
 
 
-def evaluate_model(cfg: RunConfig, model_path: str | Path, data_dir: str | Path, tokenizer_ref=None,
-                   progress: bool = True) -> dict:
-    """Generate summaries on each evaluation split and score them with ROUGE.
+def dataset_lexicon(data_dir: str | Path) -> dict[str, list[str]] | None:
+    """The embedded corpus's entity lexicon for fact matching; None for datasets from elsewhere."""
+    from smoothkd.data.corpus import load_lexicon
 
-    Returns `{"metrics": {"cnndm/rougeLsum": ..., ...}, "predictions": {"cnndm": [...], ...}}`.
+    corpus = read_json(Path(data_dir) / "manifest.json").get("embedded_corpus")
+    return load_lexicon(corpus) if corpus and (Path(corpus) / "lexicon.json").exists() else None
+
+
+def model_identity(model_path: str | Path) -> str:
+    """sha256 over a model directory's weights and config (the id itself for a hub name)."""
+    from smoothkd.distill.labels import directory_identity
+
+    return directory_identity(model_path, ("*.safetensors", "config.json"))
+
+
+def detector_rows(cfg: RunConfig, data_dir: str | Path) -> list[dict]:
+    """Held-out instruction rows with a context for the detector: the validation split's, topped up to
+    `eval.detector_rows` from a second embedded corpus (another seed) when the data is embedded."""
+    from smoothkd.data.corpus import corpus_is_complete, generate_corpus, read_jsonl
+
+    rows = [r for r in read_split(data_dir, "validation") if r.get("context")]
+    need = cfg.eval.detector_rows - len(rows)
+    if need <= 0 or not _uses_embedded(cfg):
+        return rows[: cfg.eval.detector_rows]
+    seen = {r.get("context") or r.get("article") or r.get("document")
+            for split in ("train", "validation", *EVAL_KINDS) for r in read_split(data_dir, split)}
+    extra = output_root(cfg) / "corpus" / f"detector-{cfg.data.seed + 1}-{need}"
+    if not corpus_is_complete(extra):
+        # About 60% of instruction rows carry a context; twice the need leaves room for the filter.
+        generate_corpus(extra, seed=cfg.data.seed + 1, n_instruction=2 * need, n_cnndm=1, n_xsum=1)
+    fresh = [r for r in read_jsonl(extra / "instruction.jsonl") if r["context"] and r["context"] not in seen]
+    return rows + fresh[:need]
+
+
+def prepare_detector(cfg: RunConfig, data_dir: str | Path, model_paths: list[str], progress: bool = True
+                     ) -> tuple[Path, bool]:
+    """Fit (or reuse) a factual-rate detector on the pooled generations of `model_paths` for held-out rows.
+
+    Lookback features are per (layer, head), so a detector only reads models of the shape it was fitted
+    on: the pipeline fits one on the teacher, and one on all students together, so that every student is
+    scored by a detector that has seen its kind of attention. Returns (detector.json, cached). Raises
+    DetectorError when the generations hold only one class.
     """
-    from smoothkd.evaluation.generation import generate
-    from smoothkd.evaluation.rouge import rouge
+    import numpy as np
+
+    from smoothkd.evaluation.detector import detector_examples, fit_detector
     from smoothkd.modeling.models import load_causal_lm, resolve_device
     from smoothkd.modeling.tokenizer import load_tokenizer
 
-    tokenizer = load_tokenizer(str(tokenizer_ref or model_path))
-    model = load_causal_lm(model_path).to(resolve_device(cfg.device))
-    metrics: dict[str, float] = {}
-    predictions: dict[str, list[str]] = {}
-    for kind in cfg.eval.splits:
-        rows = read_split(data_dir, kind)
-        prompts = [eval_prompt(kind, r[SOURCE_COLUMN[kind]]) for r in rows]
-        preds = generate(model, tokenizer, prompts, batch_size=cfg.eval.batch_size,
-                         max_new_tokens=cfg.eval.max_new_tokens,
-                         max_prompt_length=cfg.student.train.max_prompt_length, progress=progress,
-                         desc=f"generate {kind}")
-        scores = rouge(preds, [r[REFERENCE_COLUMN[kind]] for r in rows], cfg.eval.use_stemmer)
-        metrics.update({f"{kind}/{name}": value for name, value in scores.items()})
-        predictions[kind] = preds
-    return {"metrics": metrics, "predictions": predictions}
+    e, train = cfg.eval, cfg.student.train
+    key = _digest(*map(model_identity, model_paths), dataset_key(data_dir), str(e.max_new_tokens),
+                  str(train.max_prompt_length), str(cfg.data.seed), str(e.detector_rows), cfg.device)
+    path = output_root(cfg) / "detectors" / key / "detector.json"
+    if path.exists():
+        return path, True
+    rows, lexicon = detector_rows(cfg, data_dir), dataset_lexicon(data_dir)
+    features, labels = [], []
+    for model_path in model_paths:
+        model = load_causal_lm(model_path).to(resolve_device(cfg.device))
+        data = detector_examples(model, load_tokenizer(str(model_path)), rows, lexicon, e.batch_size,
+                                 e.max_new_tokens, train.max_prompt_length, progress)
+        features.append(data.features)
+        labels.append(data.labels)
+    fit_detector(np.concatenate(features), np.concatenate(labels), seed=cfg.data.seed).save(path)
+    return path, False
+
+
+def evaluate_model(cfg: RunConfig, model_path: str | Path, data_dir: str | Path,
+                   detector_path: str | Path | None = None, progress: bool = True) -> dict:
+    """Evaluate a model (see `smoothkd.evaluation.evaluate`), cached by model, data, eval config, detector.
+
+    The result gains `dir`, the directory holding `result.json` and the per-split localization tables.
+    """
+    from smoothkd.evaluation.evaluate import evaluate_model as evaluate
+
+    key = _digest(model_identity(model_path), dataset_key(data_dir), cfg.eval.model_dump_json(),
+                  str(cfg.student.train.max_prompt_length), cfg.device,
+                  sha256_file(detector_path) if detector_path else "")
+    out = output_root(cfg) / "evaluations" / key
+    if not (out / "result.json").exists():
+        with atomic_dir(out) as tmp:
+            write_json(tmp / "result.json", evaluate(cfg, model_path, data_dir, tmp, detector_path,
+                                                     progress=progress))
+    return {**read_json(out / "result.json"), "dir": str(out)}
+
+
+def resolve_model_ref(cfg: RunConfig, ref: str) -> Path:
+    """A local model directory for `ref`: a path as is, or a registry reference (`models:/NAME@ALIAS`,
+    `models:/NAME/VERSION`) loaded from the config's MLflow store and saved once under the output dir."""
+    import mlflow
+
+    from smoothkd.errors import EvaluationModelError
+
+    if not ref.startswith("models:/"):
+        if not (Path(ref) / "config.json").exists():
+            raise EvaluationModelError(f"--model {ref}: not a model directory (no config.json)")
+        return Path(ref)
+    client = mlflow.MlflowClient(tracking_uri(cfg))
+    name, _, selector = ref.removeprefix("models:/").partition("@")
+    try:
+        if selector:
+            version = str(client.get_model_version_by_alias(name, selector).version)
+        else:
+            name, _, version = name.partition("/")
+            client.get_model_version(name, version)
+    except mlflow.exceptions.MlflowException as err:
+        raise EvaluationModelError(f"--model {ref}: not in the registry at {tracking_uri(cfg)} "
+                                   f"({str(err).splitlines()[0]})") from err
+    out = output_root(cfg) / "registry_models" / f"{name}-v{version}"
+    if not (out / "config.json").exists():
+        mlflow.set_tracking_uri(tracking_uri(cfg))
+        components = mlflow.transformers.load_model(f"models:/{name}/{version}", return_type="components")
+        with atomic_dir(out) as tmp:
+            components["model"].save_pretrained(tmp)
+            components["tokenizer"].save_pretrained(tmp)
+    return out

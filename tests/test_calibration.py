@@ -135,7 +135,7 @@ def test_overconfident_teacher_stops_the_pipeline_at_the_gate(rejected_run):
     metadata = run.steps["check_teacher_calibration"].run_metadata
     assert metadata["verdict"] == "reject" and metadata["ece"] > 0.5
     out = Path(cfg.output_dir)
-    assert not list(out.glob("runs/*/student_*")), "a student was trained after the rejection"
+    assert not list(out.glob("students/*")), "a student was trained after the rejection"
     assert not list(out.rglob("*label*")), "soft labels were made after the rejection"
     assert list(out.glob("runs/*/calibration/reliability.png"))
 

@@ -1,6 +1,8 @@
 """End to end: the real `distill` ZenML pipeline on an isolated store, MLflow on sqlite, `smoothkd ui`."""
 
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -30,12 +32,50 @@ def test_pipeline_runs_and_reports_every_model(tiny_run):
     cfg, results = tiny_run
     roles = [m["role"] for m in results["models"]]
     assert roles == ["teacher", "student_sft", "student_kd_a0.5"]
+    aggregates = [f"{s}/{m}" for s in ("cnndm", "xsum")
+                  for m in ("rougeL", "rougeLsum", "factual_consistency", "hallucinated_facts_per_summary")]
     for model in results["models"]:
-        expected = {f"{s}/{m}" for s in ("cnndm", "xsum") for m in ("rougeL", "rougeLsum")}
-        assert set(model["metrics"]) == expected
-        assert all(0.0 <= v <= 100.0 for v in model["metrics"].values())
+        metrics = model["metrics"]
+        for name in [*aggregates, "general/rougeL", "general/nll"]:
+            assert metrics[f"{name}_ci_low"] <= metrics[name] <= metrics[f"{name}_ci_high"], name
+        assert all(0.0 <= metrics[name] <= 100.0 for name in aggregates if "facts_per" not in name)
         assert (Path(model["path"]) / "model.safetensors").exists()
+    # The 4-step tiny models say nothing checkable, so no detector can be fitted: the rate is left out.
+    assert "auroc" not in results["gates"]["student detector"]
+    assert not any("factual_rate" in name for m in results["models"] for name in m["metrics"])
+    assert set(results["deltas"]) == {"kd_a0.5 - sft"}
     assert results["pipeline_seconds"] > 0
+
+
+def test_students_are_registered_and_the_gate_decides_the_champion(tiny_run):
+    cfg, results = tiny_run
+    client = mlflow.MlflowClient(tracking_uri(cfg))
+    name = cfg.promotion.registered_model_name
+    versions = {str(v.version): v for v in client.search_model_versions(f"name = '{name}'")}
+    assert sorted(versions) == ["1", "2"]
+    assert [d["candidate"] for d in results["decisions"]] == ["sft", "kd_a0.5"]
+    champion = results["champion"]
+    assert champion is not None and client.get_model_version_by_alias(name, "champion").version == int(
+        champion["version"])
+    for decision in results["decisions"]:
+        tags = versions[decision["version"]].tags
+        assert tags["gate.passed"] == "true" and tags["candidate"] == decision["candidate"]
+        assert tags["zenml_pipeline_name"] == "distill"  # registered through the stack's model registry
+        run_id = versions[decision["version"]].run_id
+        artifacts = {a.path for a in client.list_artifacts(run_id, "evaluation")}
+        assert {"evaluation/per_example.json", "evaluation/cnndm", "evaluation/xsum"} <= artifacts
+        tables = {a.path for a in client.list_artifacts(run_id, "evaluation/cnndm")}
+        assert {f"evaluation/cnndm/localization.{ext}" for ext in ("csv", "json", "html")} <= tables
+    # Mirrored in ZenML's Model Control Plane, champion in production.
+    from zenml.client import Client
+
+    mirrored = Client().get_model_version(name, f"mlflow-v{champion['version']}")
+    assert mirrored.stage == "production"
+    # The pipeline's own run carries the SFT-vs-KD chart and the loss curves.
+    parent = client.search_runs([client.get_experiment_by_name(cfg.tracking.experiment_name).experiment_id],
+                                f"attributes.run_name = '{results['run_name']}'")[0]
+    charts = {a.path for a in client.list_artifacts(parent.info.run_id, "charts")}
+    assert charts == {"charts/sft_vs_kd.png", "charts/loss_curves.png"}
 
 
 def test_each_model_is_an_mlflow_run_with_params_loss_curve_and_metrics(tiny_run):
@@ -77,6 +117,11 @@ def test_second_run_reuses_the_cached_teacher(tiny_run):
     assert teacher_again["cached"] and not teacher_first["cached"]
     assert teacher_again["path"] == teacher_first["path"]
     assert teacher_again["metrics"] == teacher_first["metrics"]
+    # Cached students have the same weights: their registered versions are reused, not copied.
+    assert [d["version"] for d in again["decisions"]] == [d["version"] for d in first["decisions"]]
+    client = mlflow.MlflowClient(tracking_uri(cfg))
+    assert len(client.search_model_versions(f"name = '{cfg.promotion.registered_model_name}'")) == 2
+    assert again["champion"]["version"] == first["champion"]["version"]
 
 
 def _free_port() -> int:
@@ -92,7 +137,8 @@ def test_ui_serves_the_pipeline_store(tiny_run, tmp_path):
     experiment = mlflow.MlflowClient(tracking_uri(cfg)).get_experiment_by_name(cfg.tracking.experiment_name)
     port = _free_port()
     proc = subprocess.Popen([sys.executable, "-m", "smoothkd.cli", "ui", "--config", str(config_file),
-                             "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                             "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
     try:
         body = json.dumps({"experiment_ids": [experiment.experiment_id], "max_results": 50}).encode()
         deadline = time.time() + 90
@@ -113,5 +159,31 @@ def test_ui_serves_the_pipeline_store(tiny_run, tmp_path):
         metrics = {m["key"]: m["value"] for m in runs["student_sft"]["data"]["metrics"]}
         assert metrics["xsum/rougeL"] == pytest.approx(results["models"][1]["metrics"]["xsum/rougeL"])
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        # The server's own workers share its process group: stop them all, leave nothing listening.
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+
+
+def test_eval_cli_scores_the_registered_champion_like_the_pipeline(tiny_run, tmp_path):
+    from typer.testing import CliRunner
+
+    from smoothkd.cli import app
+
+    cfg, results = tiny_run
+    champion = results["champion"]
+    overrides = ["--set", f"output_dir={cfg.output_dir}"]
+    config = str(ROOT / "configs/test/tiny.yaml")
+    shown = CliRunner().invoke(app, ["eval", config, "--model", f"models:/{champion['name']}@champion",
+                                     "--json", *overrides])
+    assert shown.exit_code == 0, shown.output
+    metrics = json.loads(shown.output[shown.output.index("{"):])
+    evaluated = next(m for m in results["models"] if m["version"] == champion["version"])
+    for name in ("cnndm/rougeLsum", "xsum/factual_consistency", "general/nll"):
+        assert metrics[name] == pytest.approx(evaluated["metrics"][name], abs=1e-6)
+    missing = CliRunner().invoke(app, ["eval", config, "--model", "models:/no-such-model@champion",
+                                       *overrides])
+    assert missing.exit_code == 2 and "models:/no-such-model@champion" in missing.output

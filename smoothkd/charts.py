@@ -1,0 +1,56 @@
+"""The run's pictures: SFT-vs-KD metrics with confidence intervals, and the training loss curves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+COMPARED = (("rougeLsum", "ROUGE-Lsum"), ("factual_consistency", "factual consistency (%)"),
+            ("factual_rate", "factual rate (%)"))
+
+
+def _figure(figsize):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def comparison_chart(models: list[dict], splits: list[str], path: str | Path) -> Path:
+    """One panel per (split, metric): a bar per model with its bootstrap CI as an error bar."""
+    fig = _figure((4 * len(COMPARED), 3.2 * len(splits)))
+    axes = fig.subplots(len(splits), len(COMPARED), squeeze=False)
+    roles = [m["role"] for m in models]
+    colors = ["0.55" if r == "teacher" else "tab:orange" if r.endswith("sft") else "tab:blue" for r in roles]
+    for row, split in enumerate(splits):
+        for col, (metric, label) in enumerate(COMPARED):
+            ax = axes[row][col]
+            name = f"{split}/{metric}"
+            values = [m["metrics"].get(name, float("nan")) for m in models]
+            low = [v - m["metrics"].get(f"{name}_ci_low", v) for v, m in zip(values, models, strict=True)]
+            high = [m["metrics"].get(f"{name}_ci_high", v) - v for v, m in zip(values, models, strict=True)]
+            ax.bar(range(len(models)), values, yerr=[low, high], capsize=4, color=colors)
+            ax.set_xticks(range(len(models)), [r.removeprefix("student_") for r in roles], rotation=20)
+            ax.set_title(f"{split}: {label}", fontsize=10)
+            ax.grid(axis="y", alpha=0.3)
+    fig.suptitle("SFT baseline vs KD students (bars: mean, whiskers: 95% bootstrap CI)")
+    fig.savefig(path, dpi=110)
+    return Path(path)
+
+
+def loss_curves_chart(curves: dict[str, list], path: str | Path) -> Path:
+    """Training loss against step, one line per model."""
+    fig = _figure((6.5, 4))
+    ax = fig.subplots()
+    for role, points in curves.items():
+        if points:
+            steps, losses = zip(*points, strict=True)
+            ax.plot(steps, losses, label=role.removeprefix("student_"))
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.set_title("training loss (KD students: (1−α)·NLL + α·KD)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.savefig(path, dpi=110)
+    return Path(path)

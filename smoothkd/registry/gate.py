@@ -1,0 +1,142 @@
+"""The promotion gate: every criterion judged on its own, with value, threshold and verdict on record.
+
+A pure function of the candidates' metrics and per-example scores, so the same judgement runs in the
+pipeline, in `smoothkd promote` and in tests. Comparisons with another model (the champion, the SFT
+baseline) are paired: both models' per-example scores on the same example ids, bootstrapped together.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from smoothkd.config import EvalConfig, PromotionConfig
+
+PASS, FAIL = "pass", "fail"
+
+
+@dataclass
+class Candidate:
+    """One evaluated model: flat metrics and, per split, per-example scores in `id` order."""
+
+    name: str
+    alpha: float
+    metrics: dict[str, float]
+    per_example: dict[str, dict[str, list]] = field(default_factory=dict)
+    version: str | None = None
+
+
+@dataclass
+class Criterion:
+    name: str
+    value: float | None
+    threshold: float | None
+    verdict: str
+    detail: str = ""
+
+
+@dataclass
+class Decision:
+    candidate: str
+    criteria: list[Criterion]
+    primary_metric: str
+    primary_value: float | None
+    version: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        return all(c.verdict == PASS for c in self.criteria)
+
+    @property
+    def failed_criteria(self) -> list[str]:
+        return [c.name for c in self.criteria if c.verdict != PASS]
+
+    def to_record(self, **extra: Any) -> dict[str, Any]:
+        """The JSON decision record: every criterion with its value, threshold and verdict."""
+        return {"candidate": self.candidate, "version": self.version, "passed": self.passed,
+                "primary_metric": self.primary_metric, "primary_value": self.primary_value,
+                "criteria": [asdict(c) for c in self.criteria], **extra}
+
+
+def primary_value(metrics: dict[str, float], primary: str, splits: list[str]) -> float | None:
+    """`primary` as a full metric name, or a bare name averaged over the evaluation splits."""
+    if "/" in primary:
+        return metrics.get(primary)
+    values = [metrics.get(f"{split}/{primary}") for split in splits]
+    return None if any(v is None for v in values) else sum(values) / len(values)
+
+
+def _floor(name: str, value: float | None, threshold: float, at_least: bool = True) -> Criterion:
+    if value is None:
+        return Criterion(name, None, threshold, FAIL, "metric missing")
+    ok = value >= threshold if at_least else value <= threshold
+    return Criterion(name, value, threshold, PASS if ok else FAIL, ">=" if at_least else "<=")
+
+
+def paired_difference(a: Candidate, b: Candidate, split: str, metric: str, eval_cfg: EvalConfig):
+    """Bootstrap CI of mean(a − b) over the example ids both evaluated on `split`, or None if none shared."""
+    from smoothkd.evaluation.bootstrap import paired_bootstrap_ci
+
+    rows_a, rows_b = a.per_example.get(split, {}), b.per_example.get(split, {})
+    if metric not in rows_a or metric not in rows_b:
+        return None
+    index_b = {i: n for n, i in enumerate(rows_b.get("id", []))}
+    pairs = [(x, rows_b[metric][index_b[i]])
+             for i, x in zip(rows_a.get("id", []), rows_a[metric], strict=True) if i in index_b]
+    # An example can lack a value (e.g. no factual rate for an empty summary): pair only complete ones.
+    pairs = [(x, y) for x, y in pairs if x is not None and y is not None]
+    if not pairs:
+        return None
+    return paired_bootstrap_ci([x for x, _ in pairs], [y for _, y in pairs], eval_cfg.bootstrap_samples,
+                               eval_cfg.confidence, eval_cfg.bootstrap_seed)
+
+
+def _comparison(name: str, ci, tolerance: float) -> Criterion:
+    """Refuse a difference that is both beyond the tolerance on average and below zero with confidence.
+
+    A plain "CI lower bound above −tolerance" (non-inferiority) would refuse the champion itself on a
+    100-example split, whose paired CIs are several points wide; this rule refuses only regressions the
+    data actually show.
+    """
+    if ci is None:
+        return Criterion(name, None, -tolerance, FAIL, "no shared evaluation examples to compare on")
+    worse = ci.high < 0 and ci.mean < -tolerance
+    return Criterion(name, ci.mean, -tolerance, FAIL if worse else PASS,
+                     f"paired CI [{ci.low:.2f}, {ci.high:.2f}]")
+
+
+def judge(candidate: Candidate, promotion: PromotionConfig, eval_cfg: EvalConfig,
+          champion: Candidate | None = None, sft: Candidate | None = None) -> Decision:
+    """Judge one candidate against the configured floors, the current champion and the SFT baseline."""
+    criteria: list[Criterion] = []
+    m = candidate.metrics
+    for split, floors in sorted(promotion.splits.items()):
+        if floors.min_factual_consistency is not None:
+            name = f"{split}/factual_consistency"
+            criteria.append(_floor(name, m.get(name), floors.min_factual_consistency))
+        if floors.min_rougeLsum is not None:
+            name = f"{split}/rougeLsum"
+            criteria.append(_floor(name, m.get(name), floors.min_rougeLsum))
+    if champion is not None and champion.version != candidate.version:
+        for split in eval_cfg.splits:
+            for metric in promotion.regression_metrics:
+                ci = paired_difference(candidate, champion, split, metric, eval_cfg)
+                criteria.append(_comparison(f"{split}/{metric} vs champion v{champion.version}", ci,
+                                            promotion.max_regression))
+    if promotion.kd_not_worse_than_sft and sft is not None and candidate.alpha > 0:
+        for split in eval_cfg.splits:
+            ci = paired_difference(candidate, sft, split, "factual_consistency", eval_cfg)
+            criteria.append(_comparison(f"{split}/factual_consistency vs sft", ci, 0.0))
+    if promotion.min_general_rougeL is not None:
+        criteria.append(_floor("general/rougeL", m.get("general/rougeL"), promotion.min_general_rougeL))
+    if promotion.max_general_nll is not None:
+        criteria.append(_floor("general/nll", m.get("general/nll"), promotion.max_general_nll,
+                               at_least=False))
+    return Decision(candidate.name, criteria, promotion.primary_metric,
+                    primary_value(m, promotion.primary_metric, eval_cfg.splits), candidate.version)
+
+
+def best_passing(decisions: list[Decision]) -> Decision | None:
+    """The passing decision with the highest primary value (first wins a tie), or None."""
+    passing = [d for d in decisions if d.passed and d.primary_value is not None]
+    return max(passing, key=lambda d: d.primary_value, default=None)

@@ -1,0 +1,85 @@
+"""Registration step: every evaluated student becomes a registered version; the gate picks the champion."""
+
+from typing import Annotated
+
+import mlflow
+from zenml import get_step_context, log_metadata, step
+from zenml.client import Client
+from zenml.enums import ModelStages
+from zenml.logger import get_logger
+from zenml.model_registries.base_model_registry import ModelRegistryModelMetadata, ModelVersionStage
+
+from smoothkd.config import RunConfig
+from smoothkd.registry.gate import Candidate
+from smoothkd.registry.promote import Registered, register_and_promote
+from smoothkd.stages import model_identity, output_root, student_name
+
+logger = get_logger(__name__)
+
+
+def _stack_registry_hooks(name: str):
+    """Register and move the alias through the stack's MLflow model registry (ZenML maps PRODUCTION to the
+    alias `champion`); plain MLflow when the stack has no model registry."""
+    registry = Client().active_stack.model_registry
+    if registry is None:
+        return None, None
+    # The component caches an MLflow client configured from the stack it was first built with; in a process
+    # that already ran the pipeline on another store (tests, notebooks) that client points at the old one.
+    # This step's tracker has configured MLflow for this run: bind the registry to the same store.
+    registry._client = mlflow.MlflowClient(mlflow.get_tracking_uri())
+    run = get_step_context().pipeline_run
+
+    def register(model_name: str, uri: str, run_id: str, tags: dict[str, str]) -> str:
+        metadata = ModelRegistryModelMetadata(mlflow_run_id=run_id, zenml_run_name=run.name,
+                                              zenml_pipeline_name=run.pipeline.name if run.pipeline else None,
+                                              **tags)
+        version = registry.register_model_version(model_name, model_source_uri=uri, metadata=metadata)
+        return str(version.version)
+
+    def set_alias(version: str) -> None:
+        registry.update_model_version(name, version, stage=ModelVersionStage.PRODUCTION)
+
+    return register, set_alias
+
+
+def _mirror_in_model_control_plane(name: str, records: list[dict]) -> None:
+    """One ZenML model version per registered MLflow version, with its decision; champion in production."""
+    client = Client()
+    try:
+        client.get_model(name)
+    except KeyError:
+        client.create_model(name, description="smoothkd students; versions mirror the MLflow registry")
+    for record in records:
+        version = f"mlflow-v{record['version']}"
+        try:
+            client.get_model_version(name, version)
+        except KeyError:  # a version reused by a rerun is mirrored already; its metadata gains this decision
+            client.create_model_version(name, name=version, tags=[record["candidate"]])
+        criteria = {c["name"]: f"{c['verdict']}: {c['value']}" for c in record["criteria"]}
+        log_metadata(metadata={"mlflow_version": record["version"], "passed": record["passed"],
+                               "outcome": record["outcome"], "criteria": criteria},
+                     model_name=name, model_version=version)
+        if record["outcome"] == "champion":
+            client.update_model_version(name, version, stage=ModelStages.PRODUCTION, force=True)
+
+
+@step(experiment_tracker=True)
+def register_students(config: dict, student_summaries: list[dict]) -> Annotated[list[dict], "gate_decisions"]:
+    """Register every student, judge each against the promotion gate, promote at most one to `champion`."""
+    cfg = RunConfig.model_validate(config)
+    if not cfg.promotion.enabled:
+        return []
+    name = cfg.promotion.registered_model_name
+    registered = [Registered(Candidate(student_name(s["alpha"]), s["alpha"], s["metrics"], s["per_example"]),
+                             s["model_uri"], s["run_id"], model_identity(s["path"]))
+                  for s in student_summaries]
+    register, set_alias = _stack_registry_hooks(name)
+    records = register_and_promote(mlflow.MlflowClient(), cfg, registered, output_root(cfg) / "registry.lock",
+                                   register, set_alias)
+    _mirror_in_model_control_plane(name, records)
+    mlflow.log_dict({"decisions": records}, "gate/decisions.json")
+    for record in records:
+        logger.info("%s v%s: %s", record["candidate"], record["version"], record["outcome"])
+    log_metadata(metadata={r["candidate"]: {"version": r["version"], "outcome": r["outcome"]}
+                           for r in records})
+    return records
