@@ -76,7 +76,8 @@ def _headline_table(title: str, key: str, groups: list[list[tuple[str, str, dict
     table.add_column("split")
     table.add_column(key)
     for _, label in HEADLINE:
-        table.add_column(label, justify="right")
+        # Fold, never truncate: on a narrow terminal a CI wraps onto a second line instead of losing digits.
+        table.add_column(label, justify="right", overflow="fold")
     for group in groups:
         for i, (split, name, metrics) in enumerate(group):
             table.add_row(split, name, *[_cell(metrics, f"{split}/{metric}") for metric, _ in HEADLINE],
@@ -97,7 +98,7 @@ def general_table(results: dict[str, Any]):
 
     table = Table(title="general capability (held-out instructions)")
     for column in ("model", "params", "ROUGE-L", "NLL of reference"):
-        table.add_column(column, justify="left" if column == "model" else "right")
+        table.add_column(column, justify="left" if column == "model" else "right", overflow="fold")
     for m in results["models"]:
         table.add_row(_model_label(m), f"{m['parameters'] / 1e6:.2f}M", _cell(m["metrics"], "general/rougeL"),
                       _cell(m["metrics"], "general/nll"))
