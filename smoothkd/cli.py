@@ -127,6 +127,17 @@ def _registry_client(config: Path, set_: list[str] | None, uri: str | None):
     return cfg, MlflowClient(uri or tracking_uri(cfg))
 
 
+@contextlib.contextmanager
+def _registry_errors(what: str):
+    """An unknown model or version (or an unreachable store) is one line, not a traceback."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        yield
+    except MlflowException as err:
+        _fail(f"{what}: {err.message.splitlines()[0]}")
+
+
 @app.command()
 def models(
     name: Annotated[str | None, typer.Argument(help="Registered model (default: all)")] = None,
@@ -143,7 +154,8 @@ def models(
     from smoothkd.registry.store import list_versions
 
     _, client = _registry_client(config, None, tracking_uri)
-    rows = list_versions(client, name)
+    with _registry_errors(name or "registry"):
+        rows = list_versions(client, name)
     if as_json:
         typer.echo(json.dumps(rows, indent=1))
         return
@@ -173,7 +185,8 @@ def promote(
     cfg, client = _registry_client(config, set_, tracking_uri)
     if force and not reason:
         _fail("--force needs --reason: it is recorded on the version")
-    record = repromote(client, cfg, name, version, output_root(cfg) / "registry.lock", force, reason)
+    with _registry_errors(f"{name} v{version}"):
+        record = repromote(client, cfg, name, version, output_root(cfg) / "registry.lock", force, reason)
     for c in record["criteria"]:
         value = "n/a" if c["value"] is None else f"{c['value']:.2f}"
         typer.echo(f"  {c['verdict']:4}  {c['name']}: {value} (threshold {c['threshold']}) {c['detail']}")

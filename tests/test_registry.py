@@ -111,7 +111,9 @@ def test_register_gate_promote_refuse_and_force(world):
     assert records[0]["outcome"] == "failed gate" and champion_version(client, "student") == "2"
     assert "cnndm/factual_consistency vs champion v2" in [c["name"] for c in records[0]["criteria"]
                                                           if c["verdict"] == "fail"]
-    # The CLI shows it, re-runs the gate (still refused), and --force promotes with who/why on record.
+    # The CLI shows it, re-runs the gate (still refused), and --force promotes with who/why on record,
+    # reaching the store through --tracking-uri alone (nothing process-wide points there).
+    mlflow.set_tracking_uri(f"sqlite:///{world['root'] / 'elsewhere.db'}")
     cli_args = ["--tracking-uri", world["uri"]]
     shown = CliRunner().invoke(app, ["models", "student", "--json", *cli_args])
     assert shown.exit_code == 0, shown.output
@@ -126,6 +128,8 @@ def test_register_gate_promote_refuse_and_force(world):
     tags = client.get_model_version("student", "3").tags
     assert tags["promotion.reason"] == "hotfix" and tags["promotion.forced_by"]
     assert [r["version"] for r in list_versions(client, "student")] == ["3", "2", "1"]
+    unknown = CliRunner().invoke(app, ["promote", "student", "99", *cli_args])
+    assert unknown.exit_code == 2 and "student v99" in unknown.output and "Traceback" not in unknown.output
 
 
 def test_champion_loads_back_and_generates_the_same_summary(world):

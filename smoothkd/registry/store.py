@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import fcntl
 import getpass
+import json
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -87,7 +89,9 @@ def load_candidate(client: MlflowClient, name: str, version: str) -> Candidate:
     """Rebuild a registered version's Candidate from its run: metrics, α and per-example scores."""
     mv = client.get_model_version(name, version)
     run = client.get_run(mv.run_id)
-    per_example = mlflow.artifacts.load_dict(f"runs:/{mv.run_id}/{PER_EXAMPLE_ARTIFACT}")
+    with tempfile.TemporaryDirectory() as tmp:  # through this client's store, not the process-wide URI
+        per_example = json.loads(Path(client.download_artifacts(mv.run_id, PER_EXAMPLE_ARTIFACT, tmp))
+                                 .read_text(encoding="utf-8"))
     alpha = float(run.data.params.get("alpha", mv.tags.get("alpha", 0.0)))
     candidate_name = mv.tags.get("candidate", run.data.tags.get("mlflow.runName", f"v{version}"))
     return Candidate(candidate_name, alpha, dict(run.data.metrics), per_example, version)
