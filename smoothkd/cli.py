@@ -219,7 +219,7 @@ def eval_(
         return
     from rich.console import Console
 
-    Console().print(metrics_table(result["metrics"], f"{model}: mean [95% bootstrap CI]"))
+    Console().print(metrics_table(result["metrics"], f"{model}: mean (95% bootstrap CI)"))
     typer.echo(f"localization tables: {result['dir']}")
 
 
