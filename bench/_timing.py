@@ -1,9 +1,20 @@
-"""Timing helper shared by the benches."""
+"""Timing helpers shared by the benches."""
 
 import time
 from collections.abc import Callable
 
 import torch
+
+
+def timed(fn: Callable[[], object], device: torch.device) -> float:
+    """Wall seconds of one call of `fn`; on CUDA the device is synchronised before and after it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
 
 
 def interleaved_times(variants: dict[str, Callable[[], object]], repeats: int,
@@ -16,11 +27,5 @@ def interleaved_times(variants: dict[str, Callable[[], object]], repeats: int,
     times: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(repeats):
         for name, fn in variants.items():
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            fn()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            times[name].append(time.perf_counter() - start)
+            times[name].append(timed(fn, device))
     return times

@@ -19,10 +19,10 @@ import gc
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
+from _timing import interleaved_times, timed
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -64,19 +64,6 @@ def random_examples(n: int, seq: int, prompt: int, vocab: int) -> list[dict]:
         ids = torch.randint(1, vocab, (seq,), generator=generator).tolist()
         rows.append({"input_ids": ids, "labels": [IGNORE_INDEX] * prompt + ids[prompt:]})
     return rows
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def timed(fn, device: torch.device) -> float:
-    sync(device)
-    start = time.perf_counter()
-    fn()
-    sync(device)
-    return time.perf_counter() - start
 
 
 def teacher_throughput(teacher, examples, p, device, out: Path) -> tuple[float, float]:
@@ -145,10 +132,7 @@ def main() -> None:
     for _ in range(WARMUP):
         for step in steps.values():
             step()
-    times = {name: [] for name in steps}
-    for _ in range(p["repeats"]):
-        for name, step in steps.items():
-            times[name].append(timed(step, device))
+    times = interleaved_times(steps, p["repeats"], device)
     median = {name: statistics.median(t) for name, t in times.items()}
     del steps, step
 

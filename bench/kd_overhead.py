@@ -72,10 +72,10 @@ def main() -> None:
     median = {name: statistics.median(t) for name, t in times.items()}
 
     memory = {}
-    for name, (_, trainer, model, batch) in variants.items():
+    for name, (step, trainer, model, batch) in variants.items():
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
-            variants[name][0]()
+            step()
             memory[name] = torch.cuda.max_memory_allocated()
         else:
             memory[name] = saved_bytes(trainer, model, batch)

@@ -75,10 +75,12 @@ def main() -> None:
                                        pad, BATCH, progress=False)
             print(f"k={k}: bytes_per_token={result.bytes_per_token} topk_mass={result.topk_mass:.4f} "
                   f"kl_full_vs_reconstructed={reconstruction_kl(full, LabelStore(result.path)):.5f}")
+            if k == default_k:
+                default_bytes = result.bytes_per_token
         ratios = []
+        spec = LabelSpec(top_k=default_k, shard_size=128)
         for rep in range(3):
             plain = plain_forward_seconds(model, examples, pad)
-            spec = LabelSpec(top_k=default_k, shard_size=128)
             start = time.perf_counter()
             precompute_labels(model, examples, Path(tmp) / f"speed{rep}", spec, {"teacher": teacher.path},
                               pad, BATCH, progress=False)
@@ -86,10 +88,7 @@ def main() -> None:
     tokens = full.shape[0]
     print(f"tokens={tokens} examples={len(examples)} vocab={full.shape[-1]} default_k={default_k}")
     print(f"precompute_over_forward_tokens_per_second={statistics.median(ratios):.3f}")
-    spec = LabelSpec(top_k=default_k)
-    from smoothkd.distill.labels import bytes_per_token
-
-    print(f"bytes_per_token={bytes_per_token(spec, full.shape[-1])}")
+    print(f"bytes_per_token={default_bytes}")
 
 
 if __name__ == "__main__":

@@ -9,12 +9,13 @@ import textwrap
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import corpus_and_tokenizer
 from transformers import TrainerCallback
 
 from smoothkd.config import DistillConfig, LoraSettings, TinyModelConfig, TrainConfig
 from smoothkd.data.corpus import read_jsonl
-from smoothkd.data.tokenize import encode_instruction_rows
+from smoothkd.data.tokenize import IGNORE_INDEX, encode_instruction_rows
 from smoothkd.distill.labels import LabelSpec, LabelStore, precompute_labels
 from smoothkd.distill.trainer import (
     DistillCollator,
@@ -81,9 +82,14 @@ def test_stored_full_vocab_labels_equal_the_online_teacher(world, tmp_path):
 def test_alpha_zero_is_exactly_sft(world, tmp_path):
     loss, _, batch = batch_loss(world, 0.0, tmp_path=tmp_path)
     student = load_causal_lm(world["student"])
-    total, count = response_nll(student(input_ids=batch["input_ids"],
-                                        attention_mask=batch["attention_mask"]).logits, batch["labels"])
+    with torch.no_grad():
+        logits = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    total, count = response_nll(logits, batch["labels"])
     assert loss == (total / count).item()
+    # response_nll itself against the plain shifted cross-entropy that ignores prompt and padding.
+    reference = F.cross_entropy(logits[:, :-1].flatten(0, 1), batch["labels"][:, 1:].flatten(),
+                                ignore_index=IGNORE_INDEX)
+    assert loss == pytest.approx(reference.item(), rel=1e-6)
 
 
 def test_chunking_changes_neither_loss_nor_gradients(world, tmp_path):
@@ -166,7 +172,7 @@ KILL_SCRIPT = textwrap.dedent("""
     from transformers import TrainerCallback
     from smoothkd.config import DistillConfig, TrainConfig
     from smoothkd.data.corpus import read_jsonl
-    from smoothkd.data.tokenize import encode_instruction_rows
+    from smoothkd.data.tokenize import IGNORE_INDEX, encode_instruction_rows
     from smoothkd.distill.labels import LabelStore
     from smoothkd.distill.trainer import finetune
     from smoothkd.modeling.models import load_causal_lm

@@ -29,6 +29,7 @@ import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass
+from io import BytesIO
 from pathlib import Path
 
 import numpy as np
@@ -80,15 +81,17 @@ def _encode(ids: torch.Tensor, logp: torch.Tensor, spec: LabelSpec, vocab_size: 
 
 def _decode(ids: np.ndarray, logp: np.ndarray, complete: bool
             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    ids = torch.from_numpy(ids.astype(np.int64))
     values = torch.from_numpy(logp.astype(np.float32))
     if logp.dtype == np.uint8:
         values = -values * LOGP_STEP
     if complete:  # top-k spans the whole vocabulary: there is no tail
-        return torch.from_numpy(ids.astype(np.int64)), values, torch.full(values.shape[:-1], float("-inf"))
-    tail = log1mexp(torch.logsumexp(values, dim=-1))
+        return ids, values, torch.full(values.shape[:-1], float("-inf"))
+    mass = torch.logsumexp(values, dim=-1)
+    tail = log1mexp(mass)
     # Quantisation can push Σp above 1 by a hair: renormalise the k + 1 outcomes jointly.
-    norm = torch.logaddexp(torch.logsumexp(values, dim=-1), tail).clamp(min=0.0)
-    return torch.from_numpy(ids.astype(np.int64)), values - norm.unsqueeze(-1), tail - norm
+    norm = torch.logaddexp(mass, tail).clamp(min=0.0)
+    return ids, values - norm.unsqueeze(-1), tail - norm
 
 
 def content_hash(*parts: object) -> str:
@@ -117,23 +120,34 @@ def response_count(example: dict) -> int:
     return sum(1 for label in example["labels"][1:] if label != IGNORE_INDEX)
 
 
-def verified_manifest(path: str | Path) -> dict:
-    """The store's manifest, after checking every shard against it.
-
-    Raises CorruptLabelStoreError naming the first missing or altered shard, or the missing manifest.
-    """
-    path = Path(path)
+def _manifest(path: Path) -> dict:
     manifest_file = path / "manifest.json"
     if not manifest_file.exists():
         raise CorruptLabelStoreError(f"label store {path} has no manifest (incomplete precompute)")
-    manifest = read_json(manifest_file)
+    return read_json(manifest_file)
+
+
+def _shard_bytes(path: Path, shard: dict) -> bytes:
+    """A shard's bytes, read once and checked against its manifest record.
+
+    Raises CorruptLabelStoreError naming the shard when it is missing or altered.
+    """
+    file = path / shard["file"]
+    if not file.exists():
+        raise CorruptLabelStoreError(f"label shard missing: {file}")
+    data = file.read_bytes()
+    if hashlib.sha256(data).hexdigest() != shard["sha256"]:
+        raise CorruptLabelStoreError(
+            f"label shard corrupted (sha256 mismatch): {file}; delete it and rerun to recompute it")
+    return data
+
+
+def verified_manifest(path: str | Path) -> dict:
+    """The store's manifest, after checking every shard against it (CorruptLabelStoreError otherwise)."""
+    path = Path(path)
+    manifest = _manifest(path)
     for shard in manifest["shards"]:
-        file = path / shard["file"]
-        if not file.exists():
-            raise CorruptLabelStoreError(f"label shard missing: {file}")
-        if sha256_file(file) != shard["sha256"]:
-            raise CorruptLabelStoreError(
-                f"label shard corrupted (sha256 mismatch): {file}; delete it and rerun to recompute it")
+        _shard_bytes(path, shard)
     return manifest
 
 
@@ -142,10 +156,11 @@ class LabelStore:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.manifest = verified_manifest(self.path)
+        self.manifest = _manifest(self.path)
         ids, logp, lengths = [], [], []
         for shard in self.manifest["shards"]:
-            with np.load(self.path / shard["file"]) as data:
+            # Checked and loaded from one read of the file.
+            with np.load(BytesIO(_shard_bytes(self.path, shard))) as data:
                 ids.append(data["ids"])
                 logp.append(data["logp"])
                 lengths.append(data["lengths"])
@@ -237,14 +252,18 @@ def precompute_labels(model, examples: list[dict], root: str | Path, spec: Label
             passes += 1
             ids.append(batch_ids)
             logp.append(batch_logp)
-        arrays = _encode(torch.cat(ids), torch.cat(logp), spec, vocab_size)
+        top_logp = torch.cat(logp)
+        arrays = _encode(torch.cat(ids), top_logp, spec, vocab_size)
         arrays["lengths"] = np.array([response_count(e) for e in chunk], dtype=np.int32)
+        buffer = BytesIO()
+        np.savez(buffer, **arrays)
+        data = buffer.getvalue()  # hashed here, not read back from disk
         tmp = out / f".{name}.tmp"
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
+        tmp.write_bytes(data)
         tmp.replace(file)
-        write_json(record, {"file": name, "sha256": sha256_file(file), "tokens": int(arrays["lengths"].sum()),
-                            "topk_mass_sum": float(torch.cat(logp).exp().sum())})
+        write_json(record, {"file": name, "sha256": hashlib.sha256(data).hexdigest(),
+                            "tokens": int(arrays["lengths"].sum()),
+                            "topk_mass_sum": float(top_logp.exp().sum())})
     seconds = time.perf_counter() - start
     if world > 1:
         counts = [None] * world

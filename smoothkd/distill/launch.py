@@ -17,6 +17,7 @@ hands process creation to mpirun and, without an MPI hostfile, starts a single p
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -27,12 +28,9 @@ import torch
 import yaml
 
 from smoothkd.config import RunConfig
+from smoothkd.distill.trainer import on_cpu
 from smoothkd.errors import USER_ERRORS, LaunchError
 from smoothkd.io import atomic_write_text, read_json, write_json
-
-
-def _on_cpu(cfg: RunConfig) -> bool:
-    return cfg.device == "cpu" or not torch.cuda.is_available()
 
 
 def accelerate_config(num_processes: int, mixed_precision: str) -> dict:
@@ -66,7 +64,7 @@ def launch(cfg: RunConfig, job: dict, num_processes: int, job_dir: str | Path, m
                "-m", "smoothkd.distill.launch", str(job_dir / "job.json")]
     # Progress bars redraw with carriage returns, which would arrive here as a line per redraw.
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TQDM_DISABLE": "1"}
-    if _on_cpu(cfg):
+    if on_cpu(cfg.device):  # the same rule that sets the workers' Trainer `use_cpu`
         env["ACCELERATE_USE_CPU"] = "true"
     log_file, tail = job_dir / "launch.log", deque(maxlen=20)
     with open(log_file, "w", encoding="utf-8") as log, subprocess.Popen(
@@ -84,9 +82,7 @@ def launch(cfg: RunConfig, job: dict, num_processes: int, job_dir: str | Path, m
         raise LaunchError(f"{label}: {num_processes} processes exited with code {process.returncode} "
                           f"({last.strip()[:200]}); log: {log_file}")
     result = read_json(job_dir / "result.json")
-    for file in job_dir.iterdir():
-        file.unlink()
-    job_dir.rmdir()
+    shutil.rmtree(job_dir)
     return result
 
 
@@ -105,11 +101,10 @@ def _worker_error(errors: list[dict], label: str, log_file: Path) -> Exception:
                        f"log: {log_file}")
 
 
-def run_job(job: dict) -> dict:
+def run_job(job: dict, cfg: RunConfig) -> dict:
     """One worker's share of a job: the stage function a single process would call, run in place."""
     from smoothkd import stages
 
-    cfg = RunConfig.model_validate(job["config"])
     if job["kind"] == "finetune":
         args = {k: job[k] for k in ("section", "role", "tokenizer_ref", "data_dir", "alpha", "labels_dir",
                                     "teacher_path", "temperature", "work_key")}
@@ -126,10 +121,11 @@ def main(job_file: str) -> None:
     job_dir = Path(job_file).parent
     job = read_json(job_file)
     rank = int(os.environ.get("RANK", "0"))
+    cfg = RunConfig.model_validate(job["config"])
     # The process group comes up here: the label worker needs it for its shard split and barrier.
-    PartialState(cpu=_on_cpu(RunConfig.model_validate(job["config"])))
+    PartialState(cpu=on_cpu(cfg.device))
     try:
-        result = run_job(job)
+        result = run_job(job, cfg)
     except BaseException as exc:
         write_json(job_dir / f"error-{rank}.json",
                    {"rank": rank, "type": type(exc).__name__, "message": str(exc), "time": time.time()})

@@ -17,6 +17,7 @@ magnitudes stay comparable across temperatures. Divergences (per token, summed o
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -43,8 +44,7 @@ def divergence(teacher_logp: torch.Tensor, student_logp: torch.Tensor, kind: Div
     if kind == "jsd":
         if not 0.0 < beta < 1.0:
             raise ValueError(f"jsd beta must be in (0, 1), got {beta}")
-        log_m = torch.logaddexp(teacher_logp + torch.log(torch.tensor(beta)),
-                                student_logp + torch.log(torch.tensor(1.0 - beta)))
+        log_m = torch.logaddexp(teacher_logp + math.log(beta), student_logp + math.log(1.0 - beta))
         return beta * _kl(teacher_logp, log_m) + (1.0 - beta) * _kl(student_logp, log_m)
     raise ValueError(f"unknown divergence {kind!r}")
 

@@ -156,12 +156,16 @@ class TrainResult:
         return self.train_tokens / self.seconds if self.seconds else math.nan
 
 
+def on_cpu(device: str) -> bool:
+    """Whether a run on `device` trains on CPU: asked for, or no CUDA device present."""
+    return device == "cpu" or not torch.cuda.is_available()
+
+
 def mixed_precision(cfg: TrainConfig, device: str) -> str:
     """`no`, `bf16` or `fp16`: `auto` is bf16 on a CUDA device that supports it, full precision else."""
     if cfg.mixed_precision != "auto":
         return cfg.mixed_precision
-    on_cuda = device != "cpu" and torch.cuda.is_available()
-    return "bf16" if on_cuda and torch.cuda.is_bf16_supported() else "no"
+    return "bf16" if not on_cpu(device) and torch.cuda.is_bf16_supported() else "no"
 
 
 def world_size() -> int:
@@ -193,7 +197,7 @@ def training_arguments(cfg: TrainConfig, output_dir: str | Path, device: str = "
     """Map our TrainConfig onto TrainingArguments (no hub, no external reporters)."""
     precision = mixed_precision(cfg, device)
     # Without CUDA the Trainer must be told it is on CPU, or a multi-process start would not form a world.
-    use_cpu = device == "cpu" or not torch.cuda.is_available()
+    use_cpu = on_cpu(device)
     return TrainingArguments(
         output_dir=str(output_dir),
         num_train_epochs=cfg.epochs,
