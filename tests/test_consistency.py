@@ -52,6 +52,15 @@ def _word_tokenizer(specials: dict[str, str], single: str, pair: str | None) -> 
     return PreTrainedTokenizerFast(tokenizer_object=core, **specials)
 
 
+def _save_random(tmp_path_factory, name: str, model_class, config, tok, seed: int):
+    """A randomly initialised `model_class` and its tokenizer saved to a fresh directory."""
+    torch.manual_seed(seed)
+    out = tmp_path_factory.mktemp(name) / "model"
+    model_class(config).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
 @pytest.fixture(scope="module")
 def nli_dir(tmp_path_factory):
     tok = _word_tokenizer({"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]",
@@ -60,11 +69,7 @@ def nli_dir(tmp_path_factory):
                         intermediate_size=32, max_position_embeddings=256,
                         id2label={0: "neutral", 1: "entailment", 2: "contradiction"},
                         label2id={"neutral": 0, "entailment": 1, "contradiction": 2})
-    torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("nli") / "model"
-    BertForSequenceClassification(config).save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
+    return _save_random(tmp_path_factory, "nli", BertForSequenceClassification, config, tok, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -72,11 +77,7 @@ def t5_dir(tmp_path_factory):
     tok = _word_tokenizer({"pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>"}, "$A </s>", None)
     config = T5Config(vocab_size=len(tok), d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2,
                       num_labels=2, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
-    torch.manual_seed(1)
-    out = tmp_path_factory.mktemp("t5") / "model"
-    T5ForTokenClassification(config).save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
+    return _save_random(tmp_path_factory, "t5", T5ForTokenClassification, config, tok, seed=1)
 
 
 @pytest.fixture(scope="module")

@@ -78,11 +78,11 @@ def test_prior_trap_answer_is_flagged_as_trap():
 
 
 def test_names_match_case_insensitively_and_repeats_count_once():
-    check = _check("evergreen logistics opened a centre in GHENT. Evergreen Logistics said Ghent was ideal.")
+    summary = "evergreen logistics opened a centre in GHENT. Evergreen Logistics said Ghent was ideal."
+    check = _check(summary)
     assert check.precision == 1.0 and len(check.facts) == 2
     org = check.facts[0]
     assert len(org.spans) == 2
-    summary = "evergreen logistics opened a centre in GHENT. Evergreen Logistics said Ghent was ideal."
     assert [summary[s:e] for s, e in org.spans] == ["evergreen logistics", "Evergreen Logistics"]
 
 

@@ -22,7 +22,7 @@ factual rate counts the sentences whose attention looks more like grounded than 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -98,14 +98,15 @@ def fit_detector(features: np.ndarray, labels: np.ndarray, seed: int, test_fract
                                                         random_state=seed, stratify=labels)
     mean = x_train.mean(axis=0)
     # Heads whose ratio never varies (e.g. a constant head) must not divide by zero.
-    scale = np.where(x_train.std(axis=0) > 1e-12, x_train.std(axis=0), 1.0)
+    std = x_train.std(axis=0)
+    scale = np.where(std > 1e-12, std, 1.0)
     model = LogisticRegression(max_iter=5000, random_state=seed, class_weight="balanced").fit(
         (x_train - mean) / scale, y_train)
     detector = Detector(layers=layers, heads=heads, coef=model.coef_[0], intercept=float(model.intercept_[0]),
                         mean=mean, scale=scale, auroc=float("nan"), n_train=len(y_train),
                         n_test=len(y_test), n_factual=n_factual, n_hallucinated=n_hallucinated, seed=seed)
     auroc = float(roc_auc_score(y_test, detector.predict_proba(x_test)))
-    return Detector(**{**detector.__dict__, "auroc": auroc})
+    return replace(detector, auroc=auroc)
 
 
 def _sentences(generation: Generation) -> list[tuple[str, np.ndarray]]:

@@ -25,6 +25,11 @@ def _aggregate(name: str, values: list[float | None], cfg: RunConfig, scale: flo
     return ci_metrics(name, present, e.bootstrap_samples, e.confidence, e.bootstrap_seed)
 
 
+def _ids(rows: list[dict]) -> list[str]:
+    """Row ids, falling back to the row's position for data without an `id` column."""
+    return [r.get("id", str(i)) for i, r in enumerate(rows)]
+
+
 def evaluate_split(cfg: RunConfig, model, tokenizer, kind: str, rows: list[dict], scorer, fact_scorer,
                    detector=None, progress: bool = True) -> tuple[dict, dict, list]:
     """(metrics, per-example columns, localization rows) for one summarisation split."""
@@ -40,11 +45,13 @@ def evaluate_split(cfg: RunConfig, model, tokenizer, kind: str, rows: list[dict]
         model, tokenizer, [eval_prompt(kind, s) for s in sources], batch_size=cfg.eval.batch_size,
         max_new_tokens=cfg.eval.max_new_tokens, max_prompt_length=cfg.student.train.max_prompt_length,
         progress=progress, desc=f"generate {kind}")
-    summaries = [g.text.split("\n", 1)[0].strip() for g in generations]
+    summaries = [g.text for g in generations]
     rouge = rouge_per_example(summaries, references, cfg.eval.use_stemmer)
-    consistency = scorer.score(sources, summaries, golds)
     checks = fact_scorer.checks(sources, summaries, golds)
-    per_example = {"id": [r.get("id", str(i)) for i, r in enumerate(rows)], "rougeLsum": rouge["rougeLsum"],
+    # The default scorer's score is the checks' precision: do not extract every summary's facts twice.
+    consistency = ([c.precision for c in checks] if scorer is fact_scorer
+                   else scorer.score(sources, summaries, golds))
+    per_example = {"id": _ids(rows), "rougeLsum": rouge["rougeLsum"],
                    "factual_consistency": [100.0 * s for s in consistency],
                    "hallucinated_facts": [float(c.n_unsupported) for c in checks]}
     metrics = {}
@@ -101,7 +108,7 @@ def evaluate_model(cfg: RunConfig, model_path: str | Path, data_dir: str | Path,
                                      cfg.eval.batch_size, cfg.eval.max_new_tokens, progress)
         result["metrics"] |= _aggregate("general/rougeL", general["rougeL"], cfg)
         result["metrics"] |= _aggregate("general/nll", general["nll"], cfg)
-        result["per_example"]["general"] = {"id": [r.get("id", str(i)) for i, r in enumerate(held_out)],
+        result["per_example"]["general"] = {"id": _ids(held_out),
                                             "rougeL": general["rougeL"], "nll": general["nll"]}
     if cfg.eval.lm_eval_tasks:
         result["metrics"] |= run_lm_eval(model_path, cfg.eval.lm_eval_tasks)

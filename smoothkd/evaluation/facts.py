@@ -269,30 +269,43 @@ def _capitalised(text: str, claims: _Claims, proper: set[str]) -> None:
         claims.claim(_Mention("entity", ("entity", _norm(text[start:end])), start, end))
 
 
-def _entity_types(gold: dict | None, lexicon: dict[str, list[str]] | None) -> dict[str, str]:
+@lru_cache(maxsize=8)
+def _lexicon_index(entries: tuple[tuple[str, tuple[str, ...]], ...]
+                   ) -> tuple[dict[str, str], re.Pattern | None]:
+    """Type by normalised string, and the pattern matching any of them (built once per lexicon).
+
+    Callers must not mutate the cached dict.
+    """
     types: dict[str, str] = {}
-    for kind, values in (lexicon or {}).items():
+    for kind, values in entries:
         types.update((_norm(v), kind) for v in values)
-    if gold:
-        for fact in [*gold.get("source", []), *gold.get("summary", [])]:
-            if fact["type"] not in ("number", "date"):
-                types.setdefault(_norm(fact["value"]), fact["type"])
-        trap = gold.get("trap") or {}
-        for name in (trap.get("memorized"), trap.get("actual")):
-            if name:
-                types.setdefault(_norm(name), "person")
-    return types
+    return types, _dictionary_pattern(tuple(sorted(types)))
+
+
+def _gold_types(gold: dict | None, known: dict[str, str]) -> dict[str, str]:
+    """Types of the row's gold entities (and trap names) that the lexicon does not already know."""
+    types: dict[str, str] = {}
+    if not gold:
+        return types
+    for fact in [*gold.get("source", []), *gold.get("summary", [])]:
+        if fact["type"] not in ("number", "date"):
+            types.setdefault(_norm(fact["value"]), fact["type"])
+    trap = gold.get("trap") or {}
+    for name in (trap.get("memorized"), trap.get("actual")):
+        if name:
+            types.setdefault(_norm(name), "person")
+    return {k: v for k, v in types.items() if k not in known}
 
 
 def _summary_mentions(summary: str, source: str, gold: dict | None,
                       lexicon: dict[str, list[str]] | None) -> list[_Mention]:
-    types = _entity_types(gold, lexicon)
-    lexicon_keys = {_norm(v) for values in (lexicon or {}).values() for v in values}
-    patterns = [p for p in (_dictionary_pattern(tuple(sorted(lexicon_keys))),
-                            _dictionary_pattern(tuple(sorted(set(types) - lexicon_keys)))) if p]
+    # Normalising the whole lexicon costs far more than scoring one summary, so it is cached.
+    lexicon_types, lexicon_pattern = _lexicon_index(tuple((k, tuple(v)) for k, v in (lexicon or {}).items()))
+    gold_types = _gold_types(gold, lexicon_types)
+    patterns = [p for p in (lexicon_pattern, _dictionary_pattern(tuple(sorted(gold_types)))) if p]
     claims = _Claims()
     _dates_and_numbers(summary, claims, numbers=False)
-    _dictionary(summary, claims, types, patterns)
+    _dictionary(summary, claims, lexicon_types | gold_types, patterns)
     _dates_and_numbers(summary, claims)
     _capitalised(summary, claims, _midsentence_capitalised(summary) | _midsentence_capitalised(source))
     return sorted(claims.mentions, key=lambda m: m.start)

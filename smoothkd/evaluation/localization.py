@@ -30,14 +30,14 @@ class LocalizationRow:
     reference: str
     rougeLsum: float
     consistency: float
-    facts: FactCheck | None = None
+    facts: FactCheck = field(default_factory=FactCheck)
     source: str = ""
     scores: dict[str, float] = field(default_factory=dict)
 
     @property
     def unsupported(self) -> list[tuple[str, str]]:
         """(type, value) of each unsupported fact, in summary order."""
-        return [(f.type, f.value) for f in self.facts.unsupported] if self.facts else []
+        return [(f.type, f.value) for f in self.facts.unsupported]
 
 
 def localization_rows(ids: list[str], summaries: list[str], references: list[str], rouge_lsum: list[float],
@@ -47,7 +47,7 @@ def localization_rows(ids: list[str], summaries: list[str], references: list[str
     """Zip per-example columns into rows; `scores` maps a column name to one value per example."""
     n = len(ids)
     columns = {"summaries": summaries, "references": references, "rouge_lsum": rouge_lsum,
-               "consistency": consistency, "fact_checks": fact_checks or [None] * n,
+               "consistency": consistency, "fact_checks": fact_checks or [FactCheck() for _ in range(n)],
                "sources": sources or [""] * n, **(scores or {})}
     for name, column in columns.items():
         if len(column) != n:
@@ -82,14 +82,13 @@ def _json(rows: list[LocalizationRow]) -> list[dict]:
         "id": row.id, "summary": row.summary, "reference": row.reference, "source": row.source,
         "rougeLsum": row.rougeLsum, "consistency": row.consistency, "scores": row.scores,
         "facts": [{"type": f.type, "value": f.value, "supported": f.supported, "trap": f.trap,
-                   "spans": [list(s) for s in f.spans]} for f in (row.facts.facts if row.facts else [])],
+                   "spans": [list(s) for s in f.spans]} for f in row.facts.facts],
     } for row in rows]
 
 
 def _highlighted(row: LocalizationRow) -> str:
     """The summary as HTML: unsupported facts in <mark>, supported ones underlined, the rest escaped."""
-    marks = sorted((start, end, fact) for fact in (row.facts.facts if row.facts else [])
-                   for start, end in fact.spans)
+    marks = sorted((start, end, fact) for fact in row.facts.facts for start, end in fact.spans)
     parts, cursor = [], 0
     for start, end, fact in marks:
         if start < cursor:

@@ -71,11 +71,12 @@ def token_offsets(tokenizer, token_ids: list[int]) -> tuple[str, list[tuple[int,
     that fall outside the text (a leading space, the newline that stopped generation, EOS) get empty spans.
     A byte-level token that splits a multi-byte character can shift that character to the next token.
     """
-    ends, end = [], 0
+    ends, end, decoded = [], 0, ""
     for k in range(1, len(token_ids) + 1):
-        end = max(end, len(tokenizer.decode(token_ids[:k], skip_special_tokens=True)))
+        decoded = tokenizer.decode(token_ids[:k], skip_special_tokens=True)
+        end = max(end, len(decoded))
         ends.append(end)
-    line = tokenizer.decode(token_ids, skip_special_tokens=True).split("\n", 1)[0]
+    line = decoded.split("\n", 1)[0]  # the last prefix is the whole generation
     text = line.strip()
     lead = len(line) - len(line.lstrip())
 
