@@ -5,7 +5,6 @@ import time
 
 from smoothkd.config import ConfigError, RunConfig
 from smoothkd.stages import output_root, tracking_uri
-from smoothkd.tracking import ensure_experiment
 
 
 def configure_zenml_env(cfg: RunConfig, stack: str | None = None) -> None:
@@ -32,19 +31,23 @@ def docker_settings(cfg: RunConfig):
     )
 
 
+def invocation_steps(cfg: RunConfig, pipeline) -> dict[str, str]:
+    """Invocation id (`student_sft`) → step name (`student`) of `pipeline` prepared for `cfg`."""
+    probe = pipeline.copy()
+    probe.prepare(config=cfg.model_dump(mode="json"))
+    return {inv_id: inv.step.name for inv_id, inv in probe.invocations.items()}
+
+
 def step_configurations(cfg: RunConfig, pipeline) -> dict[str, dict]:
     """Per-invocation ResourceSettings and step operator; a step name covers all its invocations."""
     from zenml.config import ResourceSettings
 
     orch = cfg.orchestration
-    if not orch.resources and not orch.step_operator:
+    operator_steps = set(orch.step_operator.steps) if orch.step_operator else set()
+    if not orch.resources and not operator_steps:
         return {}
-    probe = pipeline.copy()
-    probe.prepare(config=cfg.model_dump(mode="json"))
-    invocations = {inv_id: inv.step.name for inv_id, inv in probe.invocations.items()}
-    known = set(invocations) | set(invocations.values())
-    named = [*orch.resources, *(orch.step_operator.steps if orch.step_operator else [])]
-    unknown = sorted(set(named) - known)
+    invocations = invocation_steps(cfg, pipeline)
+    unknown = sorted((set(orch.resources) | operator_steps) - set(invocations) - set(invocations.values()))
     if unknown:
         raise ConfigError(f"orchestration: unknown step {', '.join(unknown)} (steps: "
                           f"{', '.join(sorted(set(invocations.values())))})")
@@ -55,7 +58,7 @@ def step_configurations(cfg: RunConfig, pipeline) -> dict[str, dict]:
         if resources is not None:
             configs.setdefault(inv_id, {})["settings"] = {
                 "resources": ResourceSettings(**resources.model_dump(exclude_none=True))}
-        if orch.step_operator and {inv_id, step_name} & set(orch.step_operator.steps):
+        if {inv_id, step_name} & operator_steps:
             configs.setdefault(inv_id, {})["step_operator"] = orch.step_operator.name
     return configs
 
@@ -69,6 +72,7 @@ def run_distill(cfg: RunConfig) -> dict:
 
     from pipelines.distill import distill
     from pipelines.stack import ensure_local_stack, use_stack
+    from smoothkd.tracking import ensure_experiment  # imports mlflow, which `smoothkd stack up` does not need
 
     local = cfg.orchestration.stack == "local"
     settings = {"experiment_tracker": MLFlowExperimentTrackerSettings(

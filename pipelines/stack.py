@@ -33,8 +33,8 @@ class StackReport:
     activated: bool = False
 
 
-def missing_integrations(defn: StackDefinition) -> dict[str, list[str]]:
-    """ZenML integrations that the definition's flavors belong to and that are not installed here."""
+def _require_integrations(defn: StackDefinition) -> None:
+    """Raise naming the install command for ZenML integrations the definition's flavors need."""
     from zenml.integrations.registry import integration_registry
 
     client = Client()
@@ -48,11 +48,6 @@ def missing_integrations(defn: StackDefinition) -> dict[str, list[str]]:
         integration = integration_registry.integrations.get(flavor.integration or "")
         if integration is not None and not integration.check_installation():
             missing[flavor.integration] = integration.get_requirements()
-    return missing
-
-
-def _require_integrations(defn: StackDefinition) -> None:
-    missing = missing_integrations(defn)
     if missing:
         names = " ".join(sorted(missing))
         pip = " ".join(shlex.quote(r) for name in sorted(missing) for r in missing[name])
@@ -105,6 +100,14 @@ def _apply_component(client: Client, ctype: StackComponentType, comp: ComponentD
         report.updated.append(f"{ctype.value} {comp.name}")
 
 
+def _activate(client: Client, name: str) -> bool:
+    """Make stack `name` the active one; False when it already was."""
+    if client.active_stack_model.name == name:
+        return False
+    client.activate_stack(name)
+    return True
+
+
 def apply_stack(defn: StackDefinition) -> StackReport:
     """Make the ZenML store hold and activate the stack `defn` describes.
 
@@ -113,9 +116,10 @@ def apply_stack(defn: StackDefinition) -> StackReport:
     _require_secrets(defn)
     client = Client()
     report = StackReport(defn.name)
-    wanted = {StackComponentType(t): c.name for t, c in defn.components.items()}
-    for ctype, comp in defn.components.items():
-        _apply_component(client, StackComponentType(ctype), comp, report)
+    components = {StackComponentType(t): c for t, c in defn.components.items()}
+    for ctype, comp in components.items():
+        _apply_component(client, ctype, comp, report)
+    wanted = {t: c.name for t, c in components.items()}
     try:
         stack = client.get_stack(defn.name, allow_name_prefix_match=False)
     except KeyError:
@@ -128,18 +132,17 @@ def apply_stack(defn: StackDefinition) -> StackReport:
         if report.updated or any(current.get(t) != name for t, name in wanted.items()):
             client.update_stack(defn.name, component_updates={t: [name] for t, name in wanted.items()})
             report.stack_updated = True
-    if client.active_stack_model.name != defn.name:
-        client.activate_stack(defn.name)
-        report.activated = True
+    report.activated = _activate(client, defn.name)
     return report
 
 
 def stack_up(name_or_path: str, overrides: list[str] | None = None,
              context: Mapping[str, str] | None = None) -> StackReport:
     """Load a definition, resolve `${VAR}` from `context` over the environment, and apply it."""
-    defn = load_stack_definition(name_or_path, overrides)
+    file = stack_file(name_or_path)
+    defn = load_stack_definition(file, overrides)
     _require_integrations(defn)  # first: installing them is the first thing a user has to do
-    resolved = defn.resolved({**os.environ, **(context or {})}, source=str(stack_file(name_or_path)))
+    resolved = defn.resolved({**os.environ, **(context or {})}, source=str(file))
     return apply_stack(resolved)
 
 
@@ -158,8 +161,7 @@ def use_stack(name_or_path: str) -> str:
     except KeyError:
         raise StackError(f"stack '{defn.name}' is not registered in this ZenML store: run "
                          f"`smoothkd stack up {name_or_path}` first") from None
-    if client.active_stack_model.name != defn.name:
-        client.activate_stack(defn.name)
+    _activate(client, defn.name)
     trackers = stack.components.get(StackComponentType.EXPERIMENT_TRACKER) or []
     if not trackers:
         raise StackError(f"stack '{defn.name}' has no experiment tracker: its definition needs an mlflow one")

@@ -28,7 +28,7 @@ ComponentType = Literal[
 ]
 
 # `{{name.key}}`, as ZenML parses secret references.
-SECRET_REFERENCE = re.compile(r"\{\{\s*[^.\s{}]+\.[^\s{}]+\s*\}\}")
+SECRET_REFERENCE = re.compile(r"\{\{\s*([^.\s{}]+)\.([^\s{}]+)\s*\}\}")
 ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 SECRET_KEY = re.compile(r"(^|_)(password|secret|token|key)($|_)", re.IGNORECASE)
 # Keys that hold the *name* of a ZenML secret, not a secret value.
@@ -79,8 +79,7 @@ class StackDefinition(_Strict):
 
         def collect(text: str) -> str:
             for match in SECRET_REFERENCE.finditer(text):
-                name, key = match.group(0).strip("{} ").split(".", 1)
-                refs.setdefault(name.strip(), set()).add(key.strip())
+                refs.setdefault(match.group(1), set()).add(match.group(2))
             return text
 
         map_strings(self.model_dump(), collect)

@@ -1,5 +1,6 @@
 """Scale-out infrastructure: stack definitions, shipped configs, `smoothkd stack up`, remote-run settings."""
 
+import functools
 import json
 import os
 import subprocess
@@ -34,6 +35,7 @@ def ids(paths):
     return [str(p.relative_to(ROOT)) for p in paths]
 
 
+@functools.cache
 def shipped_flavors() -> dict:
     """(component type, flavor name) → flavor class, for every flavor ZenML ships, built in or integration.
 
@@ -42,7 +44,14 @@ def shipped_flavors() -> dict:
     from zenml.stack.flavor_registry import FlavorRegistry
 
     registry = FlavorRegistry()
-    return {(f().type.value, f().name): f for f in registry.builtin_flavors + registry.integration_flavors}
+    flavors = [f() for f in registry.builtin_flavors + registry.integration_flavors]
+    return {(f.type.value, f.name): type(f) for f in flavors}
+
+
+def resolved_with_fake_env(defn: StackDefinition) -> StackDefinition:
+    """`defn` with every `${VAR}` it uses set from FAKE_ENV (or `x`)."""
+    used = {m.group(1) for m in ENV_REFERENCE.finditer(json.dumps(defn.model_dump()))}
+    return defn.resolved({name: FAKE_ENV.get(name, "x") for name in used})
 
 
 def test_the_three_stacks_are_defined():
@@ -54,9 +63,7 @@ def test_the_three_stacks_are_defined():
 def test_stack_definition_validates_and_resolves(path):
     defn = load_stack_definition(path)
     assert defn.name.startswith("smoothkd-")
-    used = {m.group(1) for m in ENV_REFERENCE.finditer(json.dumps(defn.model_dump()))}
-    resolved = defn.resolved({name: FAKE_ENV.get(name, "x") for name in used})
-    assert "${" not in json.dumps(resolved.model_dump())
+    assert "${" not in json.dumps(resolved_with_fake_env(defn).model_dump())
 
 
 @pytest.mark.parametrize("path", STACK_FILES, ids=ids(STACK_FILES))
@@ -76,9 +83,7 @@ def test_every_flavor_and_key_is_one_zenml_ships(path):
 @pytest.mark.parametrize("path", STACK_FILES, ids=ids(STACK_FILES))
 def test_configurations_pass_the_flavors_validation(path):
     flavors = shipped_flavors()
-    defn = load_stack_definition(path)
-    used = {m.group(1) for m in ENV_REFERENCE.finditer(json.dumps(defn.model_dump()))}
-    resolved = defn.resolved({name: FAKE_ENV.get(name, "x") for name in used})
+    resolved = resolved_with_fake_env(load_stack_definition(path))
     checked = 0
     for ctype, comp in resolved.components.items():
         # Secret resolution is not under test here: stand in plain values for the references.
@@ -145,10 +150,10 @@ def test_environment_references_resolve_or_name_what_is_missing():
 
 def _pipeline_steps(cfg) -> set[str]:
     from pipelines.distill import distill
+    from pipelines.runner import invocation_steps
 
-    probe = distill.copy()
-    probe.prepare(config=cfg.model_dump(mode="json"))
-    return {inv.step.name for inv in probe.invocations.values()} | set(probe.invocations)
+    invocations = invocation_steps(cfg, distill)
+    return set(invocations) | set(invocations.values())
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=ids(CONFIGS))
