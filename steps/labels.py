@@ -7,6 +7,7 @@ from zenml import log_metadata, step
 
 from smoothkd.config import RunConfig
 from smoothkd.stages import teacher_labels
+from smoothkd.tracking import log_metrics
 
 
 @step(experiment_tracker=True)
@@ -17,9 +18,8 @@ def precompute_labels(config: dict, dataset_dir: str, tokenizer: str, teacher_di
     result = teacher_labels(cfg, dataset_dir, tokenizer, teacher_dir, distill_temperature)
     mlflow.log_params({"labels.key": result.key, "labels.top_k": cfg.distill.top_k,
                        "labels.temperature": distill_temperature, "labels.encoding": cfg.distill.encoding})
-    mlflow.log_metrics({"labels/bytes_per_token": result.bytes_per_token, "labels/tokens": result.tokens,
-                        "labels/teacher_forward_passes": result.teacher_forward_passes,
-                        "labels/precompute_seconds": result.seconds,
-                        "labels/topk_mass": result.topk_mass})
+    log_metrics({"labels/bytes_per_token": result.bytes_per_token, "labels/tokens": result.tokens,
+                 "labels/teacher_forward_passes": result.teacher_forward_passes,
+                 "labels/precompute_seconds": result.seconds, "labels/topk_mass": result.topk_mass})
     log_metadata(metadata=result.to_dict())
     return result.path

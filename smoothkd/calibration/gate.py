@@ -19,7 +19,8 @@ from smoothkd.calibration.temperature import fit_temperature
 from smoothkd.config import CalibrationConfig, ConfigError, RunConfig
 from smoothkd.data.tokenize import CausalLMCollator, encode_instruction_rows
 from smoothkd.io import atomic_dir, write_json
-from smoothkd.modeling.models import response_logits
+from smoothkd.modeling.models import load_causal_lm, resolve_device, response_logits
+from smoothkd.stages import load_run_tokenizer, read_split
 
 GATE_NAME = "teacher_calibration"
 
@@ -47,9 +48,12 @@ class CalibrationReport:
     metrics: CalibrationMetrics
     checks: list[GateCheck]
     temperature: float
-    fitted: bool
     diagram: str
     before: CalibrationMetrics | None = None  # at the configured temperature, when one was fitted
+
+    @property
+    def fitted(self) -> bool:
+        return self.before is not None
 
     @property
     def passed(self) -> bool:
@@ -106,9 +110,6 @@ def calibrate_teacher(cfg: RunConfig, data_dir: str | Path, teacher_dir: str | P
     The teacher is judged at `distill.temperature`; with `calibration.fit_temperature`, the split is cut in
     two (alternate rows): T is fitted on one half and the gate judges the other half at T.
     """
-    from smoothkd.modeling.models import load_causal_lm, resolve_device
-    from smoothkd.stages import load_run_tokenizer, read_split
-
     c, t = cfg.calibration, cfg.teacher
     rows = read_split(data_dir, "validation")[: c.max_examples]
     if len(rows) < (2 if c.fit_temperature else 1):
@@ -139,8 +140,7 @@ def calibrate_teacher(cfg: RunConfig, data_dir: str | Path, teacher_dir: str | P
             configured.update(logits, targets)
         metrics = configured.compute()
     report = CalibrationReport(metrics=metrics, checks=gate_checks(metrics, c), temperature=temperature,
-                               fitted=c.fit_temperature, diagram=str(Path(out_dir) / "reliability.png"),
-                               before=before)
+                               diagram=str(Path(out_dir) / "reliability.png"), before=before)
     # Written as one directory, so a rerun into the same place leaves no stale picture behind.
     with atomic_dir(out_dir) as tmp:
         reliability_diagram(metrics, tmp / "reliability.png", "teacher calibration (held-out)")

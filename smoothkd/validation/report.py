@@ -91,13 +91,15 @@ def log_to_mlflow(report: ValidationReport) -> None:
     """Record verdict (tags), counts (metrics), report and Data Docs site (artifacts) on the active run."""
     import mlflow
 
+    from smoothkd.tracking import log_metrics
+
     mlflow.set_tags({
         "validation.verdict": report.verdict,
         "validation.failed": ",".join(o.name for o in report.failures)[:5000],
         "validation.warnings": ",".join(o.name for o in report.warnings)[:5000],
         "validation.tokens": report.tokens[:5000],
     })
-    mlflow.log_metrics({
+    log_metrics({
         "validation/expectations": len(report.outcomes),
         "validation/failed": len(report.failures),
         "validation/warnings": len(report.warnings),
