@@ -13,11 +13,6 @@ HEADLINE = (("rougeLsum", "ROUGE-Lsum"), ("factual_consistency", "fact. consist.
 PER_EXAMPLE = {"hallucinated_facts_per_summary": "hallucinated_facts"}
 
 
-def _candidate(summary: dict) -> Candidate:
-    return Candidate(summary["role"], summary.get("alpha") or 0.0, summary["metrics"],
-                     summary.get("per_example", {}))
-
-
 def paired_deltas(students: list[dict], eval_cfg: EvalConfig) -> dict[str, dict[str, float]]:
     """For each KD student, KD − SFT on every split's headline metrics: mean and paired bootstrap CI."""
     sft = next((s for s in students if s.get("alpha") == 0), None)
@@ -29,7 +24,8 @@ def paired_deltas(students: list[dict], eval_cfg: EvalConfig) -> dict[str, dict[
         for split in eval_cfg.splits:
             for metric, _ in HEADLINE:
                 column = PER_EXAMPLE.get(metric, metric)
-                ci = paired_difference(_candidate(kd), _candidate(sft), split, column, eval_cfg)
+                ci = paired_difference(Candidate.from_summary(kd), Candidate.from_summary(sft), split, column,
+                                       eval_cfg)
                 if ci is not None:
                     name = f"{split}/{metric}"
                     flat |= {name: ci.mean, f"{name}_ci_low": ci.low, f"{name}_ci_high": ci.high}

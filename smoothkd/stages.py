@@ -7,7 +7,9 @@ builds anew. Every artifact directory is written atomically, so a present direct
 
 from __future__ import annotations
 
+import functools
 import random
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -271,7 +273,7 @@ def teacher_labels(cfg: RunConfig, data_dir: str | Path, tokenizer_ref: str | Pa
     spec = LabelSpec(top_k=d.top_k, temperature=temperature or d.temperature, encoding=d.encoding,
                      shard_size=d.shard_size)
     identity = {
-        "teacher": directory_identity(teacher_path, ("*.safetensors", "config.json")),
+        "teacher": model_identity(teacher_path),
         "tokenizer": directory_identity(tokenizer_ref, ("tokenizer.json", "tokenizer_config.json")),
     }
     model = load_causal_lm(teacher_path, cfg.teacher).to(resolve_device(cfg.device))
@@ -317,11 +319,26 @@ def dataset_lexicon(data_dir: str | Path) -> dict[str, list[str]] | None:
     return load_lexicon(corpus) if corpus and (Path(corpus) / "lexicon.json").exists() else None
 
 
+MODEL_FILES = ("*.safetensors", "config.json")
+
+
 def model_identity(model_path: str | Path) -> str:
-    """sha256 over a model directory's weights and config (the id itself for a hub name)."""
+    """sha256 over a model directory's weights and config (the id itself for a hub name).
+
+    Label store, detectors, evaluations and the registry all key on it; within one process (the local
+    orchestrator runs every step in one) the hash is computed once per unchanged set of files.
+    """
+    path = Path(model_path)
+    files = sorted(p for pattern in MODEL_FILES for p in path.glob(pattern)) if path.is_dir() else []
+    return _identity(str(model_path), tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files))
+
+
+@functools.lru_cache(maxsize=64)
+def _identity(model_path: str, file_stats: tuple) -> str:
+    # `file_stats` (path, size, mtime) is only the cache key: a rewritten file gets hashed again.
     from smoothkd.distill.labels import directory_identity
 
-    return directory_identity(model_path, ("*.safetensors", "config.json"))
+    return directory_identity(model_path, MODEL_FILES)
 
 
 def detector_rows(cfg: RunConfig, data_dir: str | Path) -> list[dict]:
@@ -406,7 +423,8 @@ def resolve_model_ref(cfg: RunConfig, ref: str) -> Path:
         if not (Path(ref) / "config.json").exists():
             raise EvaluationModelError(f"--model {ref}: not a model directory (no config.json)")
         return Path(ref)
-    client = mlflow.MlflowClient(tracking_uri(cfg))
+    uri = tracking_uri(cfg)
+    client = mlflow.MlflowClient(uri)
     name, _, selector = ref.removeprefix("models:/").partition("@")
     try:
         if selector:
@@ -415,13 +433,15 @@ def resolve_model_ref(cfg: RunConfig, ref: str) -> Path:
             name, _, version = name.partition("/")
             client.get_model_version(name, version)
     except mlflow.exceptions.MlflowException as err:
-        raise EvaluationModelError(f"--model {ref}: not in the registry at {tracking_uri(cfg)} "
+        raise EvaluationModelError(f"--model {ref}: not in the registry at {uri} "
                                    f"({str(err).splitlines()[0]})") from err
     out = output_root(cfg) / "registry_models" / f"{name}-v{version}"
     if not (out / "config.json").exists():
-        mlflow.set_tracking_uri(tracking_uri(cfg))
-        components = mlflow.transformers.load_model(f"models:/{name}/{version}", return_type="components")
-        with atomic_dir(out) as tmp:
+        # Fetched through this config's store, leaving the process-wide tracking URI alone.
+        with atomic_dir(out) as tmp, tempfile.TemporaryDirectory() as download:
+            local = mlflow.artifacts.download_artifacts(client.get_model_version_download_uri(name, version),
+                                                        dst_path=download, tracking_uri=uri)
+            components = mlflow.transformers.load_model(local, return_type="components")
             components["model"].save_pretrained(tmp)
             components["tokenizer"].save_pretrained(tmp)
     return out

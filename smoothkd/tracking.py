@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
 import mlflow
+from mlflow.entities import Metric
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -38,5 +40,11 @@ def log_training(params: dict[str, Any], loss_history: list | None, prefix: str 
         mlflow.log_metric(f"{prefix}/loss", loss, step=int(step))
 
 
-def log_metrics(metrics: dict[str, float]) -> None:
-    mlflow.log_metrics({k.replace("@", "_"): float(v) for k, v in metrics.items()})
+def log_metrics(metrics: dict[str, float], run_id: str | None = None) -> None:
+    """Log to the active run, or to run `run_id` (a model's run, written from another step)."""
+    clean = {k.replace("@", "_"): float(v) for k, v in metrics.items()}
+    if run_id is None:
+        mlflow.log_metrics(clean)
+    else:
+        mlflow.MlflowClient().log_batch(run_id, metrics=[Metric(k, v, int(time.time() * 1000), 0)
+                                                         for k, v in clean.items()])

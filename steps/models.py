@@ -5,12 +5,10 @@ generations of a model of the evaluated shape (see `smoothkd.stages.prepare_dete
 writes into the MLflow run of the step that trained the model, so each model keeps one run.
 """
 
-import time
 from pathlib import Path
 from typing import Annotated
 
 import mlflow
-from mlflow.entities import Metric
 from zenml import log_metadata, step
 from zenml.logger import get_logger
 
@@ -18,8 +16,8 @@ from smoothkd.config import RunConfig
 from smoothkd.errors import DetectorError
 from smoothkd.evaluation.detector import load_detector
 from smoothkd.io import read_json
-from smoothkd.registry.store import PER_EXAMPLE_ARTIFACT, log_student_model
-from smoothkd.stages import evaluate_model, prepare_detector, prepare_teacher, train_student
+from smoothkd.registry.store import PER_EXAMPLE_ARTIFACT, log_student_model, version_with_weights
+from smoothkd.stages import evaluate_model, model_identity, prepare_detector, prepare_teacher, train_student
 from smoothkd.tracking import log_metrics, log_training
 
 logger = get_logger(__name__)
@@ -56,8 +54,11 @@ def student(config: dict, dataset_dir: str, tokenizer: str, distill_temperature:
     log_training(params, artifact.loss_history)
     log_metadata(metadata={"role": artifact.role, "alpha": alpha, "parameters": artifact.parameters,
                            "cached": artifact.cached})
-    return {**artifact.to_dict(), "alpha": alpha, "run_id": mlflow.active_run().info.run_id,
-            "model_uri": log_student_model(artifact.path)}
+    # Weights registered by an earlier run (a cached student) are not logged again: the registry has them.
+    client, name = mlflow.MlflowClient(), cfg.promotion.registered_model_name
+    known = version_with_weights(client, name, model_identity(artifact.path))
+    uri = client.get_model_version(name, known).source if known else log_student_model(artifact.path)
+    return {**artifact.to_dict(), "alpha": alpha, "run_id": mlflow.active_run().info.run_id, "model_uri": uri}
 
 
 @step(experiment_tracker=True)
@@ -99,10 +100,8 @@ def evaluate(config: dict, dataset_dir: str, model_summary: dict, detector: str
     result = evaluate_model(cfg, model_summary["path"], dataset_dir, detector or None)
     client, run_id = mlflow.MlflowClient(), model_summary["run_id"]
     mlflow.set_tag("evaluates_run", run_id)
-    now = int(time.time() * 1000)
-    metrics = {**result["metrics"], "parameters": model_summary["parameters"],
-               "train/seconds": model_summary["train_seconds"]}
-    client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
+    log_metrics({**result["metrics"], "parameters": model_summary["parameters"],
+                 "train/seconds": model_summary["train_seconds"]}, run_id)
     client.log_dict(run_id, result["per_example"], PER_EXAMPLE_ARTIFACT)
     client.log_artifacts(run_id, result["dir"], "evaluation")
     log_metadata(metadata={"role": model_summary["role"], "evaluation_dir": result["dir"],

@@ -12,7 +12,7 @@ from zenml.model_registries.base_model_registry import ModelRegistryModelMetadat
 from smoothkd.config import RunConfig
 from smoothkd.registry.gate import Candidate
 from smoothkd.registry.promote import Registered, register_and_promote
-from smoothkd.stages import model_identity, output_root, student_name
+from smoothkd.stages import model_identity, output_root
 
 logger = get_logger(__name__)
 
@@ -70,9 +70,8 @@ def register_students(config: dict, student_summaries: list[dict]) -> Annotated[
     if not cfg.promotion.enabled:
         return []
     name = cfg.promotion.registered_model_name
-    registered = [Registered(Candidate(student_name(s["alpha"]), s["alpha"], s["metrics"], s["per_example"]),
-                             s["model_uri"], s["run_id"], model_identity(s["path"]))
-                  for s in student_summaries]
+    registered = [Registered(Candidate.from_summary(s), s["model_uri"], s["run_id"],
+                             model_identity(s["path"])) for s in student_summaries]
     register, set_alias = _stack_registry_hooks(name)
     records = register_and_promote(mlflow.MlflowClient(), cfg, registered, output_root(cfg) / "registry.lock",
                                    register, set_alias)

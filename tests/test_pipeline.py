@@ -177,6 +177,7 @@ def test_eval_cli_scores_the_registered_champion_like_the_pipeline(tiny_run, tmp
     champion = results["champion"]
     overrides = ["--set", f"output_dir={cfg.output_dir}"]
     config = str(ROOT / "configs/test/tiny.yaml")
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'elsewhere.db'}")  # the config alone names the store
     shown = CliRunner().invoke(app, ["eval", config, "--model", f"models:/{champion['name']}@champion",
                                      "--json", *overrides])
     assert shown.exit_code == 0, shown.output

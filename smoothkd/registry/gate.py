@@ -25,6 +25,12 @@ class Candidate:
     per_example: dict[str, dict[str, list]] = field(default_factory=dict)
     version: str | None = None
 
+    @classmethod
+    def from_summary(cls, summary: dict) -> Candidate:
+        """The candidate an evaluated model summary (a pipeline step's output) describes."""
+        return cls(summary["role"].removeprefix("student_"), summary.get("alpha") or 0.0, summary["metrics"],
+                   summary.get("per_example", {}))
+
 
 @dataclass
 class Criterion:

@@ -12,6 +12,7 @@ from mlflow import MlflowClient
 from smoothkd.config import RunConfig
 from smoothkd.registry.gate import Candidate, Decision, best_passing, judge
 from smoothkd.registry.store import (
+    CHAMPION,
     WEIGHTS_TAG,
     champion_version,
     load_candidate,
@@ -64,18 +65,22 @@ def register_and_promote(client: MlflowClient, cfg: RunConfig, registered: list[
             name, r.model_uri, r.run_id,
             {"candidate": r.candidate.name, "alpha": f"{r.candidate.alpha:g}", WEIGHTS_TAG: r.weights})
     before = champion_version(client, name)
-    champion = _champion(client, name, before)
+    champions = {before: _champion(client, name, before)}
     sft = next((r.candidate for r in registered if r.candidate.alpha == 0), None)
-    decisions = [judge(r.candidate, cfg.promotion, cfg.eval, champion, sft) for r in registered]
+    decisions = [judge(r.candidate, cfg.promotion, cfg.eval, champions[before], sft) for r in registered]
     best = best_passing(decisions)
     promoted, detail = None, ""
     if best is not None:
         chosen = next(r.candidate for r in registered if r.candidate.version == best.version)
-        outcome, rejudged = promote_guarded(
-            client, name, best.version, lock_path,
-            lambda current: judge(chosen, cfg.promotion, cfg.eval, _champion(client, name, current), sft),
-            set_alias)
-        if rejudged is not None:  # the champion changed under us: the record shows the final judgement
+
+        def rejudge(current: str | None) -> Decision:
+            # Only a champion that changed since `before` is loaded again (its run and per-example scores).
+            if current not in champions:
+                champions[current] = _champion(client, name, current)
+            return judge(chosen, cfg.promotion, cfg.eval, champions[current], sft)
+
+        outcome, rejudged = promote_guarded(client, name, best.version, lock_path, rejudge, set_alias)
+        if rejudged is not None:  # the judgement made under the lock is the one on record
             decisions[decisions.index(best)] = best = rejudged
         promoted = best.version if outcome.status in ("promoted", "unchanged") else None
         detail = outcome.detail
@@ -102,7 +107,7 @@ def repromote(client: MlflowClient, cfg: RunConfig, name: str, version: str, loc
     before = champion_version(client, name)
     if force:
         decision = rejudge(before)
-        client.set_registered_model_alias(name, "champion", version)
+        client.set_registered_model_alias(name, CHAMPION, version)
         record_forced(client, name, version, reason)
         outcome = "champion (forced)"
     else:
