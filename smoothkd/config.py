@@ -7,8 +7,6 @@ Every section forbids unknown keys so a typo fails loudly with the key path inst
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -16,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from smoothkd.data.schema import DOLLY_CATEGORIES
+from smoothkd.io import content_hash
 
 
 class ConfigError(ValueError):
@@ -365,7 +364,17 @@ class RunConfig(_Section):
         """Stable short hash of the named sections (all when none), for content-addressed caches."""
         dump = self.model_dump(mode="json")
         picked = {s: _dig(dump, s.split(".")) for s in sections} if sections else dump
-        return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()[:16]
+        return content_hash(picked)[:16]
+
+
+def output_root(cfg: RunConfig) -> Path:
+    """The run's output directory, absolute: every cache and local store lives below it."""
+    return Path(cfg.output_dir).resolve()
+
+
+def tracking_uri(cfg: RunConfig) -> str:
+    """The MLflow store: the configured URI, or a sqlite file under output_dir."""
+    return cfg.tracking.tracking_uri or f"sqlite:///{output_root(cfg) / 'mlflow.db'}"
 
 
 def _dig(tree: dict[str, Any], keys: list[str]) -> Any:
@@ -400,7 +409,8 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
-def _format_validation_error(err: ValidationError, source: str) -> str:
+def format_validation_error(err: ValidationError, source: str) -> str:
+    """One line for a pydantic error: source, the first offending key, the problem, how many more."""
     first = err.errors()[0]
     key = ".".join(str(p) for p in first["loc"]) or "<root>"
     kind = first["type"]
@@ -436,4 +446,4 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError(_format_validation_error(err, source)) from None
+        raise ConfigError(format_validation_error(err, source)) from None

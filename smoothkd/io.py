@@ -1,4 +1,5 @@
-"""Small file helpers: atomic writes so an interrupted run never leaves a half-written artifact."""
+"""Small file helpers: atomic writes so an interrupted run never leaves a half-written artifact, and the
+project's one content hasher (cache keys, label store keys, model identities)."""
 
 from __future__ import annotations
 
@@ -58,4 +59,13 @@ def sha256_file(path: str | Path) -> str:
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
+    return digest.hexdigest()
+
+
+def content_hash(*parts: object) -> str:
+    """sha256 hex of JSON-encoded `parts`: the one key function behind every content-addressed cache."""
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(json.dumps(part, sort_keys=True, default=str).encode())
+        digest.update(b"\0")
     return digest.hexdigest()

@@ -18,7 +18,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from smoothkd.config import ConfigError, _format_validation_error, apply_overrides
+from smoothkd.config import ConfigError, apply_overrides, format_validation_error
 
 STACKS_DIR = Path(__file__).resolve().parents[1] / "infra" / "stacks"
 
@@ -152,7 +152,7 @@ def load_stack_definition(name_or_path: str | Path, overrides: list[str] | None 
     try:
         defn = StackDefinition.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError(_format_validation_error(err, str(file))) from None
+        raise ConfigError(format_validation_error(err, str(file))) from None
     missing = [t for t in ("orchestrator", "artifact_store") if t not in defn.components]
     if missing:
         raise ConfigError(f"{file}: components: a stack needs {' and '.join(missing)}")

@@ -34,8 +34,8 @@ class CalibrationMetrics:
         return {k: v for k, v in asdict(self).items() if not k.startswith("bin_")}
 
 
-def _wide(logits: torch.Tensor) -> torch.Tensor:
-    # At least float32 (bf16 softmax is too coarse for ECE); float64 input stays float64.
+def widen(logits: torch.Tensor) -> torch.Tensor:
+    """At least float32 (bf16 softmax is too coarse for ECE); float64 input stays float64."""
     return logits.to(torch.promote_types(logits.dtype, torch.float32))
 
 
@@ -59,7 +59,7 @@ class CalibrationAccumulator:
         """Add `logits` (tokens × vocab) whose true next tokens are `targets` (tokens,)."""
         if targets.numel() == 0:
             return
-        log_probs = torch.log_softmax(_wide(logits) / self.temperature, dim=-1)
+        log_probs = torch.log_softmax(widen(logits) / self.temperature, dim=-1)
         targets = targets.to(log_probs.device)
         probs = log_probs.exp()
         log_p_true = log_probs.gather(-1, targets[:, None]).squeeze(-1)
