@@ -8,7 +8,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from smoothkd.config import load_config  # noqa: E402
-from smoothkd.stages import _train_examples, prepare_data, prepare_tokenizer  # noqa: E402
+from smoothkd.data.dataset import train_examples  # noqa: E402
+from smoothkd.stages import prepare_data, prepare_tokenizer  # noqa: E402
 
 
 def demo_world(n_instruction: int = 600):
@@ -23,4 +24,4 @@ def demo_world(n_instruction: int = 600):
     tokenizer = load_tokenizer(str(prepare_tokenizer(cfg, data)))
     teacher = build_tiny_llama(tokenizer, cfg.teacher.tiny, out / "teacher", seed=1)
     student = build_tiny_llama(tokenizer, cfg.student.tiny, out / "student", seed=2)
-    return cfg, tokenizer, teacher, student, _train_examples(tokenizer, data, cfg.student.train), out
+    return cfg, tokenizer, teacher, student, train_examples(tokenizer, data, cfg.student.train), out

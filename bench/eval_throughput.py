@@ -14,12 +14,13 @@ import torch
 from _kd_world import demo_world
 from _timing import interleaved_times
 
+from smoothkd.data.dataset import read_split
 from smoothkd.data.prompts import eval_prompt
 from smoothkd.data.schema import SOURCE_COLUMN
 from smoothkd.evaluation.generation import generate, generate_with_lookback
 from smoothkd.modeling.models import load_causal_lm, resolve_device
 from smoothkd.modeling.tokenizer import newline_token_ids
-from smoothkd.stages import prepare_data, read_split
+from smoothkd.stages import prepare_data
 
 N_PER_SPLIT = 32
 MAX_NEW_TOKENS = 48

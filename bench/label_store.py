@@ -19,11 +19,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from smoothkd.config import load_config  # noqa: E402
+from smoothkd.data.dataset import train_examples  # noqa: E402
 from smoothkd.data.tokenize import CausalLMCollator  # noqa: E402
 from smoothkd.distill.labels import LabelSpec, LabelStore, precompute_labels  # noqa: E402
 from smoothkd.modeling.models import load_causal_lm, resolve_device, response_logits  # noqa: E402
 from smoothkd.modeling.tokenizer import load_tokenizer  # noqa: E402
-from smoothkd.stages import _train_examples, prepare_data, prepare_teacher, prepare_tokenizer  # noqa: E402
+from smoothkd.stages import prepare_data, prepare_teacher, prepare_tokenizer  # noqa: E402
 
 N_EXAMPLES = 512
 BATCH = 16
@@ -64,7 +65,7 @@ def main() -> None:
     teacher = prepare_teacher(cfg, data, tokenizer_dir)
     tokenizer = load_tokenizer(str(tokenizer_dir))
     model = load_causal_lm(teacher.path).to(resolve_device("cpu"))
-    examples = _train_examples(tokenizer, data, cfg.student.train)[:N_EXAMPLES]
+    examples = train_examples(tokenizer, data, cfg.student.train)[:N_EXAMPLES]
     pad = tokenizer.pad_token_id
     full = full_teacher_logp(model, examples, pad)
     default_k = cfg.distill.top_k

@@ -5,13 +5,18 @@
 from zenml import pipeline
 from zenml.enums import ExecutionMode
 
+from smoothkd.config import RunConfig
 from smoothkd.stages import student_name
 from steps.calibration import check_teacher_calibration
-from steps.data import build_tokenizer, load_data
+from steps.data import load_data
+from steps.detector import factual_rate_detector
+from steps.evaluate import evaluate
 from steps.labels import precompute_labels
-from steps.models import evaluate, factual_rate_detector, student, teacher
 from steps.registry import register_students
 from steps.report import report
+from steps.student import student
+from steps.teacher import teacher
+from steps.tokenizer import build_tokenizer
 from steps.validate import validate_data
 
 
@@ -25,11 +30,11 @@ def distill(config: dict) -> None:
     tokenizer = build_tokenizer(config, dataset_dir)
     teacher_summary, teacher_dir = teacher(config, dataset_dir, tokenizer)
     distill_temperature = check_teacher_calibration(config, dataset_dir, teacher_dir)
-    labels_dir = precompute_labels(config, dataset_dir, tokenizer, teacher_dir, distill_temperature)
+    label_store = precompute_labels(config, dataset_dir, tokenizer, teacher_dir, distill_temperature)
     students = {
-        alpha: student(config, dataset_dir, tokenizer, distill_temperature, labels_dir, teacher_dir,
+        alpha: student(config, dataset_dir, tokenizer, distill_temperature, label_store, teacher_dir,
                        alpha=alpha, id=f"student_{student_name(alpha)}")
-        for alpha in [0.0, *config["distill"]["alphas"]]
+        for alpha in [0.0, *RunConfig.model_validate(config).distill.alphas]
     }
     # Lookback features are per (layer, head): the teacher gets its own detector, the students share one
     # fitted on all students' held-out generations.

@@ -3,8 +3,7 @@
 import os
 import time
 
-from smoothkd.config import ConfigError, RunConfig
-from smoothkd.stages import output_root, tracking_uri
+from smoothkd.config import ConfigError, RunConfig, output_root, tracking_uri
 
 
 def configure_zenml_env(cfg: RunConfig, stack: str | None = None) -> None:

@@ -101,7 +101,7 @@ def ui(
     """Serve the MLflow UI on the store the pipeline wrote to."""
     import os
 
-    from smoothkd.stages import output_root, tracking_uri
+    from smoothkd.config import output_root, tracking_uri
 
     cfg = _load(config if config.exists() else None, None)
     uri = tracking_uri(cfg)
@@ -121,7 +121,7 @@ TrackingOpt = Annotated[str | None, typer.Option("--tracking-uri", help="MLflow 
 def _registry_client(config: Path, set_: list[str] | None, uri: str | None):
     from mlflow import MlflowClient
 
-    from smoothkd.stages import tracking_uri
+    from smoothkd.config import tracking_uri
 
     cfg = _load(config if config.exists() else None, set_)
     return cfg, MlflowClient(uri or tracking_uri(cfg))
@@ -179,8 +179,8 @@ def promote(
     tracking_uri: TrackingOpt = None,
 ) -> None:
     """Re-run the promotion gate for an existing version; move `champion` to it if it passes."""
+    from smoothkd.config import output_root
     from smoothkd.registry.promote import repromote
-    from smoothkd.stages import output_root
 
     cfg, client = _registry_client(config, set_, tracking_uri)
     if force and not reason:
@@ -207,20 +207,22 @@ def eval_(
     """Evaluate any model on CONFIG's evaluation data, outside the training pipeline."""
     import json
 
+    from smoothkd.config import output_root, tracking_uri
+    from smoothkd.registry.download import resolve_model_ref
     from smoothkd.report import metrics_table
-    from smoothkd.stages import evaluate_model, prepare_data, resolve_model_ref
+    from smoothkd.stages import evaluate_model, prepare_data
 
     cfg = _load(config, set_)
     with _one_line_errors():
-        path = resolve_model_ref(cfg, model)
+        path = resolve_model_ref(model, tracking_uri(cfg), output_root(cfg) / "registry_models")
         result = evaluate_model(cfg, path, prepare_data(cfg), detector)
     if as_json:
-        typer.echo(json.dumps(result["metrics"], indent=1, sort_keys=True))
+        typer.echo(json.dumps(result.metrics, indent=1, sort_keys=True))
         return
     from rich.console import Console
 
-    Console().print(metrics_table(result["metrics"], f"{model}: mean (95% bootstrap CI)"))
-    typer.echo(f"localization tables: {result['dir']}")
+    Console().print(metrics_table(result.metrics, f"{model}: mean (95% bootstrap CI)"))
+    typer.echo(f"localization tables: {result.dir}")
 
 
 @data_app.command("generate")
@@ -245,9 +247,8 @@ def data_validate(config: ConfigArg, set_: SetOpt = None) -> None:
     cfg = _load(config, set_)
     from rich.console import Console
 
-    from smoothkd.stages import prepare_data
+    from smoothkd.stages import prepare_data, validate_dataset
     from smoothkd.validation.report import validation_table
-    from smoothkd.validation.validate import validate_dataset
 
     with _one_line_errors():
         report = validate_dataset(cfg, prepare_data(cfg))
@@ -264,14 +265,15 @@ def teacher_check(config: ConfigArg, set_: SetOpt = None) -> None:
     cfg = _load(config, set_)
     from rich.console import Console
 
-    from smoothkd.calibration.gate import calibrate_teacher, calibration_table
-    from smoothkd.stages import output_root, prepare_data, prepare_teacher, prepare_tokenizer
+    from smoothkd.calibration.gate import calibration_table
+    from smoothkd.config import output_root
+    from smoothkd.stages import check_teacher, prepare_data, prepare_teacher, prepare_tokenizer
 
     with _one_line_errors():
         data_dir = prepare_data(cfg)
         teacher = prepare_teacher(cfg, data_dir, prepare_tokenizer(cfg, data_dir))
         out_dir = output_root(cfg) / "calibration" / Path(teacher.path).name
-        report = calibrate_teacher(cfg, data_dir, teacher.path, out_dir)
+        report = check_teacher(cfg, data_dir, teacher.path, out_dir)
     console = Console(soft_wrap=True)  # the path and the verdict stay one line each, whatever the width
     console.print(calibration_table(report))
     console.print(f"reliability diagram: {report.diagram}")
@@ -294,7 +296,7 @@ def stack_up(
     """Register missing components, update changed ones, create and activate stack NAME (idempotent)."""
     cfg = _load(config if config.exists() else None, None)
     from pipelines.runner import configure_zenml_env
-    from smoothkd.stages import tracking_uri
+    from smoothkd.config import tracking_uri
 
     configure_zenml_env(cfg, stack=name)
     with _one_line_errors():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from smoothkd.artifacts import EvaluatedModel, GateDecision
 from smoothkd.config import EvalConfig
 from smoothkd.registry.gate import Candidate, paired_difference
 
@@ -13,13 +14,13 @@ HEADLINE = (("rougeLsum", "ROUGE-Lsum"), ("factual_consistency", "fact. consist.
 PER_EXAMPLE = {"hallucinated_facts_per_summary": "hallucinated_facts"}
 
 
-def paired_deltas(students: list[dict], eval_cfg: EvalConfig) -> dict[str, dict[str, float]]:
+def paired_deltas(students: list[EvaluatedModel], eval_cfg: EvalConfig) -> dict[str, dict[str, float]]:
     """For each KD student, KD − SFT on every split's headline metrics: mean and paired bootstrap CI."""
-    sft = next((s for s in students if s.get("alpha") == 0), None)
+    sft = next((s for s in students if s.alpha == 0), None)
     if sft is None:
         return {}
     deltas: dict[str, dict[str, float]] = {}
-    for kd in (s for s in students if s.get("alpha")):
+    for kd in (s for s in students if s.alpha):
         flat: dict[str, float] = {}
         for split in eval_cfg.splits:
             for metric, _ in HEADLINE:
@@ -29,25 +30,27 @@ def paired_deltas(students: list[dict], eval_cfg: EvalConfig) -> dict[str, dict[
                 if ci is not None:
                     name = f"{split}/{metric}"
                     flat |= {name: ci.mean, f"{name}_ci_low": ci.low, f"{name}_ci_high": ci.high}
-        deltas[f"{kd['role'].removeprefix('student_')} - sft"] = flat
+        deltas[f"{kd.role.removeprefix('student_')} - sft"] = flat
     return deltas
 
 
-def build_results(teacher: dict, students: list[dict], decisions: list[dict], eval_cfg: EvalConfig
-                  ) -> dict[str, Any]:
+def build_results(teacher: EvaluatedModel, students: list[EvaluatedModel], decisions: list[GateDecision],
+                  eval_cfg: EvalConfig) -> dict[str, Any]:
     """One record per model (metrics with CIs, registry version and gate outcome), deltas and decisions."""
-    by_candidate = {d["candidate"]: d for d in decisions}
+    by_candidate = {d.candidate: d for d in decisions}
     models = []
     for s in [teacher, *students]:
-        decision = by_candidate.get(s["role"].removeprefix("student_"), {})
-        models.append({key: s.get(key) for key in ("role", "alpha", "path", "parameters", "cached",
-                                                    "train_seconds", "run_id")}
-                      | {"metrics": dict(sorted(s["metrics"].items())), "version": decision.get("version"),
-                         "outcome": decision.get("outcome")})
-    champion = next((d for d in decisions if d["outcome"] == "champion"), None)
-    return {"models": models, "deltas": paired_deltas(students, eval_cfg), "decisions": decisions,
-            "champion": {"name": champion["registered_model"], "version": champion["version"],
-                         "candidate": champion["candidate"]} if champion else None}
+        decision = by_candidate.get(s.role.removeprefix("student_"))
+        models.append({key: getattr(s, key) for key in ("role", "alpha", "path", "parameters", "cached",
+                                                         "train_seconds", "run_id")}
+                      | {"metrics": dict(sorted(s.metrics.items())),
+                         "version": decision.version if decision else None,
+                         "outcome": decision.outcome if decision else None})
+    champion = next((d for d in decisions if d.outcome == "champion"), None)
+    return {"models": models, "deltas": paired_deltas(students, eval_cfg),
+            "decisions": [d.to_dict() for d in decisions],
+            "champion": {"name": champion.registered_model, "version": champion.version,
+                         "candidate": champion.candidate} if champion else None}
 
 
 def _cell(metrics: dict[str, float], name: str) -> str:

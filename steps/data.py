@@ -1,20 +1,14 @@
-"""Data steps: load/generate the splits, build the shared tokenizer."""
+"""Data step: load (or generate) every split into one content-addressed dataset directory."""
 
 from typing import Annotated
 
 from zenml import step
 
 from smoothkd.config import RunConfig
-from smoothkd.stages import prepare_data, prepare_tokenizer
+from smoothkd.stages import prepare_data
 
 
 @step
 def load_data(config: dict) -> Annotated[str, "dataset_dir"]:
     """Load (or generate) every split into one content-addressed dataset directory."""
     return str(prepare_data(RunConfig.model_validate(config)))
-
-
-@step
-def build_tokenizer(config: dict, dataset_dir: str) -> Annotated[str, "tokenizer"]:
-    """The tokenizer shared by teacher and students (path or hub id)."""
-    return str(prepare_tokenizer(RunConfig.model_validate(config), dataset_dir))

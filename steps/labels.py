@@ -6,13 +6,14 @@ import mlflow
 from zenml import log_metadata, step
 
 from smoothkd.config import RunConfig
+from smoothkd.distill.labels import PrecomputeResult
 from smoothkd.stages import teacher_labels
 from smoothkd.tracking import log_metrics
 
 
 @step(experiment_tracker=True)
 def precompute_labels(config: dict, dataset_dir: str, tokenizer: str, teacher_dir: str,
-                      distill_temperature: float) -> Annotated[str, "labels_dir"]:
+                      distill_temperature: float) -> Annotated[PrecomputeResult, "label_store"]:
     """Run the teacher over the training split once (skipped when an identical store exists)."""
     cfg = RunConfig.model_validate(config)
     result = teacher_labels(cfg, dataset_dir, tokenizer, teacher_dir, distill_temperature)
@@ -22,4 +23,4 @@ def precompute_labels(config: dict, dataset_dir: str, tokenizer: str, teacher_di
                  "labels/teacher_forward_passes": result.teacher_forward_passes,
                  "labels/precompute_seconds": result.seconds, "labels/topk_mass": result.topk_mass})
     log_metadata(metadata=result.to_dict())
-    return result.path
+    return result

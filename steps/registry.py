@@ -9,10 +9,11 @@ from zenml.enums import ModelStages
 from zenml.logger import get_logger
 from zenml.model_registries.base_model_registry import ModelRegistryModelMetadata, ModelVersionStage
 
-from smoothkd.config import RunConfig
+from smoothkd.artifacts import EvaluatedModel, GateDecision
+from smoothkd.config import RunConfig, output_root
+from smoothkd.modeling.identity import model_identity
 from smoothkd.registry.gate import Candidate
 from smoothkd.registry.promote import Registered, register_and_promote
-from smoothkd.stages import model_identity, output_root
 
 logger = get_logger(__name__)
 
@@ -42,43 +43,44 @@ def _stack_registry_hooks(name: str):
     return register, set_alias
 
 
-def _mirror_in_model_control_plane(name: str, records: list[dict]) -> None:
+def _mirror_in_model_control_plane(name: str, decisions: list[GateDecision]) -> None:
     """One ZenML model version per registered MLflow version, with its decision; champion in production."""
     client = Client()
     try:
         client.get_model(name)
     except KeyError:
         client.create_model(name, description="smoothkd students; versions mirror the MLflow registry")
-    for record in records:
-        version = f"mlflow-v{record['version']}"
+    for decision in decisions:
+        version = f"mlflow-v{decision.version}"
         try:
             client.get_model_version(name, version)
         except KeyError:  # a version reused by a rerun is mirrored already; its metadata gains this decision
-            client.create_model_version(name, name=version, tags=[record["candidate"]])
-        criteria = {c["name"]: f"{c['verdict']}: {c['value']}" for c in record["criteria"]}
-        log_metadata(metadata={"mlflow_version": record["version"], "passed": record["passed"],
-                               "outcome": record["outcome"], "criteria": criteria},
+            client.create_model_version(name, name=version, tags=[decision.candidate])
+        criteria = {c["name"]: f"{c['verdict']}: {c['value']}" for c in decision.criteria}
+        log_metadata(metadata={"mlflow_version": decision.version, "passed": decision.passed,
+                               "outcome": decision.outcome, "criteria": criteria},
                      model_name=name, model_version=version)
-        if record["outcome"] == "champion":
+        if decision.outcome == "champion":
             client.update_model_version(name, version, stage=ModelStages.PRODUCTION, force=True)
 
 
 @step(experiment_tracker=True)
-def register_students(config: dict, student_summaries: list[dict]) -> Annotated[list[dict], "gate_decisions"]:
+def register_students(config: dict, student_summaries: list[EvaluatedModel]
+                      ) -> Annotated[list[GateDecision], "gate_decisions"]:
     """Register every student, judge each against the promotion gate, promote at most one to `champion`."""
     cfg = RunConfig.model_validate(config)
     if not cfg.promotion.enabled:
         return []
     name = cfg.promotion.registered_model_name
-    registered = [Registered(Candidate.from_summary(s), s["model_uri"], s["run_id"],
-                             model_identity(s["path"])) for s in student_summaries]
+    registered = [Registered(Candidate.from_summary(s), s.model_uri, s.run_id, model_identity(s.path))
+                  for s in student_summaries]
     register, set_alias = _stack_registry_hooks(name)
     records = register_and_promote(mlflow.MlflowClient(), cfg, registered, output_root(cfg) / "registry.lock",
                                    register, set_alias)
-    _mirror_in_model_control_plane(name, records)
+    decisions = [GateDecision(**record) for record in records]
+    _mirror_in_model_control_plane(name, decisions)
     mlflow.log_dict({"decisions": records}, "gate/decisions.json")
-    for record in records:
-        logger.info("%s v%s: %s", record["candidate"], record["version"], record["outcome"])
-    log_metadata(metadata={r["candidate"]: {"version": r["version"], "outcome": r["outcome"]}
-                           for r in records})
-    return records
+    for d in decisions:
+        logger.info("%s v%s: %s", d.candidate, d.version, d.outcome)
+    log_metadata(metadata={d.candidate: {"version": d.version, "outcome": d.outcome} for d in decisions})
+    return decisions

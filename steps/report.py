@@ -7,6 +7,7 @@ from typing import Annotated
 import mlflow
 from zenml import log_metadata, step
 
+from smoothkd.artifacts import EvaluatedModel, GateDecision
 from smoothkd.charts import comparison_chart, loss_curves_chart
 from smoothkd.config import RunConfig
 from smoothkd.report import build_results
@@ -14,8 +15,8 @@ from smoothkd.tracking import log_metrics
 
 
 @step(experiment_tracker=True)
-def report(config: dict, teacher_summary: dict, student_summaries: list[dict], gate_decisions: list[dict]
-           ) -> Annotated[dict, "results"]:
+def report(config: dict, teacher_summary: EvaluatedModel, student_summaries: list[EvaluatedModel],
+           gate_decisions: list[GateDecision]) -> Annotated[dict, "results"]:
     """Collect per-model metrics, KD − SFT deltas and gate decisions; draw the comparison and loss charts."""
     cfg = RunConfig.model_validate(config)
     results = build_results(teacher_summary, student_summaries, gate_decisions, cfg.eval)
@@ -26,7 +27,7 @@ def report(config: dict, teacher_summary: dict, student_summaries: list[dict], g
     # The pictures belong to the pipeline's own run (the parent), where a reader of the run starts.
     run = mlflow.active_run()
     target = run.data.tags.get("mlflow.parentRunId", run.info.run_id)
-    curves = {s["role"]: s.get("loss_history") or [] for s in [teacher_summary, *student_summaries]}
+    curves = {s.role: s.loss_history or [] for s in [teacher_summary, *student_summaries]}
     with tempfile.TemporaryDirectory() as tmp:
         comparison_chart(results["models"], cfg.eval.splits, Path(tmp) / "sft_vs_kd.png")
         loss_curves_chart(curves, Path(tmp) / "loss_curves.png")

@@ -5,10 +5,9 @@ from typing import Annotated
 from zenml import get_step_context, log_metadata, step
 from zenml.logger import get_logger
 
-from smoothkd.config import RunConfig
-from smoothkd.stages import output_root
+from smoothkd.config import RunConfig, output_root
+from smoothkd.stages import validate_dataset
 from smoothkd.validation.report import log_to_mlflow
-from smoothkd.validation.validate import validate_dataset
 
 logger = get_logger(__name__)
 

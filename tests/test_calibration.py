@@ -13,9 +13,8 @@ from typer.testing import CliRunner
 from smoothkd.calibration.gate import gate_checks
 from smoothkd.calibration.metrics import CalibrationAccumulator
 from smoothkd.calibration.temperature import fit_temperature
-from smoothkd.config import CalibrationConfig, load_config
+from smoothkd.config import CalibrationConfig, load_config, tracking_uri
 from smoothkd.errors import TeacherRejectedError
-from smoothkd.stages import tracking_uri
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs/test/tiny.yaml"

@@ -147,7 +147,7 @@ def test_interrupted_precompute_resumes_from_last_complete_shard(world, tmp_path
 
 
 def test_mismatched_tokenizers_fail_before_any_compute(world, tmp_path):
-    from smoothkd.stages import check_tokenizers_agree
+    from smoothkd.modeling.tokenizer import check_tokenizers_agree
 
     rows = read_jsonl(world["root"] / "corpus/instruction.jsonl")
     other = load_tokenizer(str(train_bpe_tokenizer((r["response"] for r in rows), tmp_path / "t2", 280)))

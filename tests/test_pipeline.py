@@ -13,8 +13,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from smoothkd.config import load_config
-from smoothkd.stages import tracking_uri
+from smoothkd.config import load_config, tracking_uri
 
 ROOT = Path(__file__).resolve().parents[1]
 

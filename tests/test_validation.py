@@ -14,10 +14,11 @@ import pytest
 from typer.testing import CliRunner
 
 from smoothkd.cli import _user_error, app
-from smoothkd.config import load_config
-from smoothkd.stages import prepare_data, read_split, tracking_uri
+from smoothkd.config import load_config, tracking_uri
+from smoothkd.data.dataset import read_split
+from smoothkd.stages import prepare_data, run_tokens, validate_dataset
 from smoothkd.validation.report import DataValidationError
-from smoothkd.validation.validate import run_tokens, validate_dataset, validate_splits
+from smoothkd.validation.validate import validate_splits
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests/fixtures/data"

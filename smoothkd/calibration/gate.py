@@ -16,11 +16,10 @@ import torch
 from smoothkd.calibration.metrics import CalibrationAccumulator, CalibrationMetrics
 from smoothkd.calibration.plot import reliability_diagram
 from smoothkd.calibration.temperature import fit_temperature
-from smoothkd.config import CalibrationConfig, ConfigError, RunConfig
+from smoothkd.config import CalibrationConfig, ConfigError, ModelConfig
 from smoothkd.data.tokenize import CausalLMCollator, encode_instruction_rows
 from smoothkd.io import atomic_dir, write_json
 from smoothkd.modeling.models import load_causal_lm, resolve_device, response_logits
-from smoothkd.stages import load_run_tokenizer, read_split
 
 GATE_NAME = "teacher_calibration"
 
@@ -103,27 +102,27 @@ def response_logit_batches(model, examples: list[dict], pad_token_id: int, batch
             return
 
 
-def calibrate_teacher(cfg: RunConfig, data_dir: str | Path, teacher_dir: str | Path, out_dir: str | Path
+def calibrate_teacher(c: CalibrationConfig, t: ModelConfig, held_out: list[dict], tokenizer,
+                      teacher_dir: str | Path, out_dir: str | Path, temperature: float, device: str = "auto"
                       ) -> CalibrationReport:
-    """Measure the teacher on the held-out instruction split, draw the diagram, and judge it.
+    """Measure the teacher (section `t`, weights in `teacher_dir`) on the held-out instruction rows, draw
+    the diagram, and judge it.
 
-    The teacher is judged at `distill.temperature`; with `calibration.fit_temperature`, the split is cut in
-    two (alternate rows): T is fitted on one half and the gate judges the other half at T.
+    The teacher is judged at `temperature` (the distillation's); with `calibration.fit_temperature`, the
+    rows are cut in two (alternate rows): T is fitted on one half and the gate judges the other half at T.
     """
-    c, t = cfg.calibration, cfg.teacher
-    rows = read_split(data_dir, "validation")[: c.max_examples]
+    rows = held_out[: c.max_examples]
     if len(rows) < (2 if c.fit_temperature else 1):
         raise ConfigError(f"calibration: the held-out split has {len(rows)} rows; raise "
                           "data.validation_fraction")
-    tokenizer = load_run_tokenizer(cfg, cfg.tokenizer.name_or_path or teacher_dir)
-    model = load_causal_lm(teacher_dir, t).to(resolve_device(cfg.device)).eval()
+    model = load_causal_lm(teacher_dir, t).to(resolve_device(device)).eval()
     examples = encode_instruction_rows(tokenizer, rows, t.train.max_length, t.train.max_prompt_length)
 
     def batches(part: list[dict], max_tokens: int | None):
         return response_logit_batches(model, part, tokenizer.pad_token_id, c.batch_size, max_tokens,
                                       c.logit_scale)
 
-    configured = CalibrationAccumulator(c.n_bins, cfg.distill.temperature)
+    configured = CalibrationAccumulator(c.n_bins, temperature)
     before = None
     if c.fit_temperature:
         fit_part, check_part = examples[0::2], examples[1::2]
@@ -135,7 +134,6 @@ def calibrate_teacher(cfg: RunConfig, data_dir: str | Path, teacher_dir: str | P
             fitted.update(logits, targets)
         before, metrics = configured.compute(), fitted.compute()
     else:
-        temperature = cfg.distill.temperature
         for logits, targets in batches(examples, c.max_tokens):
             configured.update(logits, targets)
         metrics = configured.compute()

@@ -26,7 +26,6 @@ Rank 0 writes the manifest once every rank's shards exist.
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from dataclasses import asdict, dataclass
 from io import BytesIO
@@ -39,8 +38,9 @@ from tqdm.auto import tqdm
 
 from smoothkd.data.tokenize import IGNORE_INDEX, CausalLMCollator
 from smoothkd.distill.losses import log1mexp
+from smoothkd.distill.runtime import rank_and_world
 from smoothkd.errors import CorruptLabelStoreError
-from smoothkd.io import read_json, sha256_file, write_json
+from smoothkd.io import content_hash, read_json, sha256_file, write_json
 from smoothkd.modeling.models import response_logits
 
 LOGP_STEP = 1.0 / 16.0
@@ -92,23 +92,6 @@ def _decode(ids: np.ndarray, logp: np.ndarray, complete: bool
     # Quantisation can push Σp above 1 by a hair: renormalise the k + 1 outcomes jointly.
     norm = torch.logaddexp(mass, tail).clamp(min=0.0)
     return ids, values - norm.unsqueeze(-1), tail - norm
-
-
-def content_hash(*parts: object) -> str:
-    digest = hashlib.sha256()
-    for part in parts:
-        digest.update(json.dumps(part, sort_keys=True, default=str).encode())
-        digest.update(b"\0")
-    return digest.hexdigest()
-
-
-def directory_identity(path: str | Path, patterns: tuple[str, ...]) -> str:
-    """sha256 over the matching files of a local model/tokenizer dir; the id itself for a hub name."""
-    path = Path(path)
-    if not path.is_dir():
-        return f"hub:{path}"
-    files = sorted(p for pattern in patterns for p in path.glob(pattern))
-    return content_hash([(p.name, sha256_file(p)) for p in files])
 
 
 def examples_hash(examples: list[dict]) -> str:
@@ -196,13 +179,6 @@ class PrecomputeResult:
         return asdict(self)
 
 
-def _world() -> tuple[int, int]:
-    """(rank, world size) of the torch.distributed group this process belongs to; (0, 1) outside one."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 @torch.inference_mode()
 def _teacher_topk(model, batch: dict[str, torch.Tensor], spec: LabelSpec
                   ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -233,7 +209,7 @@ def precompute_labels(model, examples: list[dict], root: str | Path, spec: Label
         return PrecomputeResult(str(out), key, 0, 0.0, total_tokens, per_token, manifest["topk_mass"],
                                 reused=True)
 
-    rank, world = _world()
+    rank, world = rank_and_world()
     out.mkdir(parents=True, exist_ok=True)
     collate = CausalLMCollator(pad_token_id)
     model.eval()

@@ -3,10 +3,10 @@
 `launch` writes `job.json` (the run config plus the stage's arguments) and an accelerate config into a job
 directory, starts `python -m accelerate.commands.launch --config_file … -m smoothkd.distill.launch job.json`
 and waits, copying the workers' output to its own stderr (prefixed) and to `launch.log`. Each worker
-rebuilds its inputs from the job (config, data, tokenizer, model and label paths) and calls the same stage
-function a single process would; seeing WORLD_SIZE > 1, the stage runs in place instead of launching
-again. Rank 0 writes `result.json`; a failing rank writes `error-<rank>.json`, which the parent turns
-into one exception (the worker's own user-error type when it is one, otherwise `LaunchError`).
+rebuilds its inputs from the job (config, data, tokenizer, model and label paths) and calls the same job
+function (`smoothkd.distill.jobs`) a single process would. Rank 0 writes `result.json`; a failing rank
+writes `error-<rank>.json`, which the parent turns into one exception (the worker's own user-error type
+when it is one, otherwise `LaunchError`).
 
 The accelerate config names `MULTI_GPU`: that is accelerate's torch.distributed.run launcher, the one
 that starts N local processes. Without CUDA the workers come up as `MULTI_CPU` with gloo, because the
@@ -28,7 +28,8 @@ import torch
 import yaml
 
 from smoothkd.config import RunConfig
-from smoothkd.distill.trainer import on_cpu
+from smoothkd.distill.jobs import precompute_teacher_labels, train_model
+from smoothkd.distill.runtime import on_cpu
 from smoothkd.errors import USER_ERRORS, LaunchError
 from smoothkd.io import atomic_write_text, read_json, write_json
 
@@ -102,16 +103,14 @@ def _worker_error(errors: list[dict], label: str, log_file: Path) -> Exception:
 
 
 def run_job(job: dict, cfg: RunConfig) -> dict:
-    """One worker's share of a job: the stage function a single process would call, run in place."""
-    from smoothkd import stages
-
+    """One worker's share of a job: the job function a single process would call, run in place."""
     if job["kind"] == "finetune":
         args = {k: job[k] for k in ("section", "role", "tokenizer_ref", "data_dir", "alpha", "labels_dir",
                                     "teacher_path", "temperature", "work_key")}
-        return stages._finetune(cfg, out=Path(job["out"]), **args).to_dict()
+        return train_model(cfg, out=Path(job["out"]), **args).to_dict()
     if job["kind"] == "labels":
-        return stages.teacher_labels(cfg, job["data_dir"], job["tokenizer_ref"], job["teacher_path"],
-                                     job["temperature"], progress=job["progress"]).to_dict()
+        return precompute_teacher_labels(cfg, job["data_dir"], job["tokenizer_ref"], job["teacher_path"],
+                                         job["temperature"], progress=job["progress"]).to_dict()
     raise ValueError(f"unknown job kind {job['kind']!r}")
 
 

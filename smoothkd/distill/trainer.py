@@ -9,9 +9,7 @@ With α > 0 the loss runs over response positions in chunks, each recomputed in 
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -26,6 +24,7 @@ from smoothkd.config import DistillConfig, LoraSettings, TrainConfig
 from smoothkd.data.tokenize import CausalLMCollator, select_response
 from smoothkd.distill.labels import LabelStore
 from smoothkd.distill.losses import dense_kd_loss, mixed_loss, sparse_kd_loss
+from smoothkd.distill.runtime import mixed_precision, on_cpu, world_size
 from smoothkd.errors import NonFiniteLossError
 from smoothkd.io import atomic_dir
 from smoothkd.modeling.models import response_logits
@@ -154,32 +153,6 @@ class TrainResult:
     @property
     def tokens_per_second(self) -> float:
         return self.train_tokens / self.seconds if self.seconds else math.nan
-
-
-def on_cpu(device: str) -> bool:
-    """Whether a run on `device` trains on CPU: asked for, or no CUDA device present."""
-    return device == "cpu" or not torch.cuda.is_available()
-
-
-def mixed_precision(cfg: TrainConfig, device: str) -> str:
-    """`no`, `bf16` or `fp16`: `auto` is bf16 on a CUDA device that supports it, full precision else."""
-    if cfg.mixed_precision != "auto":
-        return cfg.mixed_precision
-    return "bf16" if not on_cpu(device) and torch.cuda.is_bf16_supported() else "no"
-
-
-def world_size() -> int:
-    """Processes in this run: set by torchrun / accelerate launch, 1 in a plain process."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def main_process_first():
-    """A context in which rank 0 runs first and the other ranks after it (a no-op in a plain process)."""
-    if world_size() == 1:
-        return contextlib.nullcontext()
-    from accelerate import PartialState
-
-    return PartialState().main_process_first()
 
 
 def _fsdp(cfg: TrainConfig) -> dict:

@@ -75,5 +75,14 @@ def response_logits(model: PreTrainedModel, batch: dict[str, torch.Tensor]
     return select_response(logits, batch["labels"].to(device))
 
 
+def initial_model(model_cfg: ModelConfig, tokenizer, init_dir: Path, seed: int) -> PreTrainedModel:
+    """Load the configured model, or build a tiny Llama of the configured shape once and load it back."""
+    if model_cfg.name_or_path:
+        return load_causal_lm(model_cfg.name_or_path, model_cfg)
+    if not init_dir.exists():
+        build_tiny_llama(tokenizer, model_cfg.tiny, init_dir, seed=seed)
+    return load_causal_lm(init_dir, model_cfg)
+
+
 def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())

@@ -12,6 +12,8 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
+from smoothkd.config import ModelConfig
+from smoothkd.errors import TokenizerMismatchError
 from smoothkd.io import atomic_dir
 
 SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>"}
@@ -44,6 +46,26 @@ def load_tokenizer(name_or_path: str, revision: str | None = None, trust_remote_
         # Causal LMs like Llama ship without a pad token; eos is safe because padded positions are masked.
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def load_run_tokenizer(tokenizer_ref: str | Path, model_cfg: ModelConfig) -> PreTrainedTokenizerBase:
+    """The run's tokenizer, loaded with a model section's revision and remote-code setting.
+
+    The revision applies only to a configured model (a hub tokenizer of that model); a tokenizer built
+    from the data has none.
+    """
+    return load_tokenizer(str(tokenizer_ref), revision=model_cfg.revision if model_cfg.name_or_path else None,
+                          trust_remote_code=model_cfg.trust_remote_code)
+
+
+def check_tokenizers_agree(teacher_tokenizer, student_tokenizer) -> None:
+    """Soft labels index the teacher's vocabulary: the student's must be the same token for token."""
+    t_vocab, s_vocab = teacher_tokenizer.get_vocab(), student_tokenizer.get_vocab()
+    if t_vocab != s_vocab:
+        differing = sorted(set(t_vocab.items()) ^ set(s_vocab.items()))[:3]
+        raise TokenizerMismatchError(
+            f"teacher and student tokenizers differ ({len(t_vocab)} vs {len(s_vocab)} tokens; e.g. "
+            f"{differing}); KD needs one shared vocabulary: pick a student of the teacher's family")
 
 
 def newline_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:

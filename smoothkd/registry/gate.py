@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from smoothkd.artifacts import EvaluatedModel
 from smoothkd.config import EvalConfig, PromotionConfig
 
 PASS, FAIL = "pass", "fail"
@@ -26,10 +27,10 @@ class Candidate:
     version: str | None = None
 
     @classmethod
-    def from_summary(cls, summary: dict) -> Candidate:
+    def from_summary(cls, summary: EvaluatedModel) -> Candidate:
         """The candidate an evaluated model summary (a pipeline step's output) describes."""
-        return cls(summary["role"].removeprefix("student_"), summary.get("alpha") or 0.0, summary["metrics"],
-                   summary.get("per_example", {}))
+        return cls(summary.role.removeprefix("student_"), summary.alpha or 0.0, summary.metrics,
+                   summary.per_example)
 
 
 @dataclass

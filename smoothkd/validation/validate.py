@@ -16,8 +16,9 @@ from great_expectations.data_context.types.base import (
     ProgressBarsConfig,
 )
 
-from smoothkd.config import RunConfig
-from smoothkd.stages import EVAL_KINDS, load_run_tokenizer, output_root, prepare_tokenizer, read_split
+from smoothkd.config import ModelConfig, RunConfig
+from smoothkd.data.dataset import EVAL_KINDS, read_split
+from smoothkd.modeling.tokenizer import load_run_tokenizer
 from smoothkd.validation.features import (
     ROW_ID,
     TokenCounter,
@@ -36,29 +37,20 @@ RESULT_FORMAT = {"result_format": "SUMMARY", "partial_unexpected_count": 20,
                  "unexpected_index_column_names": [ROW_ID]}
 
 
-def validate_dataset(cfg: RunConfig, dataset_dir: str | Path, docs_dir: str | Path | None = None
-                     ) -> ValidationReport:
-    """Validate every split of a prepared dataset directory (train + validation form the instruction split).
-
-    Token lengths use the run's tokenizer (built here if needed; content-addressed, so the tokenizer step
-    reuses it). Data Docs go to `docs_dir`, by default `<output_dir>/data_docs/<dataset key>-<time>`.
-    """
-    if docs_dir is None:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        docs_dir = output_root(cfg) / "data_docs" / f"{Path(dataset_dir).name}-{stamp}"
+def dataset_splits(dataset_dir: str | Path) -> dict[str, list[dict]]:
+    """A prepared dataset's rows as validated: train + validation form the instruction split."""
     splits = {"instruction": read_split(dataset_dir, "train") + read_split(dataset_dir, "validation")}
     splits.update({kind: read_split(dataset_dir, kind) for kind in EVAL_KINDS})
-    return validate_splits(cfg, splits, run_tokens(cfg, dataset_dir), docs_dir)
+    return splits
 
 
-def run_tokens(cfg: RunConfig, dataset_dir: str | Path) -> TokenCounter:
+def token_counter(tokenizer_ref: str | Path, model_cfg: ModelConfig) -> TokenCounter:
     """Count with the run's tokenizer; approximate from characters when it cannot be loaded (offline hub)."""
-    ref = prepare_tokenizer(cfg, dataset_dir)
     try:
-        tokenizer = load_run_tokenizer(cfg, ref)
+        tokenizer = load_run_tokenizer(tokenizer_ref, model_cfg)
     except (OSError, ValueError) as exc:
-        return approximate_counter(f"tokenizer {ref} unavailable: {type(exc).__name__}")
-    return tokenizer_counter(tokenizer, str(ref))
+        return approximate_counter(f"tokenizer {tokenizer_ref} unavailable: {type(exc).__name__}")
+    return tokenizer_counter(tokenizer, str(tokenizer_ref))
 
 
 def validate_splits(cfg: RunConfig, splits: dict[str, list[dict]], tokens: TokenCounter,

@@ -1,0 +1,80 @@
+"""The typed records that flow between stages and pipeline steps.
+
+Plain JSON-serialisable dataclasses: ZenML 0.98 stores them with its built-in dataclass materializer, and
+they import nothing of the project's, so every layer may use them. The label store flows as
+`smoothkd.distill.labels.PrecomputeResult`, the dataset, tokenizer and detector as paths.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+# The file in a trained model's directory that holds its `ModelArtifact`, written last by rank 0.
+TRAIN_RECORD = "smoothkd_train.json"
+
+
+@dataclass
+class ModelArtifact:
+    """A trained (or loaded) model directory plus what its training recorded."""
+
+    path: str
+    role: str
+    parameters: int
+    cached: bool = False
+    train_steps: int = 0
+    train_seconds: float = 0.0
+    train_tokens_per_second: float = 0.0
+    loss_history: list | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class ModelSummary(ModelArtifact):
+    """A model as its training step hands it on: the artifact, its α (None: the teacher), the MLflow run
+    that trained it and, for a student, its logged MLflow model."""
+
+    alpha: float | None = None
+    run_id: str = ""
+    model_uri: str | None = None
+
+
+@dataclass
+class Evaluation:
+    """One model's evaluation: flat metrics with CIs, per-example columns and the generated summaries per
+    split, and `dir`, the directory holding `result.json` and the localization tables."""
+
+    metrics: dict[str, float]
+    per_example: dict[str, dict[str, list]]
+    predictions: dict[str, list[str]]
+    dir: str = ""
+
+
+@dataclass
+class EvaluatedModel(ModelSummary):
+    """A model summary with its evaluation, as the evaluation step hands it to registration and report."""
+
+    metrics: dict[str, float] = field(default_factory=dict)
+    per_example: dict[str, dict[str, list]] = field(default_factory=dict)
+    predictions: dict[str, list[str]] = field(default_factory=dict)
+
+
+@dataclass
+class GateDecision:
+    """One student's promotion decision as registered: every criterion with value, threshold and verdict
+    (`smoothkd.registry.gate.Decision.to_record`), the outcome and the champion before it."""
+
+    candidate: str
+    version: str | None
+    passed: bool
+    primary_metric: str
+    primary_value: float | None
+    criteria: list[dict[str, Any]]
+    outcome: str
+    champion_before: str | None
+    registered_model: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)

@@ -1,0 +1,52 @@
+"""Where this process runs: device, precision and its place in a multi-process world.
+
+The one home of these rules, shared by the trainer, the label precompute, the launcher and the stages'
+dispatch (launch N processes, or run in place when already inside a world).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import torch
+import torch.distributed as dist
+
+from smoothkd.config import TrainConfig
+
+
+def on_cpu(device: str) -> bool:
+    """Whether a run on `device` trains on CPU: asked for, or no CUDA device present."""
+    return device == "cpu" or not torch.cuda.is_available()
+
+
+def mixed_precision(cfg: TrainConfig, device: str) -> str:
+    """`no`, `bf16` or `fp16`: `auto` is bf16 on a CUDA device that supports it, full precision else."""
+    if cfg.mixed_precision != "auto":
+        return cfg.mixed_precision
+    return "bf16" if not on_cpu(device) and torch.cuda.is_bf16_supported() else "no"
+
+
+def world_size() -> int:
+    """Processes in this run: set by torchrun / accelerate launch, 1 in a plain process."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def main_process_first():
+    """A context in which rank 0 runs first and the other ranks after it (a no-op in a plain process)."""
+    if world_size() == 1:
+        return contextlib.nullcontext()
+    from accelerate import PartialState
+
+    return PartialState().main_process_first()
+
+
+def rank_and_world() -> tuple[int, int]:
+    """(rank, world size) of the torch.distributed group this process has joined; (0, 1) outside one.
+
+    Unlike `world_size`, which reads the launcher's environment before any group exists, this asks the
+    group itself: the label worker splits shards by it.
+    """
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1

@@ -1,0 +1,42 @@
+"""A registered model as a local directory: what `smoothkd eval --model models:/…` evaluates."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from smoothkd.errors import EvaluationModelError
+from smoothkd.io import atomic_dir
+
+
+def resolve_model_ref(ref: str, tracking_uri: str, cache_dir: Path) -> Path:
+    """A local model directory for `ref`: a path as is, or a registry reference (`models:/NAME@ALIAS`,
+    `models:/NAME/VERSION`) loaded from the MLflow store at `tracking_uri` and saved once under
+    `cache_dir`."""
+    import mlflow
+
+    if not ref.startswith("models:/"):
+        if not (Path(ref) / "config.json").exists():
+            raise EvaluationModelError(f"--model {ref}: not a model directory (no config.json)")
+        return Path(ref)
+    client = mlflow.MlflowClient(tracking_uri)
+    name, _, selector = ref.removeprefix("models:/").partition("@")
+    try:
+        if selector:
+            version = str(client.get_model_version_by_alias(name, selector).version)
+        else:
+            name, _, version = name.partition("/")
+            client.get_model_version(name, version)
+    except mlflow.exceptions.MlflowException as err:
+        raise EvaluationModelError(f"--model {ref}: not in the registry at {tracking_uri} "
+                                   f"({str(err).splitlines()[0]})") from err
+    out = cache_dir / f"{name}-v{version}"
+    if not (out / "config.json").exists():
+        # Fetched through this config's store, leaving the process-wide tracking URI alone.
+        with atomic_dir(out) as tmp, tempfile.TemporaryDirectory() as download:
+            local = mlflow.artifacts.download_artifacts(client.get_model_version_download_uri(name, version),
+                                                        dst_path=download, tracking_uri=tracking_uri)
+            components = mlflow.transformers.load_model(local, return_type="components")
+            components["model"].save_pretrained(tmp)
+            components["tokenizer"].save_pretrained(tmp)
+    return out

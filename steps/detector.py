@@ -1,0 +1,48 @@
+"""Detector step: the factual-rate (lookback ratio) detector for models of one shape.
+
+Training and evaluation are separate steps because the factual rate needs a detector fitted on
+generations of a model of the evaluated shape (see `smoothkd.stages.prepare_detector`).
+"""
+
+from typing import Annotated
+
+import mlflow
+from zenml import log_metadata, step
+from zenml.logger import get_logger
+
+from smoothkd.artifacts import ModelSummary
+from smoothkd.config import RunConfig
+from smoothkd.errors import DetectorError
+from smoothkd.evaluation.detector import load_detector
+from smoothkd.stages import prepare_detector
+from smoothkd.tracking import log_metrics
+
+logger = get_logger(__name__)
+
+
+@step(experiment_tracker=True)
+def factual_rate_detector(config: dict, dataset_dir: str, model_summaries: list[ModelSummary]
+                          ) -> Annotated[str, "detector"]:
+    """Fit (or reuse) the lookback-ratio detector on the models' pooled held-out generations.
+
+    Returns the detector's path, or "" when the generations give no hallucinated (or no factual)
+    sentence to learn from: the run goes on, and `factual_rate` is left out of those models' metrics.
+    """
+    cfg = RunConfig.model_validate(config)
+    roles = ", ".join(s.role for s in model_summaries)
+    try:
+        path, cached = prepare_detector(cfg, dataset_dir, [s.path for s in model_summaries])
+    except DetectorError as err:
+        logger.warning("factual rate disabled for %s: %s", roles, err)
+        mlflow.set_tag("detector", f"disabled: {err}")
+        return ""
+    detector = load_detector(path)
+    stats = {"auroc": detector.auroc, "n_train": detector.n_train, "n_test": detector.n_test,
+             "n_factual": detector.n_factual, "n_hallucinated": detector.n_hallucinated}
+    mlflow.set_tag("detector.fitted_on", roles)
+    log_metrics({f"detector/{k}": v for k, v in stats.items()})
+    mlflow.log_artifact(str(path), "detector")
+    log_metadata(metadata={**stats, "fitted_on": roles, "path": str(path), "cached": cached})
+    logger.info("factual-rate detector (%s): held-out AUROC %.3f on %d sentences", roles, detector.auroc,
+                detector.n_test)
+    return str(path)

@@ -1,0 +1,35 @@
+"""Evaluation step: one model evaluated into the MLflow run of the step that trained it, so each model
+keeps one run."""
+
+from dataclasses import asdict
+from typing import Annotated
+
+import mlflow
+from zenml import log_metadata, step
+
+from smoothkd.artifacts import EvaluatedModel, ModelSummary
+from smoothkd.config import RunConfig
+from smoothkd.registry.store import PER_EXAMPLE_ARTIFACT
+from smoothkd.stages import evaluate_model
+from smoothkd.tracking import log_metrics
+
+
+# The tracker gives this step the stack's MLflow server and credentials (and a small run of its own that
+# points at the model's run, where everything is logged).
+@step(experiment_tracker=True)
+def evaluate(config: dict, dataset_dir: str, model_summary: ModelSummary, detector: str
+             ) -> Annotated[EvaluatedModel, "evaluated_summary"]:
+    """Evaluate one model into the MLflow run that trained it: metrics with CIs, per-example scores and
+    localization tables (cached by model, data, evaluation config and detector)."""
+    cfg = RunConfig.model_validate(config)
+    result = evaluate_model(cfg, model_summary.path, dataset_dir, detector or None)
+    client, run_id = mlflow.MlflowClient(), model_summary.run_id
+    mlflow.set_tag("evaluates_run", run_id)
+    log_metrics({**result.metrics, "parameters": model_summary.parameters,
+                 "train/seconds": model_summary.train_seconds}, run_id)
+    client.log_dict(run_id, result.per_example, PER_EXAMPLE_ARTIFACT)
+    client.log_artifacts(run_id, result.dir, "evaluation")
+    log_metadata(metadata={"role": model_summary.role, "evaluation_dir": result.dir,
+                           **{k: v for k, v in result.metrics.items() if "_ci_" not in k}})
+    return EvaluatedModel(**asdict(model_summary), metrics=result.metrics, per_example=result.per_example,
+                          predictions=result.predictions)

@@ -1,0 +1,44 @@
+"""Student step: train one student (the SFT baseline or a KD student) and log it as an MLflow model."""
+
+from pathlib import Path
+from typing import Annotated
+
+import mlflow
+from zenml import log_metadata, step
+
+from smoothkd.artifacts import ModelSummary
+from smoothkd.config import RunConfig
+from smoothkd.distill.labels import PrecomputeResult
+from smoothkd.io import read_json
+from smoothkd.modeling.identity import model_identity
+from smoothkd.registry.store import log_student_model, version_with_weights
+from smoothkd.stages import train_student
+from smoothkd.tracking import log_training
+
+
+@step(experiment_tracker=True)
+def student(config: dict, dataset_dir: str, tokenizer: str, distill_temperature: float,
+            label_store: PrecomputeResult, teacher_dir: str, alpha: float = 0.0
+            ) -> Annotated[ModelSummary, "student_summary"]:
+    """Train one student, the SFT baseline (α = 0) or a KD student, and log it as an MLflow model.
+
+    `distill_temperature` comes from the teacher calibration gate, so no student trains after a rejection.
+    """
+    cfg = RunConfig.model_validate(config)
+    artifact = train_student(cfg, dataset_dir, tokenizer, alpha=alpha, labels_dir=label_store.path,
+                             teacher_path=teacher_dir, temperature=distill_temperature)
+    params = {"role": artifact.role, "alpha": alpha, **cfg.student.model_dump(mode="json")}
+    if alpha > 0:
+        manifest = read_json(Path(label_store.path) / "manifest.json")
+        params |= {"distill": {**cfg.distill.model_dump(mode="json"), "temperature": distill_temperature},
+                   "labels": {key: manifest[key] for key in ("key", "bytes_per_token", "top_k",
+                                                             "precompute_seconds")}}
+    log_training(params, artifact.loss_history)
+    log_metadata(metadata={"role": artifact.role, "alpha": alpha, "parameters": artifact.parameters,
+                           "cached": artifact.cached})
+    # Weights registered by an earlier run (a cached student) are not logged again: the registry has them.
+    client, name = mlflow.MlflowClient(), cfg.promotion.registered_model_name
+    known = version_with_weights(client, name, model_identity(artifact.path))
+    uri = client.get_model_version(name, known).source if known else log_student_model(artifact.path)
+    return ModelSummary(**artifact.to_dict(), alpha=alpha, run_id=mlflow.active_run().info.run_id,
+                        model_uri=uri)
