@@ -212,8 +212,9 @@ class EvalConfig(_Section):
     `consistency` picks the factual-consistency scorer (see `smoothkd.evaluation.consistency`):
     `fact_precision` (deterministic, no model), `nli` (any sequence-classification NLI model; default
     FacebookAI/roberta-large-mnli) or `hhem` (Vectara HHEM-2.1-open, loaded without remote code).
-    `consistency_model`/`consistency_tokenizer` take a hub id or local path (default per scorer); sources
-    longer than `consistency_max_length` tokens are scored in chunks, best chunk wins.
+    `consistency_model`/`consistency_tokenizer` take a hub id or local path (default per scorer). Model
+    scorers judge each summary sentence against the source (in chunks of `consistency_max_length` tokens,
+    best chunk wins) and average over the sentences.
     """
 
     splits: list[Literal["cnndm", "xsum"]] = Field(default_factory=lambda: ["cnndm", "xsum"])

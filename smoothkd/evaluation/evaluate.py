@@ -1,7 +1,8 @@
 """Evaluate one model: summaries with lookback ratios, ROUGE, factual consistency, factual rate, unsupported
 facts, general capability, each aggregate with its bootstrap CI, plus per-example tables.
 
-Metric names are flat and stable: `{split}/rougeLsum`, `{split}/factual_consistency` (%),
+Metric names are flat and stable: `{split}/rougeLsum`, `{split}/factual_consistency` (%; with a model
+scorer also `{split}/factual_consistency_min`, the mean over summaries of their least supported sentence),
 `{split}/factual_rate` (%), `{split}/hallucinated_facts_per_summary`, `{split}/lookback_ratio`,
 `general/rougeL`, `general/nll`, each with `_ci_low` / `_ci_high`.
 """
@@ -33,6 +34,7 @@ def _ids(rows: list[dict]) -> list[str]:
 def evaluate_split(cfg: RunConfig, model, tokenizer, kind: str, rows: list[dict], scorer, fact_scorer,
                    detector=None, progress: bool = True) -> tuple[dict, dict, list]:
     """(metrics, per-example columns, localization rows) for one summarisation split."""
+    from smoothkd.evaluation.consistency import SentenceScorer
     from smoothkd.evaluation.detector import factual_rate
     from smoothkd.evaluation.generation import generate_with_lookback
     from smoothkd.evaluation.localization import localization_rows
@@ -48,13 +50,16 @@ def evaluate_split(cfg: RunConfig, model, tokenizer, kind: str, rows: list[dict]
     summaries = [g.text for g in generations]
     rouge = rouge_per_example(summaries, references, cfg.eval.use_stemmer)
     checks = fact_scorer.checks(sources, summaries, golds)
-    # The default scorer's score is the checks' precision: do not extract every summary's facts twice.
-    consistency = ([c.precision for c in checks] if scorer is fact_scorer
-                   else scorer.score(sources, summaries, golds))
+    metrics = {}
+    if isinstance(scorer, SentenceScorer):
+        by_sentence = scorer.score_sentences(sources, summaries)
+        consistency = [s.mean for s in by_sentence]
+        metrics |= _aggregate(f"{kind}/factual_consistency_min", [s.min for s in by_sentence], cfg, 100.0)
+    else:  # fact precision is the checks' precision: do not extract every summary's facts twice
+        consistency = [c.precision for c in checks]
     per_example = {"id": _ids(rows), "rougeLsum": rouge["rougeLsum"],
                    "factual_consistency": [100.0 * s for s in consistency],
                    "hallucinated_facts": [float(c.n_unsupported) for c in checks]}
-    metrics = {}
     for name in ("rougeL", "rougeLsum"):
         metrics |= _aggregate(f"{kind}/{name}", rouge[name], cfg)
     metrics |= _aggregate(f"{kind}/factual_consistency", consistency, cfg, 100.0)
