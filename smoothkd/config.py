@@ -206,6 +206,11 @@ class TokenizerConfig(_Section):
     vocab_size: int = Field(default=2048, gt=256)
 
 
+# A factual rate measured by a detector below `eval.detector_min_auroc` is reported under its name plus
+# this suffix (`cnndm/factual_rate_unreliable`), where no gate looks for it.
+UNRELIABLE_SUFFIX = "_unreliable"
+
+
 class EvalConfig(_Section):
     """Summarisation evaluation: ROUGE, factual consistency with bootstrap CIs, general capability.
 
@@ -230,6 +235,9 @@ class EvalConfig(_Section):
     # Held-out rows with a context to fit the factual-rate detector on: the validation split's, and on the
     # embedded corpus fresh rows (corpus seed data.seed + 1, no context shared with any split) up to this.
     detector_rows: int = Field(default=1000, gt=0)
+    # Below this held-out AUROC (or with an AUROC CI reaching 0.5) the factual rate is reported as
+    # unreliable (`{split}/factual_rate_unreliable`) and left out of every gate.
+    detector_min_auroc: float = Field(default=0.7, ge=0.5, le=1)
     bootstrap_samples: int = Field(default=1000, gt=0)
     confidence: float = Field(default=0.95, gt=0, lt=1)
     bootstrap_seed: int = 10

@@ -371,25 +371,29 @@ def prepare_detector(cfg: RunConfig, data_dir: str | Path, model_paths: list[str
     """
     import numpy as np
 
-    from smoothkd.evaluation.detector import detector_examples, fit_detector
+    from smoothkd.evaluation.detector import FORMAT, detector_examples, fit_detector
     from smoothkd.modeling.models import load_causal_lm, resolve_device
     from smoothkd.modeling.tokenizer import load_tokenizer
 
     e, train = cfg.eval, cfg.student.train
     key = _digest(*map(model_identity, model_paths), dataset_key(data_dir), str(e.max_new_tokens),
-                  str(train.max_prompt_length), str(cfg.data.seed), str(e.detector_rows), cfg.device)
+                  str(train.max_prompt_length), str(cfg.data.seed), str(e.detector_rows), cfg.device,
+                  FORMAT, str(e.bootstrap_samples), str(e.confidence))
     path = output_root(cfg) / "detectors" / key / "detector.json"
     if path.exists():
         return path, True
     rows, lexicon = detector_rows(cfg, data_dir), dataset_lexicon(data_dir)
-    features, labels = [], []
+    features, labels, groups = [], [], []
     for model_path in model_paths:
         model = load_causal_lm(model_path).to(resolve_device(cfg.device))
         data = detector_examples(model, load_tokenizer(str(model_path)), rows, lexicon, e.batch_size,
                                  e.max_new_tokens, train.max_prompt_length, progress)
         features.append(data.features)
         labels.append(data.labels)
-    fit_detector(np.concatenate(features), np.concatenate(labels), seed=cfg.data.seed).save(path)
+        groups.append(data.groups)
+    # Grouped by source row: the models' generations for one row stay on one side of the split.
+    fit_detector(np.concatenate(features), np.concatenate(labels), np.concatenate(groups), seed=cfg.data.seed,
+                 n_resamples=e.bootstrap_samples, confidence=e.confidence).save(path)
     return path, False
 
 

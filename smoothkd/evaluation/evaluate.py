@@ -3,7 +3,8 @@ facts, general capability, each aggregate with its bootstrap CI, plus per-exampl
 
 Metric names are flat and stable: `{split}/rougeLsum`, `{split}/factual_consistency` (%; with a model
 scorer also `{split}/factual_consistency_min`, the mean over summaries of their least supported sentence),
-`{split}/factual_rate` (%), `{split}/hallucinated_facts_per_summary`, `{split}/lookback_ratio`,
+`{split}/factual_rate` (%; `{split}/factual_rate_unreliable` when the detector is below its AUROC floor),
+`{split}/hallucinated_facts_per_summary`, `{split}/lookback_ratio`,
 `general/rougeL`, `general/nll`, each with `_ci_low` / `_ci_high`.
 """
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from smoothkd.config import RunConfig
+from smoothkd.config import UNRELIABLE_SUFFIX, RunConfig
 from smoothkd.data.prompts import eval_prompt
 from smoothkd.data.schema import REFERENCE_COLUMN, SOURCE_COLUMN
 from smoothkd.evaluation.bootstrap import ci_metrics
@@ -67,10 +68,13 @@ def evaluate_split(cfg: RunConfig, model, tokenizer, kind: str, rows: list[dict]
     extra = {}
     if detector is not None:
         rate = factual_rate(detector, generations)
-        per_example["factual_rate"] = [None if v is None else 100.0 * v for v in rate.per_example]
-        metrics |= _aggregate(f"{kind}/factual_rate", rate.per_example, cfg, 100.0)
+        # An unreliable detector's rate is reported under another name, so no gate or delta reads it.
+        name = "factual_rate" + (UNRELIABLE_SUFFIX if detector.unreliable_reason(cfg.eval.detector_min_auroc)
+                                 else "")
+        per_example[name] = [None if v is None else 100.0 * v for v in rate.per_example]
+        metrics |= _aggregate(f"{kind}/{name}", rate.per_example, cfg, 100.0)
         metrics |= _aggregate(f"{kind}/lookback_ratio", rate.mean_lookback, cfg)
-        extra = {"factual_rate": per_example["factual_rate"], "lookback_ratio": rate.mean_lookback}
+        extra = {name: per_example[name], "lookback_ratio": rate.mean_lookback}
     rows_out = localization_rows(per_example["id"], summaries, references, rouge["rougeLsum"],
                                  per_example["factual_consistency"], checks, sources, extra)
     return metrics, per_example, rows_out
@@ -82,7 +86,8 @@ def evaluate_model(cfg: RunConfig, model_path: str | Path, data_dir: str | Path,
     """Evaluate `model_path` on every configured split and the held-out instruction split.
 
     Writes per-split localization tables (CSV, JSON, HTML) to `out_dir/<split>/` and returns
-    `{"metrics": {...}, "per_example": {split: {column: [...]}}, "predictions": {split: [...]}}`.
+    `{"metrics": {...}, "per_example": {split: {column: [...]}}, "predictions": {split: [...]}}`, plus
+    `"factual_rate_unreliable": reason` when the detector's AUROC is below `eval.detector_min_auroc`.
     """
     from smoothkd.evaluation.capability import general_capability, run_lm_eval
     from smoothkd.evaluation.consistency import FactPrecisionScorer, build_scorer
@@ -99,6 +104,9 @@ def evaluate_model(cfg: RunConfig, model_path: str | Path, data_dir: str | Path,
     fact_scorer = scorer if isinstance(scorer, FactPrecisionScorer) else FactPrecisionScorer(lexicon)
     detector = load_detector(detector_path) if detector_path else None
     result: dict = {"metrics": {}, "per_example": {}, "predictions": {}}
+    reason = detector.unreliable_reason(cfg.eval.detector_min_auroc) if detector else None
+    if reason:
+        result["factual_rate_unreliable"] = reason
     for kind in cfg.eval.splits:
         metrics, per_example, rows = evaluate_split(cfg, model, tokenizer, kind, read_split(data_dir, kind),
                                                     scorer, fact_scorer, detector, progress)
