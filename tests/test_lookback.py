@@ -1,6 +1,7 @@
 """Lookback ratios from the generation loop, sentence features, the detector and the factual rate."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -230,3 +231,57 @@ def test_detector_beats_chance_on_held_out_sentences_of_a_trained_model(trained,
         assert share is None or (0 <= share <= 1 and 0 < lookback <= 1)
     # The balanced detector calls some sentences factual and some not: the rate separates generations.
     assert 0 < rate.rate < 1
+
+
+def test_below_the_auroc_floor_the_rate_is_reported_apart_and_gates_nothing(world):
+    from rich.console import Console
+
+    from smoothkd.config import PromotionConfig, RunConfig
+    from smoothkd.evaluation.consistency import FactPrecisionScorer
+    from smoothkd.evaluation.evaluate import evaluate_split
+    from smoothkd.registry.gate import Candidate, judge
+    from smoothkd.report import gate_lines, results_table
+
+    rng = np.random.default_rng(0)
+    features = rng.uniform(0.2, 0.8, size=(200, SHAPE.num_hidden_layers, SHAPE.num_attention_heads))
+    labels = (features[:, 1, 2] + rng.normal(0, 0.05, 200) > 0.5).astype(int)
+    detector = fit_detector(features, labels, np.arange(200) // 2, seed=0)
+    assert 0.9 < detector.auroc < 0.99
+    model, tokenizer = load_causal_lm(world["model_dir"]), world["tokenizer"]
+    rows = read_jsonl(world["root"] / "corpus/xsum.jsonl")[:4]
+    scorer = FactPrecisionScorer()
+    evaluated = {}
+    for floor in (0.7, 0.99):  # the same detector, judged against two floors
+        cfg = RunConfig.model_validate({"eval": {"splits": ["xsum"], "batch_size": 4, "max_new_tokens": 12,
+                                                 "bootstrap_samples": 50, "detector_min_auroc": floor}})
+        metrics, per_example, _ = evaluate_split(cfg, model, tokenizer, "xsum", rows, scorer, scorer,
+                                                 detector, progress=False)
+        evaluated[floor] = Candidate("kd", 0.5, metrics, {"xsum": per_example}, version="2")
+    reliable, unreliable = evaluated[0.7].metrics, evaluated[0.99].metrics
+    assert "xsum/factual_rate" in reliable and "xsum/factual_rate_unreliable" not in reliable
+    assert "xsum/factual_rate" not in unreliable
+    assert unreliable["xsum/factual_rate_unreliable"] == reliable["xsum/factual_rate"]
+    assert "factual_rate" not in evaluated[0.99].per_example["xsum"]
+    assert "detector_min_auroc 0.99" in detector.unreliable_reason(0.99)
+
+    # The champion regression check reads a reliable rate and skips an unreliable one (either side).
+    promotion = PromotionConfig(regression_metrics=["factual_rate"])
+    def criteria(candidate, champion):
+        return [c.name for c in judge(candidate, promotion, cfg.eval, champion=replace(champion, version="1")
+                                      ).criteria]
+
+    assert criteria(evaluated[0.7], evaluated[0.7]) == ["xsum/factual_rate vs champion v1"]
+    assert criteria(evaluated[0.99], evaluated[0.7]) == []
+    assert criteria(evaluated[0.7], evaluated[0.99]) == []
+
+    # The summary marks the number and says why.
+    console = Console(record=True, width=240)
+    console.print(results_table({"models": [{"role": "student_kd", "metrics": unreliable}]}, ["xsum"]))
+    assert "unreliable" in console.export_text()
+    meta = {"auroc": detector.auroc, "auroc_ci_low": detector.auroc_ci_low,
+            "auroc_ci_high": detector.auroc_ci_high, "n_test": detector.n_test,
+            "n_test_groups": detector.n_test_groups, "n_factual": detector.n_factual,
+            "n_hallucinated": detector.n_hallucinated, "unreliable": detector.unreliable_reason(0.99)}
+    (line,) = gate_lines({"gates": {"student detector": meta}})
+    assert "UNRELIABLE, left out of the gate" in line and "detector_min_auroc 0.99" in line
+
