@@ -50,6 +50,7 @@ class Evaluation:
     per_example: dict[str, dict[str, list]]
     predictions: dict[str, list[str]]
     dir: str = ""
+    factual_rate_unreliable: str = ""  # why the detector's rate is unreliable, "" when it is not
 
 
 @dataclass

@@ -205,14 +205,20 @@ class TokenizerConfig(_Section):
     vocab_size: int = Field(default=2048, gt=256)
 
 
+# A factual rate measured by a detector below `eval.detector_min_auroc` is reported under its name plus
+# this suffix (`cnndm/factual_rate_unreliable`), where no gate looks for it.
+UNRELIABLE_SUFFIX = "_unreliable"
+
+
 class EvalConfig(_Section):
     """Summarisation evaluation: ROUGE, factual consistency with bootstrap CIs, general capability.
 
     `consistency` picks the factual-consistency scorer (see `smoothkd.evaluation.consistency`):
     `fact_precision` (deterministic, no model), `nli` (any sequence-classification NLI model; default
     FacebookAI/roberta-large-mnli) or `hhem` (Vectara HHEM-2.1-open, loaded without remote code).
-    `consistency_model`/`consistency_tokenizer` take a hub id or local path (default per scorer); sources
-    longer than `consistency_max_length` tokens are scored in chunks, best chunk wins.
+    `consistency_model`/`consistency_tokenizer` take a hub id or local path (default per scorer). Model
+    scorers judge each summary sentence against the source (in chunks of `consistency_max_length` tokens,
+    best chunk wins) and average over the sentences.
     """
 
     splits: list[Literal["cnndm", "xsum"]] = Field(default_factory=lambda: ["cnndm", "xsum"])
@@ -228,6 +234,9 @@ class EvalConfig(_Section):
     # Held-out rows with a context to fit the factual-rate detector on: the validation split's, and on the
     # embedded corpus fresh rows (corpus seed data.seed + 1, no context shared with any split) up to this.
     detector_rows: int = Field(default=1000, gt=0)
+    # Below this held-out AUROC (or with an AUROC CI reaching 0.5) the factual rate is reported as
+    # unreliable (`{split}/factual_rate_unreliable`) and left out of every gate.
+    detector_min_auroc: float = Field(default=0.7, ge=0.5, le=1)
     bootstrap_samples: int = Field(default=1000, gt=0)
     confidence: float = Field(default=0.95, gt=0, lt=1)
     bootstrap_seed: int = 10

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from smoothkd.artifacts import EvaluatedModel, GateDecision
-from smoothkd.config import EvalConfig
+from smoothkd.config import UNRELIABLE_SUFFIX, EvalConfig
 from smoothkd.registry.gate import Candidate, paired_difference
 
 HEADLINE = (("rougeLsum", "ROUGE-Lsum"), ("factual_consistency", "fact. consist. %"),
@@ -54,9 +54,11 @@ def build_results(teacher: EvaluatedModel, students: list[EvaluatedModel], decis
 
 
 def _cell(metrics: dict[str, float], name: str) -> str:
-    """`mean (low–high)`, or `-` for a metric the model does not have."""
+    """`mean (low–high)`, marked when measured by an unreliable detector, or `-` for a metric the model
+    does not have."""
     if name not in metrics:
-        return "-"
+        unreliable = f"{name}{UNRELIABLE_SUFFIX}"
+        return f"{_cell(metrics, unreliable)} unreliable" if unreliable in metrics else "-"
     low, high = metrics.get(f"{name}_ci_low"), metrics.get(f"{name}_ci_high")
     digits = 2 if abs(metrics[name]) < 10 else 1
     ci = f" ({low:.{digits}f}–{high:.{digits}f})" if low is not None and high is not None else ""
@@ -141,8 +143,13 @@ def gate_lines(results: dict[str, Any]) -> list[str]:
     for label in ("teacher detector", "student detector"):
         meta = gates.get(label)
         if meta and "auroc" in meta:
-            lines.append(f"{label} (factual rate): held-out AUROC {meta['auroc']:.3f} on {meta['n_test']} "
-                         f"sentences ({meta['n_factual']} factual / {meta['n_hallucinated']} hallucinated)")
+            line = (f"{label} (factual rate): held-out AUROC {meta['auroc']:.3f} "
+                    f"(CI {meta['auroc_ci_low']:.3f}–{meta['auroc_ci_high']:.3f}) on {meta['n_test']} "
+                    f"sentences of {meta['n_test_groups']} rows ({meta['n_factual']} factual / "
+                    f"{meta['n_hallucinated']} hallucinated in all)")
+            if meta.get("unreliable"):
+                line += f"; factual rate UNRELIABLE, left out of the gate: {meta['unreliable']}"
+            lines.append(line)
         elif meta is not None:
             lines.append(f"{label} (factual rate): disabled, no factual rate for these models")
     return lines

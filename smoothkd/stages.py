@@ -249,12 +249,14 @@ def prepare_detector(cfg: RunConfig, data_dir: str | Path, model_paths: list[str
     scored by a detector that has seen its kind of attention. Returns (detector.json, cached). Raises
     DetectorError when the generations hold only one class.
     """
+    from smoothkd.evaluation.detector import FORMAT
     from smoothkd.evaluation.pooled import fit_pooled_detector
     from smoothkd.modeling.identity import model_identity
 
     e, train = cfg.eval, cfg.student.train
     key = _key(*map(model_identity, model_paths), dataset_key(data_dir), str(e.max_new_tokens),
-               str(train.max_prompt_length), str(cfg.data.seed), str(e.detector_rows), cfg.device)
+               str(train.max_prompt_length), str(cfg.data.seed), str(e.detector_rows), cfg.device,
+               FORMAT, str(e.bootstrap_samples), str(e.confidence))
     path = output_root(cfg) / "detectors" / key / "detector.json"
     if path.exists():
         return path, True

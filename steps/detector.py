@@ -37,12 +37,19 @@ def factual_rate_detector(config: dict, dataset_dir: str, model_summaries: list[
         mlflow.set_tag("detector", f"disabled: {err}")
         return ""
     detector = load_detector(path)
-    stats = {"auroc": detector.auroc, "n_train": detector.n_train, "n_test": detector.n_test,
-             "n_factual": detector.n_factual, "n_hallucinated": detector.n_hallucinated}
-    mlflow.set_tag("detector.fitted_on", roles)
+    unreliable = detector.unreliable_reason(cfg.eval.detector_min_auroc)
+    stats = {"auroc": detector.auroc, "auroc_ci_low": detector.auroc_ci_low,
+             "auroc_ci_high": detector.auroc_ci_high, "n_train": detector.n_train, "n_test": detector.n_test,
+             "n_test_groups": detector.n_test_groups, "n_factual": detector.n_factual,
+             "n_hallucinated": detector.n_hallucinated, "min_auroc": cfg.eval.detector_min_auroc,
+             "reliable": float(unreliable is None)}
+    mlflow.set_tags({"detector.fitted_on": roles,
+                     "detector.reliable": "true" if unreliable is None else f"false: {unreliable}"})
     log_metrics({f"detector/{k}": v for k, v in stats.items()})
     mlflow.log_artifact(str(path), "detector")
-    log_metadata(metadata={**stats, "fitted_on": roles, "path": str(path), "cached": cached})
-    logger.info("factual-rate detector (%s): held-out AUROC %.3f on %d sentences", roles, detector.auroc,
-                detector.n_test)
+    log_metadata(metadata={**stats, "unreliable": unreliable or "", "fitted_on": roles, "path": str(path),
+                           "cached": cached})
+    logger.info("factual-rate detector (%s): held-out AUROC %.3f (CI %.3f-%.3f) on %d sentences%s", roles,
+                detector.auroc, detector.auroc_ci_low, detector.auroc_ci_high, detector.n_test,
+                f"; factual rate unreliable: {unreliable}" if unreliable else "")
     return str(path)

@@ -25,6 +25,9 @@ def evaluate(config: dict, dataset_dir: str, model_summary: ModelSummary, detect
     result = evaluate_model(cfg, model_summary.path, dataset_dir, detector or None)
     client, run_id = mlflow.MlflowClient(), model_summary.run_id
     mlflow.set_tag("evaluates_run", run_id)
+    if detector:
+        unreliable = result.factual_rate_unreliable
+        client.set_tag(run_id, "factual_rate", f"unreliable: {unreliable}" if unreliable else "reliable")
     log_metrics({**result.metrics, "parameters": model_summary.parameters,
                  "train/seconds": model_summary.train_seconds}, run_id)
     client.log_dict(run_id, result.per_example, PER_EXAMPLE_ARTIFACT)

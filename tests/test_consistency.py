@@ -127,6 +127,34 @@ def test_nli_chunks_a_long_source_and_keeps_the_best_chunk(nli_dir):
     assert all(0.0 <= s <= 1.0 for s in scores)
 
 
+def test_each_summary_sentence_is_judged_on_its_own_best_chunk(nli_dir):
+    """A faithful two-sentence summary of a long article's first and last sentences: no chunk holds both,
+    so a whole-summary score could only find half its support in any one chunk; each sentence finds all."""
+    scorer = NLIScorer(str(nli_dir), max_length=40, batch_size=4, device="cpu")
+    first, last = SENTENCES[0], SENTENCES[5]
+    article = " ".join([first, *SENTENCES[1:5] * 2, last])
+    summary = f"{first} {last}"
+    chunks = {s: scorer.chunks(article, s) for s in (first, last)}
+    assert [first in c for c in chunks[first]] == [True] + [False] * (len(chunks[first]) - 1)
+    assert [last in c for c in chunks[last]] == [False] * (len(chunks[last]) - 1) + [True]
+    # The budget is what one sentence leaves, not what the whole summary would.
+    assert len(scorer.chunks(article, summary)) > len(chunks[first])
+
+    best = [max(_nli_prob(scorer, c, s) for c in chunks[s]) for s in (first, last)]
+    result = scorer.score_sentences([article], [summary])[0]
+    assert result.sentences == pytest.approx(best, abs=1e-5)
+    assert result.mean == pytest.approx(sum(best) / 2, abs=1e-5)
+    assert result.min == pytest.approx(min(best), abs=1e-5)
+    assert scorer.score([article], [summary]) == pytest.approx([result.mean], abs=1e-6)
+
+
+def test_an_empty_summary_scores_zero(nli_dir):
+    scorer = NLIScorer(str(nli_dir), max_length=40, device="cpu")
+    scores = scorer.score_sentences([SOURCE] * 3, ["", " \n ", SUMMARY])
+    assert [s.sentences for s in scores[:2]] == [(), ()] and [s.mean for s in scores[:2]] == [0.0, 0.0]
+    assert scores[2].mean > 0.0
+
+
 def test_a_sentence_longer_than_the_budget_is_cut_by_tokens(nli_dir):
     scorer = NLIScorer(str(nli_dir), max_length=24, device="cpu")
     run_on = " ".join(["the bank said revenue rose"] * 12)  # 60 tokens, no sentence end

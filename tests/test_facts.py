@@ -86,9 +86,13 @@ def test_names_match_case_insensitively_and_repeats_count_once():
     assert [summary[s:e] for s, e in org.spans] == ["evergreen logistics", "Evergreen Logistics"]
 
 
-def test_summary_without_facts_scores_one():
-    check = _check("It was a good day for the company.")
-    assert check.facts == [] and check.precision == 1.0
+@pytest.mark.parametrize("summary", ["", "   \n ", "It was a good day for the company."])
+def test_a_summary_stating_no_fact_gets_no_free_precision(summary):
+    check = _check(summary)
+    assert check.facts == [] and check.n_unsupported == 0
+    assert check.precision == 0.0
+    # One supported fact is enough to be judged on what is stated.
+    assert _check(summary + " It opened in Ghent.").precision == 1.0
 
 
 @pytest.fixture(scope="module")
@@ -149,6 +153,49 @@ def test_real_data_numbers_and_dates_are_normalised(summary, source, supported):
     assert len(check.facts) == 1, check.facts
     assert check.facts[0].type in ("number", "date")
     assert check.facts[0].supported is supported
+
+
+@pytest.mark.parametrize(("summary", "source", "other"), [
+    ("Three people were hurt.", "3 people were hurt.", "4 people were hurt."),
+    ("It hired 25 staff.", "It hired twenty-five staff.", "It hired twenty-six staff."),
+    ("It cost two million euros.", "It cost 2,000,000 euros.", "It cost 2,000 euros."),
+    ("Some 350 jobs went.", "Three hundred and fifty jobs went.", "Three hundred jobs went."),
+])
+def test_number_words_are_numbers(summary, source, other):
+    assert [(f.type, f.supported) for f in score_facts(summary, source).facts] == [("number", True)]
+    assert [(f.type, f.supported) for f in score_facts(summary, other).facts] == [("number", False)]
+
+
+def test_a_lone_one_and_fractions_are_not_counts():
+    assert score_facts("One of the two-thirds majority left.", "x").facts == []
+
+
+@pytest.mark.parametrize(("summary", "source", "supported"), [
+    ("2000 evacuated.", "Officials said 2,000 people were evacuated.", True),  # a count
+    ("About 2000 people fled.", "It happened in 2000.", False),  # a count against a year
+    ("It happened in 2000.", "About 2,000 people fled.", False),  # a year against a count
+    ("It happened in 2000.", "About 2000 people fled in 2000.", True),
+    ("The 2019 election was close.", "Turnout in the 2019 election fell.", True),  # either reading
+    ("2019 was a hard year.", "Sales fell in 2019.", True),
+    ("The club has 1950 members.", "It was founded in 1950.", False),
+    ("The club has 1950 members.", "It has 1,950 members.", True),
+])
+def test_four_digit_numbers_are_years_only_where_a_year_is_meant(summary, source, supported):
+    check = score_facts(summary, source)
+    assert len(check.facts) == 1 and check.facts[0].supported is supported, check.facts
+
+
+@pytest.mark.parametrize(("summary", "source", "unsupported"), [
+    ("Apple CEO Tim Cook spoke.", "Apple chief executive Tim Cook spoke.", []),
+    ("Apple CEO Ann Lee spoke.", "Apple chief executive Tim Cook spoke.", ["Ann Lee"]),
+    ("Samsung CEO Tim Cook spoke.", "Apple chief executive Tim Cook spoke.", ["Samsung"]),
+    ("President Vladimir Putin spoke.", "Vladimir Putin spoke in Moscow.", []),
+    ("Mr Smith spoke.", "John Smith spoke.", []),
+    ("Mrs Jones spoke.", "John Smith spoke.", ["Jones"]),
+    ("General Motors grew.", "Sales at General Motors grew.", []),  # a role opening a run stays a name
+])
+def test_titles_and_roles_before_names(summary, source, unsupported):
+    assert [f.value for f in score_facts(summary, source).unsupported] == unsupported
 
 
 def test_real_data_names_come_from_capitalised_spans():

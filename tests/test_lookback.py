@@ -1,6 +1,7 @@
 """Lookback ratios from the generation loop, sentence features, the detector and the factual rate."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from smoothkd.evaluation.detector import (
     detector_examples,
     factual_rate,
     fit_detector,
+    grouped_split,
     load_detector,
 )
 from smoothkd.evaluation.facts import sentence_spans
@@ -116,33 +118,74 @@ def test_detector_auroc_is_held_out_and_the_detector_round_trips(tmp_path):
     rng = np.random.default_rng(0)
     features = rng.uniform(0.2, 0.8, size=(200, 2, 3))
     labels = (features[:, 1, 2] + rng.normal(0, 0.05, 200) > 0.5).astype(int)  # one head carries the signal
-    detector = fit_detector(features, labels, seed=1)
-    assert detector.auroc > 0.9 and (detector.n_train, detector.n_test) == (100, 100)
+    groups = np.arange(200) // 2  # two sentences per source row
+    detector = fit_detector(features, labels, groups, seed=1)
+    assert detector.auroc > 0.9 and detector.n_train + detector.n_test == 200
+    assert abs(detector.n_train - detector.n_test) <= 20 and detector.n_test_groups == detector.n_test // 2
+    assert detector.auroc_ci_low < detector.auroc <= detector.auroc_ci_high <= 1.0
+    assert detector.unreliable_reason(0.7) is None
     assert (detector.layers, detector.heads) == (2, 3)
     assert detector.n_factual + detector.n_hallucinated == 200
     # Labels unrelated to the features: an in-sample AUROC would look good, the held-out one is chance.
-    shuffled = [fit_detector(features, rng.permutation(labels), seed=s).auroc for s in range(5)]
-    assert 0.3 < np.mean(shuffled) < 0.7
+    shuffled = [fit_detector(features, rng.permutation(labels), groups, seed=s) for s in range(5)]
+    assert 0.3 < np.mean([d.auroc for d in shuffled]) < 0.7
+    assert all(d.unreliable_reason(0.7) for d in shuffled)
 
     path = detector.save(tmp_path / "detector.json")
     loaded = load_detector(path)
-    assert json.loads(path.read_text())["format"] == "smoothkd-lookback-detector/1"
+    assert json.loads(path.read_text())["format"] == "smoothkd-lookback-detector/2"
     np.testing.assert_allclose(loaded.predict_proba(features), detector.predict_proba(features), rtol=1e-12)
     assert loaded.auroc == detector.auroc and not list(tmp_path.glob(".detector.json.*"))
     with pytest.raises(DetectorError, match="2 layers × 3 heads"):
         loaded.predict_proba(features[:, :1])
 
 
+def test_the_split_keeps_every_source_row_on_one_side():
+    rng = np.random.default_rng(3)
+    # 3 pooled students × 1-3 sentences on each of 40 rows: one row's sentences share a group.
+    groups = np.repeat(np.arange(40), rng.integers(3, 10, 40))
+    labels = (rng.uniform(size=len(groups)) < 0.3).astype(int)
+    for seed in range(5):
+        train, test = grouped_split(labels, groups, seed)
+        assert not set(groups[train]) & set(groups[test])
+        assert sorted([*train, *test]) == list(range(len(groups)))
+        assert set(labels[train]) == set(labels[test]) == {0, 1}
+    with pytest.raises(DetectorError, match="at least 2 source rows; got 1"):
+        grouped_split(labels, np.zeros(len(labels)), 0)
+    # All factual sentences on one row: one side cannot have any.
+    one_row = np.where(groups == 0, 1, 0)
+    with pytest.raises(DetectorError, match="hold one class only .* in 1 rows"):
+        grouped_split(one_row, groups, 0)
+
+
+def test_a_per_sentence_split_leaks_row_identity_and_the_grouped_one_does_not():
+    """Labels fixed per row and unrelated to attention, features near a per-row centre: a split that puts
+    sentences of one row on both sides scores memorised rows, the grouped split sees chance."""
+    rng = np.random.default_rng(0)
+    n_rows, per_row = 60, 6
+    centres = rng.normal(size=(n_rows, 8, 8))
+    groups = np.repeat(np.arange(n_rows), per_row)
+    features = centres[groups] + rng.normal(scale=0.1, size=(len(groups), 8, 8))
+    labels = rng.permutation(np.arange(n_rows) % 2)[groups]
+    leaky = [fit_detector(features, labels, np.arange(len(groups)), seed=s).auroc for s in range(3)]
+    grouped = [fit_detector(features, labels, groups, seed=s) for s in range(3)]
+    assert np.mean(leaky) > 0.9, leaky
+    assert np.mean([d.auroc for d in grouped]) < 0.7
+    # Rows, not sentences, are the independent units: the CI is wide and reaches chance.
+    assert all(d.unreliable_reason(0.7) for d in grouped)
+
+
 def test_detector_needs_both_classes():
     features = np.random.default_rng(0).uniform(size=(20, 2, 2))
     with pytest.raises(DetectorError, match="got 20 factual, 0 hallucinated") as err:
-        fit_detector(features, np.ones(20), seed=0)
+        fit_detector(features, np.ones(20), np.arange(20), seed=0)
     assert "\n" not in str(err.value)
 
 
 def test_factual_rate_handles_an_empty_generation():
     empty = Generation(text="", token_ids=[2], lookback=np.ones((1, 2, 3)), offsets=[(0, 0)])
-    detector = fit_detector(np.random.default_rng(0).uniform(size=(8, 2, 3)), np.array([0, 1] * 4), seed=0)
+    detector = fit_detector(np.random.default_rng(0).uniform(size=(8, 2, 3)), np.array([0, 1] * 4),
+                            np.arange(8), seed=0)
     rate = factual_rate(detector, [empty])
     assert rate.per_example == [None] and rate.n_sentences == [0]
     assert rate.rate is None and rate.mean_lookback_ratio is None
@@ -171,11 +214,13 @@ def test_detector_beats_chance_on_held_out_sentences_of_a_trained_model(trained,
                              max_prompt_length=160)
     assert data.features.shape == (len(data.labels), 2, 4) and len(data.sentences) == len(data.labels)
     assert 10 <= data.labels.sum() < len(data.labels) - 10  # both classes, from the fact scorer
-    # Repeated stratified hold-out: each detector is scored only on the half it never saw.
-    aurocs = [fit_detector(data.features, data.labels, seed=seed).auroc for seed in range(5)]
+    # Repeated grouped hold-out: each detector is scored only on rows it never saw.
+    assert len(data.groups) == len(data.labels) and len(set(data.groups)) < len(data.groups)
+    aurocs = [fit_detector(data.features, data.labels, data.groups, seed=seed).auroc for seed in range(5)]
     assert np.mean(aurocs) > 0.6, aurocs
 
-    detector = load_detector(fit_detector(data.features, data.labels, seed=0).save(tmp_path / "d.json"))
+    detector = load_detector(fit_detector(data.features, data.labels, data.groups, seed=0)
+                             .save(tmp_path / "d.json"))
     with_context = [r for r in rows if r["context"]][:16]
     prompts = [build_prompt(r["instruction"], r["context"], r["category"]) for r in with_context]
     generations = generate_with_lookback(model, tokenizer, prompts, max_new_tokens=40, max_prompt_length=160,
@@ -186,3 +231,58 @@ def test_detector_beats_chance_on_held_out_sentences_of_a_trained_model(trained,
         assert share is None or (0 <= share <= 1 and 0 < lookback <= 1)
     # The balanced detector calls some sentences factual and some not: the rate separates generations.
     assert 0 < rate.rate < 1
+
+
+def test_below_the_auroc_floor_the_rate_is_reported_apart_and_gates_nothing(world):
+    from rich.console import Console
+
+    from smoothkd.config import PromotionConfig, RunConfig
+    from smoothkd.evaluation.consistency import FactPrecisionScorer
+    from smoothkd.evaluation.evaluate import evaluate_split
+    from smoothkd.registry.gate import Candidate, judge
+    from smoothkd.report import gate_lines, results_table
+
+    rng = np.random.default_rng(0)
+    features = rng.uniform(0.2, 0.8, size=(200, SHAPE.num_hidden_layers, SHAPE.num_attention_heads))
+    labels = (features[:, 1, 2] + rng.normal(0, 0.05, 200) > 0.5).astype(int)
+    detector = fit_detector(features, labels, np.arange(200) // 2, seed=0)
+    assert 0.9 < detector.auroc < 0.99
+    model, tokenizer = load_causal_lm(world["model_dir"]), world["tokenizer"]
+    rows = read_jsonl(world["root"] / "corpus/xsum.jsonl")[:4]
+    scorer = FactPrecisionScorer()
+    evaluated = {}
+    for floor in (0.7, 0.99):  # the same detector, judged against two floors
+        cfg = RunConfig.model_validate({"eval": {"splits": ["xsum"], "batch_size": 4, "max_new_tokens": 12,
+                                                 "bootstrap_samples": 50, "detector_min_auroc": floor}})
+        metrics, per_example, _ = evaluate_split(cfg.eval, cfg.student.train.max_prompt_length, model,
+                                                 tokenizer, "xsum", rows, scorer, scorer, detector,
+                                                 progress=False)
+        evaluated[floor] = Candidate("kd", 0.5, metrics, {"xsum": per_example}, version="2")
+    reliable, unreliable = evaluated[0.7].metrics, evaluated[0.99].metrics
+    assert "xsum/factual_rate" in reliable and "xsum/factual_rate_unreliable" not in reliable
+    assert "xsum/factual_rate" not in unreliable
+    assert unreliable["xsum/factual_rate_unreliable"] == reliable["xsum/factual_rate"]
+    assert "factual_rate" not in evaluated[0.99].per_example["xsum"]
+    assert "detector_min_auroc 0.99" in detector.unreliable_reason(0.99)
+
+    # The champion regression check reads a reliable rate and skips an unreliable one (either side).
+    promotion = PromotionConfig(regression_metrics=["factual_rate"])
+    def criteria(candidate, champion):
+        return [c.name for c in judge(candidate, promotion, cfg.eval, champion=replace(champion, version="1")
+                                      ).criteria]
+
+    assert criteria(evaluated[0.7], evaluated[0.7]) == ["xsum/factual_rate vs champion v1"]
+    assert criteria(evaluated[0.99], evaluated[0.7]) == []
+    assert criteria(evaluated[0.7], evaluated[0.99]) == []
+
+    # The summary marks the number and says why.
+    console = Console(record=True, width=240)
+    console.print(results_table({"models": [{"role": "student_kd", "metrics": unreliable}]}, ["xsum"]))
+    assert "unreliable" in console.export_text()
+    meta = {"auroc": detector.auroc, "auroc_ci_low": detector.auroc_ci_low,
+            "auroc_ci_high": detector.auroc_ci_high, "n_test": detector.n_test,
+            "n_test_groups": detector.n_test_groups, "n_factual": detector.n_factual,
+            "n_hallucinated": detector.n_hallucinated, "unreliable": detector.unreliable_reason(0.99)}
+    (line,) = gate_lines({"gates": {"student detector": meta}})
+    assert "UNRELIABLE, left out of the gate" in line and "detector_min_auroc 0.99" in line
+

@@ -5,13 +5,18 @@ Three scorers share one interface, `score(sources, summaries, golds=None) -> lis
 - `fact_precision` (default, no model): the share of a summary's facts its source supports
   (`smoothkd.evaluation.facts`); uses the corpus lexicon and gold facts when given.
 - `nli`: any `AutoModelForSequenceClassification` NLI or consistency model, premise = source, hypothesis =
-  summary; the score is the probability of the positive label (`positive_label_index`).
+  a summary sentence; the probability of the positive label (`positive_label_index`).
 - `hhem`: Vectara HHEM-2.1-open without its remote code (`load_hhem`).
 
-Model scorers read a source longer than `max_length` tokens in chunks: whole sentences packed greedily
-into the token budget left by the summary (a sentence longer than the budget is cut by tokens), and the
-summary's score is its best chunk's, since a fact needs support somewhere in the source, not everywhere.
-Loading problems raise `EvaluationModelError` naming `eval.consistency_model` (or `_tokenizer`).
+Model scorers judge each summary sentence on its own, as SummaC-style checkers do: a sentence's score is
+its best chunk's, since a fact needs support somewhere in the source, not everywhere, and the summary's
+score is the mean over its sentences (the minimum, its least supported sentence, is reported too). So a
+faithful summary whose sentences draw on distant parts of a long article is not under-scored for lacking
+one chunk that holds all of them. A source longer than `max_length` tokens is read in chunks: whole
+sentences packed greedily into the token budget the hypothesis sentence leaves (a source sentence longer
+than the budget is cut by tokens). An empty or blank summary has no sentence and scores 0, as under
+fact precision. Loading problems raise `EvaluationModelError` naming `eval.consistency_model` (or
+`_tokenizer`).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import bisect
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -36,7 +42,7 @@ from transformers.utils import cached_file
 from smoothkd.config import EvalConfig
 from smoothkd.data.corpus import load_lexicon
 from smoothkd.errors import EvaluationModelError
-from smoothkd.evaluation.facts import FactCheck, score_facts, sentence_spans
+from smoothkd.evaluation.facts import FactCheck, score_facts, sentence_spans, split_sentences
 from smoothkd.io import read_json
 from smoothkd.modeling.models import resolve_device
 
@@ -112,8 +118,25 @@ def positive_label_index(id2label: dict) -> int:
     return positive[0]
 
 
-class _ChunkedScorer:
-    """Scores (premise chunk, hypothesis) pairs in batches; a summary keeps its best chunk's score."""
+@dataclass(frozen=True)
+class SentenceScores:
+    """One summary's per-sentence scores: each the best chunk's probability that the source supports it."""
+
+    sentences: tuple[float, ...]
+
+    @property
+    def mean(self) -> float:
+        """The summary's score: mean over its sentences; 0.0 for a summary without a sentence."""
+        return sum(self.sentences) / len(self.sentences) if self.sentences else 0.0
+
+    @property
+    def min(self) -> float:
+        """The least supported sentence's score; 0.0 for a summary without a sentence."""
+        return min(self.sentences, default=0.0)
+
+
+class SentenceScorer:
+    """Scores (premise chunk, summary sentence) pairs in batches; each sentence keeps its best chunk."""
 
     name = ""
 
@@ -135,9 +158,9 @@ class _ChunkedScorer:
     def _positive_probs(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError
 
-    def chunks(self, source: str, summary: str) -> list[str]:
-        """`source` split into the premises actually scored against `summary` (one when it fits)."""
-        budget = max(self.max_length - self._overhead(summary) - _SLACK_TOKENS, self.max_length // 4)
+    def chunks(self, source: str, hypothesis: str) -> list[str]:
+        """`source` split into the premises actually scored against `hypothesis` (one when it fits)."""
+        budget = max(self.max_length - self._overhead(hypothesis) - _SLACK_TOKENS, self.max_length // 4)
         try:
             offsets = self.tokenizer(source, add_special_tokens=False, return_offsets_mapping=True
                                      )["offset_mapping"]
@@ -160,26 +183,33 @@ class _ChunkedScorer:
         return [p for p in pieces if p] or [source]
 
     @torch.inference_mode()
-    def score(self, sources: list[str], summaries: list[str], golds: list[dict | None] | None = None
-              ) -> list[float]:
-        """Best-chunk probability that each summary is supported by its source (`golds` is unused)."""
-        pairs = [(i, chunk, summary)
-                 for i, (source, summary) in enumerate(zip(sources, summaries, strict=True))
-                 for chunk in self.chunks(source, summary)]
+    def score_sentences(self, sources: list[str], summaries: list[str]) -> list[SentenceScores]:
+        """Per summary, each sentence's best-chunk probability of being supported by the source."""
+        sentences = [split_sentences(summary) for summary in summaries]
+        pairs = [(i, j, chunk, sentence)
+                 for i, (source, summary_sentences) in enumerate(zip(sources, sentences, strict=True))
+                 for j, sentence in enumerate(summary_sentences)
+                 for chunk in self.chunks(source, sentence)]
         # Longest first: similar lengths share a batch, so little compute goes to padding.
-        pairs.sort(key=lambda p: -len(p[1]) - len(p[2]))
-        best = [0.0] * len(sources)
+        pairs.sort(key=lambda p: -len(p[2]) - len(p[3]))
+        best = [[0.0] * len(s) for s in sentences]
         for start in range(0, len(pairs), self.batch_size):
             group = pairs[start:start + self.batch_size]
-            batch = self._encode([p[1] for p in group], [p[2] for p in group])
+            batch = self._encode([p[2] for p in group], [p[3] for p in group])
             probs = self._positive_probs({k: v.to(self.device) for k, v in batch.items()})
-            for (i, _, _), prob in zip(group, probs.tolist(), strict=True):
-                best[i] = max(best[i], prob)
-        return best
+            for (i, j, _, _), prob in zip(group, probs.tolist(), strict=True):
+                best[i][j] = max(best[i][j], prob)
+        return [SentenceScores(tuple(b)) for b in best]
+
+    def score(self, sources: list[str], summaries: list[str], golds: list[dict | None] | None = None
+              ) -> list[float]:
+        """Mean over each summary's sentences of their best-chunk scores (`golds` is unused)."""
+        return [s.mean for s in self.score_sentences(sources, summaries)]
 
 
-class NLIScorer(_ChunkedScorer):
-    """P(entailment) of an NLI / consistency classifier, premise = source chunk, hypothesis = summary."""
+class NLIScorer(SentenceScorer):
+    """P(entailment) of an NLI / consistency classifier, premise = source chunk, hypothesis = a summary
+    sentence."""
 
     name = "nli"
 
@@ -262,7 +292,7 @@ def load_hhem(model: str = DEFAULT_HHEM_MODEL, tokenizer: str | None = None
     return loaded, tok, raw.get("prompt", HHEM_PROMPT)
 
 
-class HHEMScorer(_ChunkedScorer):
+class HHEMScorer(SentenceScorer):
     """Vectara HHEM-2.1-open: P(consistent) from the first token's 2-way logits (see `load_hhem`)."""
 
     name = "hhem"

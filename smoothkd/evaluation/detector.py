@@ -13,6 +13,14 @@ that scorer. Sentences with no checkable fact are left out of training, because 
 vacuous there and would teach the detector to spot fact-free filler rather than grounding; at inference
 the detector reads attention only, so every sentence of a generation is classified.
 
+The train/test split is grouped by source row: every sentence of one generation, and every model's
+generation for the same row (the students' detector pools several students on one set of rows), lands on
+one side, so the held-out AUROC is never measured on sentences whose row the fit has seen. The AUROC comes
+with a percentile-bootstrap CI that resamples held-out rows (sentences of one row are not independent).
+A detector whose AUROC is below `eval.detector_min_auroc`, or whose CI reaches chance (0.5), gives a
+factual rate reported as unreliable (`Detector.unreliable_reason`): evaluation names it
+`{split}/factual_rate_unreliable` (`smoothkd.config.UNRELIABLE_SUFFIX`), and no gate reads it.
+
 The saved detector is the one fitted on the training split, so its recorded held-out AUROC describes
 exactly the model that scores students. Classes are weighted to balance: factual sentences can be rare (the
 tiny demo teacher's are 3-7%), and an unweighted fit would put no sentence of any model above 0.5, a rate
@@ -35,7 +43,7 @@ from smoothkd.evaluation.lookback import span_features, span_tokens
 from smoothkd.io import read_json, write_json
 
 THRESHOLD = 0.5
-FORMAT = "smoothkd-lookback-detector/1"
+FORMAT = "smoothkd-lookback-detector/2"  # /2: grouped split, AUROC CI
 
 
 @dataclass(frozen=True)
@@ -49,11 +57,23 @@ class Detector:
     mean: np.ndarray
     scale: np.ndarray
     auroc: float
+    auroc_ci_low: float
+    auroc_ci_high: float
     n_train: int
     n_test: int
+    n_test_groups: int
     n_factual: int
     n_hallucinated: int
     seed: int
+
+    def unreliable_reason(self, min_auroc: float) -> str | None:
+        """Why the factual rate this detector gives is not to be trusted (one line), or None."""
+        if self.auroc < min_auroc:
+            return f"held-out AUROC {self.auroc:.3f} is below eval.detector_min_auroc {min_auroc:g}"
+        if self.auroc_ci_low <= 0.5:
+            return (f"held-out AUROC CI [{self.auroc_ci_low:.3f}, {self.auroc_ci_high:.3f}] reaches chance "
+                    f"(0.5)")
+        return None
 
     def predict_proba(self, features: np.ndarray) -> np.ndarray:
         """P(factual) for [n, layers, heads] (or [n, layers × heads]) sentence features."""
@@ -79,34 +99,93 @@ def load_detector(path: str | Path) -> Detector:
     return Detector(**payload, **arrays)
 
 
-def fit_detector(features: np.ndarray, labels: np.ndarray, seed: int, test_fraction: float = 0.5
-                 ) -> Detector:
-    """Fit on a stratified split of [n, layers, heads] features (label 1 = factual); record held-out AUROC."""
+def _auroc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the ROC curve as the Mann-Whitney statistic (ties count half), labels 0/1."""
+    from scipy.stats import rankdata
+
+    positive = labels == 1
+    n_pos = int(positive.sum())
+    n_neg = len(labels) - n_pos
+    ranks = rankdata(scores)
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def _auroc_ci(labels: np.ndarray, probs: np.ndarray, groups: np.ndarray, n_resamples: int,
+              confidence: float, seed: int) -> tuple[float, float]:
+    """Percentile-bootstrap CI of the AUROC, resampling whole groups (resamples with one class skipped)."""
+    rng = np.random.default_rng(seed)
+    _, inverse = np.unique(groups, return_inverse=True)
+    members = [np.flatnonzero(inverse == g) for g in range(inverse.max() + 1)]
+    values = []
+    for _ in range(n_resamples):
+        index = np.concatenate([members[g] for g in rng.integers(0, len(members), len(members))])
+        if 0 < labels[index].sum() < len(index):
+            values.append(_auroc(labels[index], probs[index]))
+    if not values:
+        return float("nan"), float("nan")
+    tail = (1.0 - confidence) / 2.0
+    low, high = np.quantile(values, [tail, 1.0 - tail])
+    return float(low), float(high)
+
+
+def grouped_split(labels: np.ndarray, groups: np.ndarray, seed: int, test_fraction: float = 0.5
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """(train, test) indices with every group on one side, stratified by label as far as groups allow.
+
+    Raises DetectorError when a side would hold one class only (factual sentences from too few rows).
+    """
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    labels, groups = np.asarray(labels), np.asarray(groups)
+    n_splits, n_groups = max(2, round(1 / test_fraction)), len(np.unique(groups))
+    if n_groups < n_splits:
+        raise DetectorError(f"the lookback detector needs sentences from at least {n_splits} source rows; "
+                            f"got {n_groups}")
+    folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    train, test = next(folds.split(np.zeros(len(labels)), labels, groups))
+    for side, index in (("training", train), ("held-out", test)):
+        if len(np.unique(labels[index])) < 2:
+            raise DetectorError(f"the {side} rows of the lookback detector hold one class only (factual "
+                                f"sentences come from too few rows: {int(labels.sum())} factual in "
+                                f"{len(np.unique(groups[labels == 1]))} rows)")
+    return train, test
+
+
+def fit_detector(features: np.ndarray, labels: np.ndarray, groups: np.ndarray, seed: int,
+                 test_fraction: float = 0.5, n_resamples: int = 1000, confidence: float = 0.95) -> Detector:
+    """Fit on a split of [n, layers, heads] features (label 1 = factual) grouped by `groups` (one per
+    sentence: its source row), stratified as far as the groups allow; record the held-out AUROC and its
+    group-bootstrap CI."""
     from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import roc_auc_score
-    from sklearn.model_selection import train_test_split
 
     features = np.asarray(features, dtype=np.float64)
     labels = np.asarray(labels, dtype=np.int64)
+    groups = np.asarray(groups)
     n_factual, n_hallucinated = int((labels == 1).sum()), int((labels == 0).sum())
     if min(n_factual, n_hallucinated) < 2 or n_factual + n_hallucinated != len(labels):
         raise DetectorError(f"the lookback detector needs labels 0/1 with at least 2 factual and 2 "
                             f"hallucinated sentences; got {n_factual} factual, {n_hallucinated} hallucinated")
+    if len(groups) != len(labels):
+        raise DetectorError(f"the lookback detector needs one group per sentence; got {len(groups)} groups "
+                            f"for {len(labels)} sentences")
     _, layers, heads = features.shape
     x = features.reshape(len(features), -1)
-    x_train, x_test, y_train, y_test = train_test_split(x, labels, test_size=test_fraction,
-                                                        random_state=seed, stratify=labels)
-    mean = x_train.mean(axis=0)
+    train, test = grouped_split(labels, groups, seed, test_fraction)
+    mean = x[train].mean(axis=0)
     # Heads whose ratio never varies (e.g. a constant head) must not divide by zero.
-    std = x_train.std(axis=0)
+    std = x[train].std(axis=0)
     scale = np.where(std > 1e-12, std, 1.0)
     model = LogisticRegression(max_iter=5000, random_state=seed, class_weight="balanced").fit(
-        (x_train - mean) / scale, y_train)
+        (x[train] - mean) / scale, labels[train])
     detector = Detector(layers=layers, heads=heads, coef=model.coef_[0], intercept=float(model.intercept_[0]),
-                        mean=mean, scale=scale, auroc=float("nan"), n_train=len(y_train),
-                        n_test=len(y_test), n_factual=n_factual, n_hallucinated=n_hallucinated, seed=seed)
-    auroc = float(roc_auc_score(y_test, detector.predict_proba(x_test)))
-    return replace(detector, auroc=auroc)
+                        mean=mean, scale=scale, auroc=float("nan"), auroc_ci_low=float("nan"),
+                        auroc_ci_high=float("nan"), n_train=len(train), n_test=len(test),
+                        n_test_groups=len(np.unique(groups[test])), n_factual=n_factual,
+                        n_hallucinated=n_hallucinated, seed=seed)
+    probs = detector.predict_proba(x[test])
+    low, high = _auroc_ci(labels[test], probs, groups[test], n_resamples, confidence, seed)
+    return replace(detector, auroc=_auroc(labels[test], probs), auroc_ci_low=low,
+                   auroc_ci_high=high)
 
 
 def _sentences(generation: Generation) -> list[tuple[str, np.ndarray]]:
@@ -121,10 +200,12 @@ def _sentences(generation: Generation) -> list[tuple[str, np.ndarray]]:
 
 @dataclass(frozen=True)
 class DetectorData:
-    """Labelled sentences for `fit_detector`: features [n, layers, heads], labels (1 = factual), texts."""
+    """Labelled sentences for `fit_detector`: features [n, layers, heads], labels (1 = factual), groups
+    (the source row's context, shared by every sentence and every model generated on that row), texts."""
 
     features: np.ndarray
     labels: np.ndarray
+    groups: np.ndarray
     sentences: list[str] = field(default_factory=list)
 
 
@@ -141,7 +222,7 @@ def detector_examples(model, tokenizer, rows: list[dict], lexicon: dict | None =
     generations = generate_with_lookback(model, tokenizer, prompts, batch_size=batch_size,
                                          max_new_tokens=max_new_tokens, max_prompt_length=max_prompt_length,
                                          progress=progress, desc="generate (detector)")
-    features, labels, sentences = [], [], []
+    features, labels, groups, sentences = [], [], [], []
     for row, generation in zip(rows, generations, strict=True):
         for sentence, feats in _sentences(generation):
             check = score_facts(sentence, row["context"], gold=row.get("facts"), lexicon=lexicon)
@@ -149,10 +230,11 @@ def detector_examples(model, tokenizer, rows: list[dict], lexicon: dict | None =
                 continue
             features.append(feats)
             labels.append(int(check.n_unsupported == 0))
+            groups.append(row["context"])
             sentences.append(sentence)
     layers, heads = model.config.num_hidden_layers, model.config.num_attention_heads
     return DetectorData(np.asarray(features, dtype=np.float32).reshape(-1, layers, heads),
-                        np.asarray(labels, dtype=np.int64), sentences)
+                        np.asarray(labels, dtype=np.int64), np.asarray(groups, dtype=str), sentences)
 
 
 def _mean(values: list[float | None]) -> float | None:

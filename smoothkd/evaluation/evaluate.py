@@ -1,8 +1,10 @@
 """Evaluate one model: summaries with lookback ratios, ROUGE, factual consistency, factual rate, unsupported
 facts, general capability, each aggregate with its bootstrap CI, plus per-example tables.
 
-Metric names are flat and stable: `{split}/rougeLsum`, `{split}/factual_consistency` (%),
-`{split}/factual_rate` (%), `{split}/hallucinated_facts_per_summary`, `{split}/lookback_ratio`,
+Metric names are flat and stable: `{split}/rougeLsum`, `{split}/factual_consistency` (%; with a model
+scorer also `{split}/factual_consistency_min`, the mean over summaries of their least supported sentence),
+`{split}/factual_rate` (%; `{split}/factual_rate_unreliable` when the detector is below its AUROC floor),
+`{split}/hallucinated_facts_per_summary`, `{split}/lookback_ratio`,
 `general/rougeL`, `general/nll`, each with `_ci_low` / `_ci_high`.
 """
 
@@ -10,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from smoothkd.config import EvalConfig, TrainConfig
+from smoothkd.config import UNRELIABLE_SUFFIX, EvalConfig, TrainConfig
 from smoothkd.data.dataset import dataset_lexicon, read_split
 from smoothkd.data.prompts import eval_prompt
 from smoothkd.data.schema import REFERENCE_COLUMN, SOURCE_COLUMN
@@ -34,6 +36,7 @@ def evaluate_split(e: EvalConfig, max_prompt_length: int, model, tokenizer, kind
                    scorer, fact_scorer, detector=None, progress: bool = True) -> tuple[dict, dict, list]:
     """(metrics, per-example columns, localization rows) for one summarisation split; prompts are cut to
     `max_prompt_length` tokens, as in training."""
+    from smoothkd.evaluation.consistency import SentenceScorer
     from smoothkd.evaluation.detector import factual_rate
     from smoothkd.evaluation.generation import generate_with_lookback
     from smoothkd.evaluation.localization import localization_rows
@@ -49,13 +52,16 @@ def evaluate_split(e: EvalConfig, max_prompt_length: int, model, tokenizer, kind
     summaries = [g.text for g in generations]
     rouge = rouge_per_example(summaries, references, e.use_stemmer)
     checks = fact_scorer.checks(sources, summaries, golds)
-    # The default scorer's score is the checks' precision: do not extract every summary's facts twice.
-    consistency = ([c.precision for c in checks] if scorer is fact_scorer
-                   else scorer.score(sources, summaries, golds))
+    metrics = {}
+    if isinstance(scorer, SentenceScorer):
+        by_sentence = scorer.score_sentences(sources, summaries)
+        consistency = [s.mean for s in by_sentence]
+        metrics |= _aggregate(f"{kind}/factual_consistency_min", [s.min for s in by_sentence], e, 100.0)
+    else:  # fact precision is the checks' precision: do not extract every summary's facts twice
+        consistency = [c.precision for c in checks]
     per_example = {"id": _ids(rows), "rougeLsum": rouge["rougeLsum"],
                    "factual_consistency": [100.0 * s for s in consistency],
                    "hallucinated_facts": [float(c.n_unsupported) for c in checks]}
-    metrics = {}
     for name in ("rougeL", "rougeLsum"):
         metrics |= _aggregate(f"{kind}/{name}", rouge[name], e)
     metrics |= _aggregate(f"{kind}/factual_consistency", consistency, e, 100.0)
@@ -63,10 +69,13 @@ def evaluate_split(e: EvalConfig, max_prompt_length: int, model, tokenizer, kind
     extra = {}
     if detector is not None:
         rate = factual_rate(detector, generations)
-        per_example["factual_rate"] = [None if v is None else 100.0 * v for v in rate.per_example]
-        metrics |= _aggregate(f"{kind}/factual_rate", rate.per_example, e, 100.0)
+        # An unreliable detector's rate is reported under another name, so no gate or delta reads it.
+        name = "factual_rate" + (UNRELIABLE_SUFFIX if detector.unreliable_reason(e.detector_min_auroc)
+                                 else "")
+        per_example[name] = [None if v is None else 100.0 * v for v in rate.per_example]
+        metrics |= _aggregate(f"{kind}/{name}", rate.per_example, e, 100.0)
         metrics |= _aggregate(f"{kind}/lookback_ratio", rate.mean_lookback, e)
-        extra = {"factual_rate": per_example["factual_rate"], "lookback_ratio": rate.mean_lookback}
+        extra = {name: per_example[name], "lookback_ratio": rate.mean_lookback}
     rows_out = localization_rows(per_example["id"], summaries, references, rouge["rougeLsum"],
                                  per_example["factual_consistency"], checks, sources, extra)
     return metrics, per_example, rows_out
@@ -81,7 +90,8 @@ def run_evaluation(e: EvalConfig, train: TrainConfig, model_path: str | Path, da
     `train` (the student's training section) gives the prompt and sequence limits the model was trained at.
 
     Writes per-split localization tables (CSV, JSON, HTML) to `out_dir/<split>/` and returns
-    `{"metrics": {...}, "per_example": {split: {column: [...]}}, "predictions": {split: [...]}}`.
+    `{"metrics": {...}, "per_example": {split: {column: [...]}}, "predictions": {split: [...]}}`, plus
+    `"factual_rate_unreliable": reason` when the detector's AUROC is below `eval.detector_min_auroc`.
     """
     from smoothkd.evaluation.capability import general_capability, run_lm_eval
     from smoothkd.evaluation.consistency import FactPrecisionScorer, build_scorer
@@ -97,6 +107,9 @@ def run_evaluation(e: EvalConfig, train: TrainConfig, model_path: str | Path, da
     fact_scorer = scorer if isinstance(scorer, FactPrecisionScorer) else FactPrecisionScorer(lexicon)
     detector = load_detector(detector_path) if detector_path else None
     result: dict = {"metrics": {}, "per_example": {}, "predictions": {}}
+    reason = detector.unreliable_reason(e.detector_min_auroc) if detector else None
+    if reason:
+        result["factual_rate_unreliable"] = reason
     for kind in e.splits:
         metrics, per_example, rows = evaluate_split(e, train.max_prompt_length, model, tokenizer, kind,
                                                     read_split(data_dir, kind), scorer, fact_scorer, detector,

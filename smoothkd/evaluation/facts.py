@@ -7,21 +7,31 @@ over the summary, each pass claiming its characters so later passes cannot re-re
    forms like 27/11/2026 are ambiguous and skipped);
 2. dictionary entities: every lexicon string (the embedded corpus's `lexicon.json`) and every entity value
    in the row's gold facts, case-insensitive, longest first;
-3. numbers: "3.5 million", "3,500,000", "€3.5m", "2bn", "12 percent", "12 per cent", "12%". A bare
-   four-digit number in 1800-2100 is read as a year, i.e. a date with year only. Number words ("three")
-   are not read;
+3. numbers: "3.5 million", "3,500,000", "€3.5m", "2bn", "12 percent", "12 per cent", "12%", and number
+   words from two up ("three", "twenty-five", "three hundred", "two million"; a lone "one" is too often no
+   count to be a fact). A bare four-digit number in 1800-2100 is read by its context: a year after "in",
+   "since", "during"... or before a singular verb ("2019 was"); a count before any other lower-case word
+   ("2000 evacuated"); either reading otherwise ("the 2019 election", "by 2030."), and such a number is
+   supported by a source year or count of that value. Thousands separators never make a year ("2,000");
 4. capitalised spans (type `entity`): runs of capitalised words, joined by connectors like "of" or "van"
-   ("Bank of England"), with leading stopwords and titles dropped ("The", "Mr", "Chief"). A lone
-   capitalised word that opens a sentence cannot be told apart from an ordinary word ("Revenue rose"), so it
-   counts only when the summary or source capitalises it mid-sentence too.
+   ("Bank of England"), cut at role words inside them ("Apple CEO Tim Cook" is "Apple" and "Tim Cook",
+   so it matches a source's "Apple chief executive Tim Cook"), with leading stopwords and titles dropped
+   ("The", "President", "Mr"). A lone capitalised word that opens a sentence cannot be told apart from an
+   ordinary word ("Revenue rose"), so it counts only when the summary or source capitalises it
+   mid-sentence too, or when a role follows it ("Samsung CEO ...").
 
 Values are normalised before comparison: numbers to their exact decimal value ("3.5 million" ==
 "3,500,000"), percentages separately from counts, dates to (year, month, day) with missing parts unknown
-("Nov. 27" == "27 November"), names case-folded with whitespace collapsed. A fact is supported when its
+("Nov. 27" == "27 November"), names case-folded with whitespace collapsed ("Mr Smith" is supported by
+"John Smith"). A fact is supported when its
 normalised value is among the gold source facts or occurs in the source: numbers by value, names as a
 whole-word substring of the case-folded source, and dates when some source date agrees on every part the
 summary states ("27 November" is supported by "27 November 2026"; "27 November 2025" is not). A summary
 naming a prior trap's memorised chief (`gold["trap"]["memorized"]`) has that fact marked `trap`.
+
+A summary that states no checkable fact (an empty or blank output, or filler such as "It was a good day")
+has precision 0, not 1: "nothing unsupported" is vacuous there, and a free 1.0 would let a model that
+says nothing pass a consistency floor. A news summary that says anything states a name, number or date.
 """
 
 from __future__ import annotations
@@ -33,8 +43,9 @@ from functools import lru_cache
 from typing import Any
 
 _MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
-_MONTH = (r"(?P<mon>Jan(?:uary)?|Feb(?:ruary)?|Mar(?:ch)?|Apr(?:il)?|May|June?|July?|Aug(?:ust)?"
-          r"|Sep(?:t(?:ember)?)?|Oct(?:ober)?|Nov(?:ember)?|Dec(?:ember)?)\b\.?")
+# Full month names, or abbreviations optionally followed by their dot (a full name's dot ends a sentence).
+_MONTH = (r"(?P<mon>(?:January|February|March|April|May|June|July|August|September|October|November"
+          r"|December)\b|(?:Jan|Feb|Mar|Apr|Jun|Jul|Aug|Sept?|Oct|Nov|Dec)\b\.?)")
 _DATE_PATTERNS = (
     re.compile(r"(?<![\d-])(?P<y>\d{4})-(?P<m>\d{1,2})-(?P<d>\d{1,2})(?![\d-])"),
     re.compile(rf"(?<![\w.,])(?P<d>\d{{1,2}})(?:st|nd|rd|th)?\s+(?:of\s+)?{_MONTH}(?:,?\s+(?P<y>\d{{4}})(?!\d))?"),
@@ -49,6 +60,23 @@ _NUMBER = re.compile(
 _SCALES = {"thousand": 10**3, "k": 10**3, "million": 10**6, "m": 10**6, "billion": 10**9, "bn": 10**9,
            "trillion": 10**12}
 _WORD = re.compile(r"[^\W\d_]+(?:['’\-][^\W\d_]+)*")
+_UNITS = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
+          "sixteen seventeen eighteen nineteen").split()
+_TENS = "twenty thirty forty fifty sixty seventy eighty ninety".split()
+_NUMBER_WORDS = {w: i for i, w in enumerate(_UNITS)} | {w: 10 * (i + 2) for i, w in enumerate(_TENS)}
+_SMALL = rf"(?:(?:{'|'.join(_TENS)})(?:[-\s](?:{'|'.join(_UNITS[1:10])}))?|{'|'.join(_UNITS[1:])})"
+# "three", "twenty-five", "three hundred and fifty", "two million"; not a fraction ("two-thirds").
+_NUMBER_PHRASE = re.compile(
+    rf"(?<![\w-]){_SMALL}(?:\s+hundred(?:\s+(?:and\s+)?{_SMALL})?)?(?:\s+(?:thousand|million|billion|trillion))?"
+    r"(?![\w]|-(?:thirds?|quarters?|halves|fifths?|tenths?)\b)", re.IGNORECASE)
+# A bare four-digit number in 1800-2100 is a year after these words ("in 2000", "since 1998")...
+_YEAR_CUES = frozenset("in since until till during throughout early late mid spring summer autumn winter "
+                       "year season circa".split())
+# ... or before a singular verb ("2019 was"); before any other lower-case word it counts ("2000 evacuated",
+# "1950 members"), unless a determiner precedes ("the 2019 election", "the 2000 residents": either).
+_YEAR_VERBS = frozenset("was is has had saw marked brought began ended proved remains".split())
+_DETERMINERS = frozenset("the this that last next".split())
+
 _CONNECTORS = frozenset({"of", "de", "du", "da", "del", "della", "der", "den", "van", "von", "la", "le", "al",
                          "bin", "y"})
 # Dropped from the front of a capitalised span: sentence openers, pronouns, titles.
@@ -60,6 +88,12 @@ mr mrs ms miss dr prof sir dame lord lady chief executive analyst president chai
 minister prime secretary senator governor mayor judge ceo cfo coo officer director managing founder deputy
 vice senior former acting spokesman spokeswoman spokesperson professor
 monday tuesday wednesday thursday friday saturday sunday
+""".split())
+# Role words that cut a capitalised run in two when they stand inside it ("Apple CEO Tim Cook").
+_ROLES = frozenset("""
+ceo cfo coo cto chief executive president chairman chairwoman chair minister secretary senator governor
+mayor judge director founder spokesman spokeswoman spokesperson manager coach boss leader chancellor
+commissioner ambassador general captain king queen prince princess professor mr mrs ms dr sir
 """.split())
 _ABBREVIATIONS = frozenset("""
 mr mrs ms dr prof st jr sr inc corp ltd co plc vs gen sen rep gov jan feb mar apr jun jul aug sep sept oct
@@ -98,8 +132,8 @@ class FactCheck:
 
     @property
     def precision(self) -> float:
-        """Share of facts supported; 1.0 when the summary states no fact."""
-        return 1.0 - self.n_unsupported / len(self.facts) if self.facts else 1.0
+        """Share of facts supported; 0.0 when the summary states no checkable fact (see the module doc)."""
+        return 1.0 - self.n_unsupported / len(self.facts) if self.facts else 0.0
 
     @property
     def trap_hit(self) -> bool:
@@ -166,7 +200,21 @@ def _date_key(match: re.Match) -> Key | None:
     return ("date", (year, month, day))
 
 
-def _number_key(match: re.Match) -> Key:
+def _year_reading(text: str, start: int, end: int) -> str:
+    """How to read a bare four-digit number in 1800-2100: `date` (a year), `number` (a count) or `either`."""
+    before = re.search(r"([^\W\d_]+)[\s-]*$", text[max(0, start - 40):start])
+    previous = before.group(1).casefold() if before else ""
+    if previous in _YEAR_CUES or re.match(r"'?s\b", text[end:]):
+        return "date"
+    if previous in _DETERMINERS:
+        return "either"
+    after = re.match(r" ([a-z]+)\b", text[end:])
+    if after:
+        return "date" if after.group(1) in _YEAR_VERBS else "number"
+    return "either"
+
+
+def _number_key(match: re.Match, text: str) -> Key:
     value = Decimal(match["num"].replace(",", "") + (match["frac"] or ""))
     if match["pct"]:
         return ("percent", value)
@@ -174,8 +222,28 @@ def _number_key(match: re.Match) -> Key:
     if scale:
         return ("number", value * _SCALES[scale])
     if not match["cur"] and len(match["num"]) == 4 and 1800 <= value <= 2100:
-        return ("date", (int(value), None, None))
+        reading = _year_reading(text, match.start(), match.end())
+        if reading == "date":
+            return ("date", (int(value), None, None))
+        if reading == "either":
+            return ("year_or_number", value)
     return ("number", value)
+
+
+def _words_value(phrase: str) -> Decimal | None:
+    """The value of a number phrase matched by `_NUMBER_PHRASE`; None for a lone "one" (rarely a count)."""
+    words = [w for w in re.split(r"[-\s]+", phrase.casefold()) if w != "and"]
+    if words == ["one"]:
+        return None
+    total = 0
+    for word in words:
+        if word == "hundred":
+            total *= 100
+        elif word in _SCALES:
+            total *= _SCALES[word]
+        else:
+            total += _NUMBER_WORDS[word]
+    return Decimal(total)
 
 
 class _Claims:
@@ -202,8 +270,12 @@ def _dates_and_numbers(text: str, claims: _Claims, numbers: bool = True) -> None
                 claims.claim(_Mention("date", key, *_trim(text, match.start(), match.end())))
     if numbers:
         for match in _NUMBER.finditer(text):
-            key = _number_key(match)
+            key = _number_key(match, text)
             claims.claim(_Mention("date" if key[0] == "date" else "number", key, match.start(), match.end()))
+        for match in _NUMBER_PHRASE.finditer(text):
+            value = _words_value(match.group())
+            if value is not None:
+                claims.claim(_Mention("number", ("number", value), match.start(), match.end()))
 
 
 @lru_cache(maxsize=8)
@@ -254,19 +326,42 @@ def _capitalised(text: str, claims: _Claims, proper: set[str]) -> None:
             run.append(word)
         else:
             run = []
-    for words in runs:
-        while words and (words[0].group().casefold() in _LEADING or not words[0].group()[0].isupper()):
-            words = words[1:]
-        while words and not words[-1].group()[0].isupper():
-            words = words[:-1]
-        if not words:
-            continue
-        start, end = words[0].start(), words[-1].end()
-        if text[end - 2:end] in ("'s", "’s"):
-            end -= 2
-        if len(words) == 1 and _initial(text, start, starts) and _norm(text[start:end]) not in proper:
-            continue
-        claims.claim(_Mention("entity", ("entity", _norm(text[start:end])), start, end))
+    for run in runs:
+        for words, qualifier in _split_at_roles(run):
+            while words and (words[0].group().casefold() in _LEADING or not words[0].group()[0].isupper()):
+                words = words[1:]
+            while words and not words[-1].group()[0].isupper():
+                words = words[:-1]
+            if not words:
+                continue
+            start, end = words[0].start(), words[-1].end()
+            if text[end - 2:end] in ("'s", "’s"):
+                end -= 2
+            # A word before a role ("Samsung" in "Samsung CEO ...") names something even when it opens the
+            # sentence; a lone opener otherwise counts only if some text capitalises it mid-sentence.
+            lone_opener = len(words) == 1 and _initial(text, start, starts) and not qualifier
+            if lone_opener and _norm(text[start:end]) not in proper:
+                continue
+            claims.claim(_Mention("entity", ("entity", _norm(text[start:end])), start, end))
+
+
+def _split_at_roles(run: list[re.Match]) -> list[tuple[list[re.Match], bool]]:
+    """A capitalised run cut at the role words inside it: "Apple CEO Tim Cook" -> "Apple", "Tim Cook".
+
+    Each part comes with whether a role followed it (it qualifies the role: a firm, a country). Roles
+    opening the run are left to the leading-word trim, so "General Motors" stays whole.
+    """
+    parts: list[tuple[list[re.Match], bool]] = []
+    current: list[re.Match] = []
+    for i, word in enumerate(run):
+        if i and word.group().casefold() in _ROLES:
+            if current:
+                parts.append((current, True))
+            current = []
+        else:
+            current.append(word)
+    parts.append((current, False))
+    return parts
 
 
 @lru_cache(maxsize=8)
@@ -326,12 +421,18 @@ class _SourceFacts:
                 mentions += value_claims.mentions
             else:
                 self.entities.add(_norm(fact["value"]))
-        self.values = {m.key for m in mentions if m.key[0] != "date"}
-        self.dates = [m.key[1] for m in mentions if m.key[0] == "date"]
+        # A source's own ambiguous four-digit number supports both of its readings.
+        keys = [k for m in mentions
+                for k in ([("number", m.key[1]), ("date", (int(m.key[1]), None, None))]
+                          if m.key[0] == "year_or_number" else [m.key])]
+        self.values = {k for k in keys if k[0] != "date"}
+        self.dates = [k[1] for k in keys if k[0] == "date"]
         self.text = _norm(source)
 
     def supports(self, key: Key) -> bool:
         kind, value = key
+        if kind == "year_or_number":
+            return self.supports(("number", value)) or self.supports(("date", (int(value), None, None)))
         if kind == "date":
             return any(all(part is None or part == other for part, other in zip(value, date, strict=True))
                        for date in self.dates)

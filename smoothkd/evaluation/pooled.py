@@ -23,11 +23,14 @@ def fit_pooled_detector(model_paths: list[str | Path], rows: list[dict], lexicon
 
     Raises DetectorError when the pooled sentences hold only one class.
     """
-    features, labels = [], []
+    features, labels, groups = [], [], []
     for model_path in model_paths:
         model = load_causal_lm(model_path).to(resolve_device(device))
         data = detector_examples(model, load_tokenizer(str(model_path)), rows, lexicon, e.batch_size,
                                  e.max_new_tokens, max_prompt_length, progress)
         features.append(data.features)
         labels.append(data.labels)
-    return fit_detector(np.concatenate(features), np.concatenate(labels), seed=seed)
+        groups.append(data.groups)
+    # Grouped by source row: the models' generations for one row stay on one side of the split.
+    return fit_detector(np.concatenate(features), np.concatenate(labels), np.concatenate(groups), seed=seed,
+                        n_resamples=e.bootstrap_samples, confidence=e.confidence)

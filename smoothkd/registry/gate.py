@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from smoothkd.artifacts import EvaluatedModel
-from smoothkd.config import EvalConfig, PromotionConfig
+from smoothkd.config import UNRELIABLE_SUFFIX, EvalConfig, PromotionConfig
 
 PASS, FAIL = "pass", "fail"
 
@@ -127,6 +127,9 @@ def judge(candidate: Candidate, promotion: PromotionConfig, eval_cfg: EvalConfig
     if champion is not None and champion.version != candidate.version:
         for split in eval_cfg.splits:
             for metric in promotion.regression_metrics:
+                # A rate from a detector below its AUROC floor judges nothing (smoothkd.config).
+                if any(f"{split}/{metric}{UNRELIABLE_SUFFIX}" in c.metrics for c in (candidate, champion)):
+                    continue
                 ci = paired_difference(candidate, champion, split, metric, eval_cfg)
                 criteria.append(_comparison(f"{split}/{metric} vs champion v{champion.version}", ci,
                                             promotion.max_regression))
