@@ -132,6 +132,9 @@ class TrainConfig(_Section):
     # per process. `fsdp` shards parameters, gradients and optimizer state (FSDP2) instead of replicating.
     num_processes: int = Field(default=1, gt=0)
     distributed: Literal["ddp", "fsdp"] = "ddp"
+    # The LM head runs inside the chunked loss, so no [B, T, V] logits exist (smoothkd.distill.fused); an
+    # architecture it cannot reproduce exactly, and FSDP, train unfused with a warning.
+    fused_loss: bool = True
 
 
 class LoraSettings(_Section):
