@@ -25,7 +25,8 @@ def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("fused")
     rows, tokenizer = corpus_and_tokenizer(root, seed=7, n_instruction=30, vocab_size=VOCAB)
     shape = TinyModelConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
-    teacher = build_tiny_llama(tokenizer, shape.model_copy(update={"hidden_size": 24}), root / "teacher", seed=1)
+    wider = shape.model_copy(update={"hidden_size": 24})
+    teacher = build_tiny_llama(tokenizer, wider, root / "teacher", seed=1)
     student = build_tiny_llama(tokenizer, shape, root / "student", seed=2)
     examples = encode_instruction_rows(tokenizer, rows[:BATCH], max_length=128, max_prompt_length=96)
     store = precompute_labels(load_causal_lm(teacher), examples, root / "labels",
