@@ -271,7 +271,7 @@ def teacher_labels(cfg: RunConfig, data_dir: str | Path, tokenizer_ref: str | Pa
         job_dir = output_root(cfg) / "launch" / _digest("labels", str(data_dir), str(teacher_path))
         return PrecomputeResult(**launch(cfg, job, n, job_dir, label="teacher_labels"))
     spec = LabelSpec(top_k=d.top_k, temperature=temperature or d.temperature, encoding=d.encoding,
-                     shard_size=d.shard_size)
+                     shard_size=d.shard_size, labels=d.labels, samples=d.samples)
     identity = {
         "teacher": model_identity(teacher_path),
         "tokenizer": directory_identity(tokenizer_ref, ("tokenizer.json", "tokenizer_config.json")),

@@ -31,6 +31,7 @@ from smoothkd.data.tokenize import CausalLMCollator, select_response
 from smoothkd.distill.fused import FusedModel, fused_model
 from smoothkd.distill.labels import LabelStore
 from smoothkd.distill.losses import dense_kd_loss, mixed_loss, sparse_kd_loss
+from smoothkd.distill.sampled import sampled_kd_loss
 from smoothkd.errors import NonFiniteLossError
 from smoothkd.io import atomic_dir
 from smoothkd.modeling.models import response_logits
@@ -171,6 +172,9 @@ class DistillTrainer(Trainer):
                         teacher = teacher_head(teacher)
                 kd = dense_kd_loss(student, teacher, d.temperature, d.divergence, d.jsd_beta,
                                    student_logp=logp_t)
+            elif d.labels == "sampled":
+                kd = sampled_kd_loss(student, inputs["kd_ids"][start:end], inputs["kd_logp"][start:end],
+                                     d.temperature, student_logp=logp_t)
             else:
                 kd = sparse_kd_loss(student, inputs["kd_ids"][start:end], inputs["kd_logp"][start:end],
                                     inputs["kd_tail"][start:end], d.temperature, d.divergence, d.jsd_beta,
@@ -347,6 +351,10 @@ def finetune(model, tokenizer, examples: list[dict], cfg: TrainConfig, output_di
     """
     if alpha > 0 and label_store is None and teacher is None:
         raise ValueError("alpha > 0 needs stored teacher labels or an online teacher")
+    kind = (distill or DistillConfig()).labels
+    if label_store is not None and label_store.sampled != (kind == "sampled"):
+        raise ValueError(f"distill.labels is {kind} but the label store {label_store.path} holds "
+                         f"{'sampled' if label_store.sampled else 'top-k'} labels")
     if label_store is not None and len(label_store) != len(examples):
         raise ValueError(f"label store holds {len(label_store)} examples, training set {len(examples)}")
     output_dir = Path(output_dir)
