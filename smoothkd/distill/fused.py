@@ -43,8 +43,8 @@ class FusedModel:
             logits = torch.tanh(logits / self.softcap) * self.softcap
         return logits
 
-    def forward(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(final hidden states [B, T, H], the model's own logits at the last position [B, V])."""
+    def forward(self, inputs: dict[str, torch.Tensor]):
+        """(final hidden states [B, T, H], the model's outputs, whose logits cover the last position only)."""
         captured: list[torch.Tensor] = []
 
         def keep(_module, _args, output):
@@ -58,13 +58,13 @@ class FusedModel:
             handle.remove()
         if len(captured) != 1:
             raise RuntimeError(f"the decoder ran {len(captured)} times in one forward; expected once")
-        return captured[0], outputs.logits[:, -1]
+        return captured[0], outputs
 
-    def check(self, hidden: torch.Tensor, last_logits: torch.Tensor) -> str | None:
-        """None when this head reproduces the model's logits at the last position, else what differs."""
+    def check(self, hidden: torch.Tensor, outputs) -> str | None:
+        """None when this head reproduces the logits in `outputs` at the last position, else what differs."""
         with torch.no_grad():
             mine = self.logits(hidden[:, -1]).float()
-            theirs = last_logits.float()
+            theirs = outputs.logits[:, -1].float()
         if mine.shape != theirs.shape:
             return f"head gives logits of shape {tuple(mine.shape)}, the model {tuple(theirs.shape)}"
         # Same weights and inputs: only kernel rounding may differ, a few ulps of the compute dtype.

@@ -134,8 +134,8 @@ class DistillTrainer(Trainer):
         """The online teacher's response rows (hidden states when fused, else logits) and their head."""
         with torch.no_grad():
             if self.teacher_fused is not None:
-                hidden, last = self.teacher_fused.forward(inputs)
-                problem = None if self.teacher_checked else self.teacher_fused.check(hidden, last)
+                hidden, outputs = self.teacher_fused.forward(inputs)
+                problem = None if self.teacher_checked else self.teacher_fused.check(hidden, outputs)
                 self.teacher_checked = True
                 if problem is None:
                     rows, _ = select_response(hidden, inputs["labels"])
@@ -199,10 +199,9 @@ class DistillTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         fused = self._fused(model)
-        outputs = None
         if fused is not None:
-            hidden, last = fused.forward(inputs)
-            problem = None if self.fused_checked else fused.check(hidden, last)
+            hidden, outputs = fused.forward(inputs)
+            problem = None if self.fused_checked else fused.check(hidden, outputs)
             self.fused_checked = True
             if problem is not None:
                 self._fall_back("student", problem)
