@@ -131,6 +131,9 @@ class TrainConfig(_Section):
     # per process. `fsdp` shards parameters, gradients and optimizer state (FSDP2) instead of replicating.
     num_processes: int = Field(default=1, gt=0)
     distributed: Literal["ddp", "fsdp"] = "ddp"
+    # The LM head runs inside the chunked loss, so no [B, T, V] logits exist (smoothkd.distill.fused); an
+    # architecture it cannot reproduce exactly, and FSDP, train unfused with a warning.
+    fused_loss: bool = True
 
 
 class LoraSettings(_Section):
@@ -196,6 +199,17 @@ class DistillConfig(_Section):
     shard_size: int = Field(default=512, gt=0)
     precompute_batch_size: int = Field(default=16, gt=0)
     chunk_tokens: int = Field(default=1024, gt=0)
+    # `sampled`: `samples` draws per token from the teacher instead of its top-k, an unbiased estimate of
+    # the full forward-KL gradient (smoothkd.distill.sampled); 24 draws cost what top-16 does.
+    labels: Literal["topk", "sampled"] = "topk"
+    samples: int = Field(default=24, gt=0)
+
+    @model_validator(mode="after")
+    def _sampled_needs_stored_forward_kl(self) -> DistillConfig:
+        if self.labels == "sampled" and (self.divergence != "forward_kl" or self.mode != "stored"):
+            raise ValueError("labels: sampled needs divergence: forward_kl and mode: stored (its estimate is "
+                             f"unbiased for stored forward KL only; got {self.divergence}, {self.mode})")
+        return self
 
 
 class TokenizerConfig(_Section):

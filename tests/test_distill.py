@@ -85,7 +85,8 @@ def test_alpha_zero_is_exactly_sft(world, tmp_path):
     with torch.no_grad():
         logits = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     total, count = response_nll(logits, batch["labels"])
-    assert loss == (total / count).item()
+    # The fused head (the default) sums the same terms in chunks: equal up to float32 rounding.
+    assert loss == pytest.approx((total / count).item(), rel=1e-6)
     # response_nll itself against the plain shifted cross-entropy that ignores prompt and padding.
     reference = F.cross_entropy(logits[:, :-1].flatten(0, 1), batch["labels"][:, 1:].flatten(),
                                 ignore_index=IGNORE_INDEX)

@@ -76,7 +76,7 @@ def precompute_teacher_labels(cfg: RunConfig, data_dir: str | Path, tokenizer_re
     d = cfg.distill
     tokenizer = shared_tokenizer(cfg, tokenizer_ref)
     spec = LabelSpec(top_k=d.top_k, temperature=temperature or d.temperature, encoding=d.encoding,
-                     shard_size=d.shard_size)
+                     shard_size=d.shard_size, labels=d.labels, samples=d.samples)
     identity = {
         "teacher": model_identity(teacher_path),
         "tokenizer": directory_identity(tokenizer_ref, ("tokenizer.json", "tokenizer_config.json")),

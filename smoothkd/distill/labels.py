@@ -11,6 +11,9 @@ Encodings:
   48 bytes/token.
 - `exact`: int32 ids and float32 log-probs, for tests against dense references.
 
+With `labels="sampled"` a token's label is instead S draws from the teacher, ids only, in the same id
+dtype (`smoothkd.distill.sampled`, the unbiased estimator); everything below applies to both kinds.
+
 Layout of a store directory `<root>/<key>/`: `shard-00000.npz`, ... each written atomically and followed
 by its record `shard-00000.json` (sha256, token count, summed top-k mass), so an interrupted precompute
 resumes from its complete shards; `manifest.json`, written last, gathers the records (and replaces them),
@@ -37,6 +40,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from smoothkd.data.tokenize import IGNORE_INDEX, CausalLMCollator
+from smoothkd.distill import sampled
 from smoothkd.distill.losses import log1mexp
 from smoothkd.distill.runtime import rank_and_world
 from smoothkd.errors import CorruptLabelStoreError
@@ -55,6 +59,8 @@ class LabelSpec:
     temperature: float = 1.0
     encoding: str = "compact"
     shard_size: int = 512
+    labels: str = "topk"  # or "sampled": `samples` draws per token instead of the top-k
+    samples: int = 24
 
 
 def id_dtype(vocab_size: int) -> np.dtype:
@@ -66,6 +72,8 @@ def id_dtype(vocab_size: int) -> np.dtype:
 
 
 def bytes_per_token(spec: LabelSpec, vocab_size: int) -> int:
+    if spec.labels == "sampled":
+        return spec.samples * (4 if spec.encoding == "exact" else id_dtype(vocab_size).itemsize)
     if spec.encoding == "exact":
         return spec.top_k * 8
     return spec.top_k * (id_dtype(vocab_size).itemsize + 1)
@@ -73,6 +81,8 @@ def bytes_per_token(spec: LabelSpec, vocab_size: int) -> int:
 
 def _encode(ids: torch.Tensor, logp: torch.Tensor, spec: LabelSpec, vocab_size: int
             ) -> dict[str, np.ndarray]:
+    if spec.labels == "sampled":
+        return sampled.encode(ids, np.dtype(np.int32) if spec.encoding == "exact" else id_dtype(vocab_size))
     if spec.encoding == "exact":
         return {"ids": ids.numpy().astype(np.int32), "logp": logp.numpy().astype(np.float32)}
     quantised = torch.clamp(torch.round(-logp / LOGP_STEP), 0, 255).to(torch.uint8)
@@ -145,12 +155,14 @@ class LabelStore:
             # Checked and loaded from one read of the file.
             with np.load(BytesIO(_shard_bytes(self.path, shard))) as data:
                 ids.append(data["ids"])
-                logp.append(data["logp"])
+                if "logp" in data:  # sampled labels store ids only
+                    logp.append(data["logp"])
                 lengths.append(data["lengths"])
         self.lengths = np.concatenate(lengths)
         self.offsets = np.concatenate([[0], np.cumsum(self.lengths)])
-        self._ids, self._logp = np.concatenate(ids), np.concatenate(logp)
-        self.complete = self.manifest["top_k"] >= self.manifest["vocab_size"]
+        self._ids, self._logp = np.concatenate(ids), np.concatenate(logp) if logp else None
+        self.sampled = self.manifest.get("labels") == "sampled"
+        self.complete = self.manifest["top_k"] >= self.manifest["vocab_size"] and not self.sampled
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -158,9 +170,13 @@ class LabelStore:
     def example(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(ids [n, k], teacher log-probs [n, k], tail log-prob [n]) for example `index`."""
         lo, hi = self.offsets[index], self.offsets[index + 1]
+        if self.sampled:
+            return sampled.decode(self._ids[lo:hi])
         return _decode(self._ids[lo:hi], self._logp[lo:hi], self.complete)
 
     def all_tokens(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if self.sampled:
+            return sampled.decode(self._ids)
         return _decode(self._ids, self._logp, self.complete)
 
 
@@ -180,10 +196,12 @@ class PrecomputeResult:
 
 
 @torch.inference_mode()
-def _teacher_topk(model, batch: dict[str, torch.Tensor], spec: LabelSpec
+def _teacher_topk(model, batch: dict[str, torch.Tensor], spec: LabelSpec, seed: int
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     selected, _ = response_logits(model, batch)
     logp = torch.log_softmax(selected.float() / spec.temperature, dim=-1)
+    if spec.labels == "sampled":
+        return sampled.draw(logp, spec.samples, seed)
     values, ids = logp.topk(spec.top_k, dim=-1)
     return ids.cpu(), values.cpu()
 
@@ -224,7 +242,8 @@ def precompute_labels(model, examples: list[dict], root: str | Path, spec: Label
         chunk = examples[s * spec.shard_size:(s + 1) * spec.shard_size]
         ids, logp = [], []
         for b in range(0, len(chunk), batch_size):
-            batch_ids, batch_logp = _teacher_topk(model, collate(chunk[b:b + batch_size]), spec)
+            seed = int(content_hash(key, s, b)[:15], 16)  # sampled labels: the same draws when recomputed
+            batch_ids, batch_logp = _teacher_topk(model, collate(chunk[b:b + batch_size]), spec, seed)
             passes += 1
             ids.append(batch_ids)
             logp.append(batch_logp)
@@ -251,6 +270,7 @@ def precompute_labels(model, examples: list[dict], root: str | Path, spec: Label
         manifest = {
             "format_version": FORMAT_VERSION, "key": key, "identity": identity, "data_hash": data_hash,
             "top_k": spec.top_k, "temperature": spec.temperature, "encoding": spec.encoding,
+            "labels": spec.labels, "samples": spec.samples if spec.labels == "sampled" else None,
             "logp_step": LOGP_STEP if spec.encoding == "compact" else None, "vocab_size": vocab_size,
             "examples": len(examples), "tokens": total_tokens, "bytes_per_token": per_token,
             "precompute_seconds": seconds,

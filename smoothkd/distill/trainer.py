@@ -3,12 +3,16 @@
 `DistillTrainer` overrides `compute_loss` only (TRL-style). The loss is (1 − α)·NLL + α·KD summed over
 response tokens and divided by the token count of the whole accumulated batch, so gradient accumulation
 and data-parallel ranks weigh every token alike. α = 0 takes the plain NLL path: exactly SFT.
-With α > 0 the loss runs over response positions in chunks, each recomputed in the backward pass
-(activation checkpointing), so fp32 log-probs exist for one chunk at a time, never for the whole batch.
+The loss runs over response positions in chunks, each recomputed in the backward pass (activation
+checkpointing), so fp32 log-probs exist for one chunk at a time, never for the whole batch. With
+`train.fused_loss` (the default) the chunks start from the final hidden states and go through the LM head
+inside the chunk (`smoothkd.distill.fused`), so no [B, T, V] logits exist either; an architecture whose
+head cannot be reproduced, and FSDP, fall back to the model's full logits with a warning.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import shutil
 import time
@@ -22,12 +26,16 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from smoothkd.config import DistillConfig, LoraSettings, TrainConfig
 from smoothkd.data.tokenize import CausalLMCollator, select_response
+from smoothkd.distill.fused import FusedModel, fused_model
 from smoothkd.distill.labels import LabelStore
 from smoothkd.distill.losses import dense_kd_loss, mixed_loss, sparse_kd_loss
 from smoothkd.distill.runtime import mixed_precision, on_cpu, world_size
+from smoothkd.distill.sampled import sampled_kd_loss
 from smoothkd.errors import NonFiniteLossError
 from smoothkd.io import atomic_dir
 from smoothkd.modeling.models import response_logits
+
+logger = logging.getLogger(__name__)
 
 
 def response_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -81,55 +89,128 @@ class DistillTrainer(Trainer):
     loss_is_scaled_for_ga = True
 
     def __init__(self, *args, distill: DistillConfig | None = None, alpha: float = 0.0, teacher=None,
-                 **kwargs):
+                 fused_loss: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
         self.distill, self.alpha, self.teacher = distill or DistillConfig(), alpha, teacher
+        # Why the student's loss is computed unfused (None while the fused path is on), and whether the
+        # fused heads have been checked against the models' own logits yet (once, on the first batch).
+        self.fused_off: str | None = None if fused_loss else "train.fused_loss is false"
+        self.fused_checked = self.teacher_checked = False
+        self.teacher_fused: FusedModel | None = None
         if self.teacher is not None:
             # The Trainer has put the student on this rank's device by now; the teacher joins it.
             self.teacher.to(self.args.device).eval().requires_grad_(False)
+            if fused_loss:
+                self.teacher_fused, reason = fused_model(self.teacher, self.teacher)
+                if self.teacher_fused is None:
+                    self._fall_back("teacher", reason)
 
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         return EpochPermutationSampler(len(dataset), self.args.data_seed or self.args.seed)
 
-    def _kd_sums(self, logits, inputs):
-        """(NLL sum, KD sum, token count) over response tokens, chunk by chunk, recomputed in backward."""
-        d = self.distill
-        flat, targets = select_response(logits, inputs["labels"])
-        if self.teacher is not None:
-            with torch.no_grad():
-                teacher_logits, _ = response_logits(self.teacher, inputs)
+    def _fused(self, model) -> FusedModel | None:
+        """The student as decoder + head when the fused loss is on and known to fit it, else None."""
+        if self.fused_off is not None:
+            return None
+        if self.is_fsdp_enabled:
+            fused, reason = None, "FSDP reshards the head's weight outside the model's forward"
+        else:
+            fused, reason = fused_model(model, self.accelerator.unwrap_model(model))
+        if fused is None:
+            self._fall_back("student", reason)
+        return fused
 
-        def chunk_loss(start: int, student):
-            end = start + student.shape[0]
+    def _fall_back(self, role: str, reason: str) -> None:
+        """Record (and say, once) that the `role`'s loss is computed from the model's full logits."""
+        if role == "student":
+            self.fused_off = reason
+        else:
+            self.teacher_fused = None
+        logger.warning("train.fused_loss: %s trained unfused ([B, T, V] logits): %s", role, reason)
+
+    def _teacher_rows(self, inputs):
+        """The online teacher's response rows (hidden states when fused, else logits) and their head."""
+        with torch.no_grad():
+            if self.teacher_fused is not None:
+                hidden, outputs = self.teacher_fused.forward(inputs)
+                problem = None if self.teacher_checked else self.teacher_fused.check(hidden, outputs)
+                self.teacher_checked = True
+                if problem is None:
+                    rows, _ = select_response(hidden, inputs["labels"])
+                    return rows, self.teacher_fused.logits
+                self._fall_back("teacher", problem)
+            logits, _ = response_logits(self.teacher, inputs)
+        return logits, None
+
+    def _response_sums(self, rows, targets, head, inputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """(NLL sum, KD sum) over response rows, chunk by chunk, each chunk recomputed in backward.
+
+        `rows` are the student's response logits [N, V], or its final hidden states [N, H] when `head`
+        maps them to logits inside the chunk: then no chunk's logits outlive its own forward or backward.
+        """
+        d = self.distill
+        kd_on = self.alpha > 0
+        teacher_rows = teacher_head = None
+        if kd_on and self.teacher is not None:
+            teacher_rows, teacher_head = self._teacher_rows(inputs)
+
+        def chunk_loss(start: int, piece):
+            end = start + piece.shape[0]
+            student = head(piece) if head is not None else piece
             logp = torch.log_softmax(student.float(), dim=-1)
             nll = -logp.gather(-1, targets[start:end].unsqueeze(-1)).sum()
+            if not kd_on:
+                return nll, nll.new_zeros(())
             # At T = 1 the KD term reuses the NLL's log-softmax instead of computing it again.
             logp_t = logp if d.temperature == 1.0 else None
-            if self.teacher is not None:
-                kd = dense_kd_loss(student, teacher_logits[start:end], d.temperature, d.divergence,
-                                   d.jsd_beta, student_logp=logp_t)
+            if teacher_rows is not None:
+                teacher = teacher_rows[start:end]
+                if teacher_head is not None:
+                    with torch.no_grad():
+                        teacher = teacher_head(teacher)
+                kd = dense_kd_loss(student, teacher, d.temperature, d.divergence, d.jsd_beta,
+                                   student_logp=logp_t)
+            elif d.labels == "sampled":
+                kd = sampled_kd_loss(student, inputs["kd_ids"][start:end], inputs["kd_logp"][start:end],
+                                     d.temperature, student_logp=logp_t)
             else:
                 kd = sparse_kd_loss(student, inputs["kd_ids"][start:end], inputs["kd_logp"][start:end],
                                     inputs["kd_tail"][start:end], d.temperature, d.divergence, d.jsd_beta,
                                     student_logp=logp_t)
             return nll, kd
 
-        nll_sum = kd_sum = flat.new_zeros((), dtype=torch.float32)
-        for start in range(0, flat.shape[0], d.chunk_tokens):
-            piece = flat[start:start + d.chunk_tokens]
-            nll, kd = checkpoint(chunk_loss, start, piece, use_reentrant=False)
+        nll_sum = kd_sum = rows.new_zeros((), dtype=torch.float32)
+        for start in range(0, rows.shape[0], d.chunk_tokens):
+            nll, kd = checkpoint(chunk_loss, start, rows[start:start + d.chunk_tokens], use_reentrant=False)
             nll_sum, kd_sum = nll_sum + nll, kd_sum + kd
-        return nll_sum, kd_sum, targets.new_tensor(targets.numel())
+        return nll_sum, kd_sum
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        labels = inputs["labels"]
+    def _unfused_sums(self, model, inputs):
+        """(total, count, outputs) from the model's full logits: plain NLL at α = 0, chunked KD else."""
         outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
         if self.alpha == 0.0:
-            total, count = response_nll(outputs.logits, labels)
+            total, count = response_nll(outputs.logits, inputs["labels"])
+            return total, count, outputs
+        rows, targets = select_response(outputs.logits, inputs["labels"])
+        nll_sum, kd_sum = self._response_sums(rows, targets, None, inputs)
+        return mixed_loss(nll_sum, kd_sum, self.alpha), targets.new_tensor(targets.numel()), outputs
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        fused = self._fused(model)
+        if fused is not None:
+            hidden, outputs = fused.forward(inputs)
+            problem = None if self.fused_checked else fused.check(hidden, outputs)
+            self.fused_checked = True
+            if problem is not None:
+                self._fall_back("student", problem)
+                fused = None
+        if fused is not None:
+            rows, targets = select_response(hidden, inputs["labels"])
+            nll_sum, kd_sum = self._response_sums(rows, targets, fused.logits, inputs)
+            total, count = mixed_loss(nll_sum, kd_sum, self.alpha), targets.new_tensor(targets.numel())
         else:
-            nll_sum, kd_sum, count = self._kd_sums(outputs.logits, inputs)
-            total = mixed_loss(nll_sum, kd_sum, self.alpha)
+            total, count, outputs = self._unfused_sums(model, inputs)
         if num_items_in_batch is None:
             loss = total / count.clamp(min=1)
         else:
@@ -138,6 +219,7 @@ class DistillTrainer(Trainer):
             loss = total / num_items_in_batch * self.accelerator.num_processes
         if not torch.isfinite(loss):
             raise NonFiniteLossError(f"non-finite loss {loss.item()} at step {self.state.global_step + 1}")
+        # Fused, the outputs hold the logits of the last position only.
         return (loss, outputs) if return_outputs else loss
 
 
@@ -241,6 +323,10 @@ def finetune(model, tokenizer, examples: list[dict], cfg: TrainConfig, output_di
     """
     if alpha > 0 and label_store is None and teacher is None:
         raise ValueError("alpha > 0 needs stored teacher labels or an online teacher")
+    kind = (distill or DistillConfig()).labels
+    if label_store is not None and label_store.sampled != (kind == "sampled"):
+        raise ValueError(f"distill.labels is {kind} but the label store {label_store.path} holds "
+                         f"{'sampled' if label_store.sampled else 'top-k'} labels")
     if label_store is not None and len(label_store) != len(examples):
         raise ValueError(f"label store holds {len(label_store)} examples, training set {len(examples)}")
     output_dir = Path(output_dir)
@@ -259,6 +345,7 @@ def finetune(model, tokenizer, examples: list[dict], cfg: TrainConfig, output_di
         distill=distill,
         alpha=alpha,
         teacher=teacher,
+        fused_loss=cfg.fused_loss,
     )
     resume = any(work_dir.glob("checkpoint-*"))
     start = time.perf_counter()
