@@ -103,10 +103,10 @@ def test_chunking_changes_neither_loss_nor_gradients(world, tmp_path):
 
 def test_compact_store_is_small_and_reconstructs_a_distribution(world, tmp_path):
     result = store_for(world, tmp_path, top_k=8, encoding="compact")
-    assert result.bytes_per_token == 8 * 3  # uint16 ids (vocab 300) + uint8 log-probs
-    ids, logp, tail = LabelStore(result.path).all_tokens()
-    assert ids.shape == (result.tokens, 8) and (ids < VOCAB).all()
-    total = torch.cat([logp, tail.unsqueeze(-1)], -1).exp().sum(-1)
+    assert result.bytes_per_token == 9 + 7 + 2  # 8 ids × 9 bits (vocab 300), 7 relative values, tail
+    labels = LabelStore(result.path).all_tokens()
+    assert labels.ids.shape == (result.tokens, 8) and (labels.ids < VOCAB).all()
+    total = torch.cat([labels.logp, labels.tail.unsqueeze(-1)], -1).exp().sum(-1)
     torch.testing.assert_close(total, torch.ones_like(total), atol=1e-5, rtol=0)
 
 
@@ -115,7 +115,7 @@ def test_unchanged_inputs_reuse_labels_without_teacher_passes(world, tmp_path):
     again = store_for(world, tmp_path)
     assert first.teacher_forward_passes == 6 and not first.reused  # 24 examples, batches of 4
     assert again.teacher_forward_passes == 0 and again.reused and again.path == first.path
-    other = store_for(world, tmp_path, temperature=2.0)
+    other = store_for(world, tmp_path, calibration_temperature=2.0)
     assert other.path != first.path and other.teacher_forward_passes == 6
 
 

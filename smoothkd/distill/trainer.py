@@ -50,8 +50,8 @@ class DistillCollator(CausalLMCollator):
         batch = super().__call__(features)
         if self.store is not None:
             parts = [self.store.example(f["label_index"]) for f in features]
-            ids, logp, tail = (torch.cat(x) for x in zip(*parts, strict=True))
-            batch.update(kd_ids=ids, kd_logp=logp, kd_tail=tail)
+            batch.update(kd_ids=torch.cat([p.ids for p in parts]), kd_logp=torch.cat([p.logp for p in parts]),
+                         kd_tail=torch.cat([p.tail for p in parts]))
         return batch
 
 
