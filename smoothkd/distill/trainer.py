@@ -82,9 +82,11 @@ class DistillTrainer(Trainer):
     loss_is_scaled_for_ga = True
 
     def __init__(self, *args, distill: DistillConfig | None = None, alpha: float = 0.0, teacher=None,
-                 **kwargs):
+                 teacher_scale: float = 1.0, **kwargs):
         super().__init__(*args, **kwargs)
         self.distill, self.alpha, self.teacher = distill or DistillConfig(), alpha, teacher
+        # Online teacher logits × teacher_scale (logit_scale ÷ calibration temperature) are the taught ones.
+        self.teacher_scale = teacher_scale
         if self.teacher is not None:
             # The Trainer has put the student on this rank's device by now; the teacher joins it.
             self.teacher.to(self.args.device).eval().requires_grad_(False)
@@ -100,20 +102,21 @@ class DistillTrainer(Trainer):
         if self.teacher is not None:
             with torch.no_grad():
                 teacher_logits, _ = response_logits(self.teacher, inputs)
+                if self.teacher_scale != 1.0:
+                    teacher_logits = teacher_logits.float() * self.teacher_scale
 
         def chunk_loss(start: int, student):
             end = start + student.shape[0]
             logp = torch.log_softmax(student.float(), dim=-1)
             nll = -logp.gather(-1, targets[start:end].unsqueeze(-1)).sum()
-            # At T = 1 the KD term reuses the NLL's log-softmax instead of computing it again.
-            logp_t = logp if d.temperature == 1.0 else None
             if self.teacher is not None:
+                # At T = 1 the KD term reuses the NLL's log-softmax instead of computing it again.
                 kd = dense_kd_loss(student, teacher_logits[start:end], d.temperature, d.divergence,
-                                   d.jsd_beta, student_logp=logp_t)
-            else:
+                                   d.jsd_beta, student_logp=logp if d.temperature == 1.0 else None)
+            else:  # tempered on the k + 1 outcomes, so the T = 1 log-softmax serves at any T
                 kd = sparse_kd_loss(student, inputs["kd_ids"][start:end], inputs["kd_logp"][start:end],
                                     inputs["kd_tail"][start:end], d.temperature, d.divergence, d.jsd_beta,
-                                    student_logp=logp_t)
+                                    student_logp=logp)
             return nll, kd
 
         nll_sum = kd_sum = flat.new_zeros((), dtype=torch.float32)
@@ -256,15 +259,16 @@ def _save(trainer: Trainer, tokenizer, output_dir: Path, merge_lora: bool) -> No
 def finetune(model, tokenizer, examples: list[dict], cfg: TrainConfig, output_dir: str | Path,
              device: str = "auto", alpha: float = 0.0, distill: DistillConfig | None = None,
              label_store: LabelStore | None = None, teacher=None, work_dir: str | Path | None = None,
-             callbacks: list[TrainerCallback] | None = None, lora: LoraSettings | None = None
-             ) -> TrainResult:
+             callbacks: list[TrainerCallback] | None = None, lora: LoraSettings | None = None,
+             teacher_scale: float = 1.0) -> TrainResult:
     """Finetune `model` on encoded examples, then save weights and tokenizer atomically to `output_dir`.
 
     α > 0 needs either `label_store` (stored teacher labels, one entry per example, in order) or `teacher`
-    (online mode). Checkpoints go to `work_dir` every `cfg.checkpoint_every` steps; when it already holds
-    one, training resumes from it. `work_dir` is removed once the model is saved. With `lora.enabled` only
-    adapters train and `model` ends up holding the merged weights that are saved. Under torchrun or
-    `accelerate launch` every rank calls this; only the main process writes.
+    (online mode, its logits × `teacher_scale` being the taught ones). Checkpoints go to `work_dir` every
+    `cfg.checkpoint_every` steps; when it already holds one, training resumes from it. `work_dir` is
+    removed once the model is saved. With `lora.enabled` only adapters train and `model` ends up holding
+    the merged weights that are saved. Under torchrun or `accelerate launch` every rank calls this; only
+    the main process writes.
     """
     if alpha > 0 and label_store is None and teacher is None:
         raise ValueError("alpha > 0 needs stored teacher labels or an online teacher")
@@ -286,6 +290,7 @@ def finetune(model, tokenizer, examples: list[dict], cfg: TrainConfig, output_di
         distill=distill,
         alpha=alpha,
         teacher=teacher,
+        teacher_scale=teacher_scale,
     )
     resume = any(work_dir.glob("checkpoint-*"))
     start = time.perf_counter()
