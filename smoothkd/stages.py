@@ -170,7 +170,7 @@ def _train_examples(tokenizer, data_dir, train_cfg: TrainConfig) -> list[dict]:
 
 def _finetune(cfg: RunConfig, section: str, role: str, tokenizer_ref, data_dir, out: Path, alpha: float = 0.0,
               labels_dir: str | None = None, teacher_path: str | None = None,
-              temperature: float | None = None, work_key: str = "") -> ModelArtifact:
+              calibration_temperature: float | None = None, work_key: str = "") -> ModelArtifact:
     """Train `cfg.<section>` (teacher or student) into `out`.
 
     With `train.num_processes > 1` this starts that many processes through `accelerate launch`, each
@@ -187,7 +187,8 @@ def _finetune(cfg: RunConfig, section: str, role: str, tokenizer_ref, data_dir, 
 
         job = {"kind": "finetune", "section": section, "role": role, "tokenizer_ref": str(tokenizer_ref),
                "data_dir": str(data_dir), "out": str(out), "alpha": alpha, "labels_dir": labels_dir,
-               "teacher_path": teacher_path, "temperature": temperature, "work_key": work_key}
+               "teacher_path": teacher_path, "calibration_temperature": calibration_temperature,
+               "work_key": work_key}
         return ModelArtifact(**launch(cfg, job, train_cfg.num_processes,
                                       output_root(cfg) / "launch" / _digest(role, str(out)),
                                       mixed_precision(train_cfg, cfg.device), label=role))
@@ -200,15 +201,18 @@ def _finetune(cfg: RunConfig, section: str, role: str, tokenizer_ref, data_dir, 
     init_key = _digest(str(tokenizer_ref), model_cfg.model_dump_json(), str(train_cfg.seed))
     with main_process_first():  # a tiny model is built once, by rank 0, and loaded by every rank
         model = _initial_model(model_cfg, tokenizer, output_root(cfg) / "init" / init_key, train_cfg.seed)
-    distill = cfg.distill.model_copy(update={"temperature": temperature or cfg.distill.temperature})
-    # Checkpoints are keyed by everything that shapes the run, so rerunning an interrupted one resumes it.
+    distill = cfg.distill
+    # Checkpoints are keyed by everything that shapes the run, so rerunning an interrupted one resumes it
+    # (`work_key` names the teacher labels: the store, or the online teacher at its calibration).
     work_dir = output_root(cfg) / "checkpoints" / _digest(
         role, init_key, dataset_key(data_dir), train_cfg.model_dump_json(), str(alpha),
         distill.model_dump_json() if alpha else "", work_key)
     parameters = count_parameters(model)  # before LoRA adds adapters or FSDP shards the weights
     result = finetune(model, tokenizer, _train_examples(tokenizer, data_dir, train_cfg), train_cfg, out,
                       device=cfg.device, alpha=alpha, distill=distill, label_store=store, teacher=teacher,
-                      work_dir=work_dir, lora=model_cfg.lora)
+                      work_dir=work_dir, lora=model_cfg.lora,
+                      teacher_scale=cfg.calibration.logit_scale / (calibration_temperature
+                                                                   or cfg.calibration.temperature))
     artifact = ModelArtifact(
         path=str(out), role=role, parameters=parameters, train_steps=result.steps,
         train_seconds=result.seconds, train_tokens_per_second=result.tokens_per_second,
@@ -248,8 +252,11 @@ def check_tokenizers_agree(teacher_tokenizer, student_tokenizer) -> None:
 
 
 def teacher_labels(cfg: RunConfig, data_dir: str | Path, tokenizer_ref: str | Path, teacher_path: str,
-                   temperature: float | None = None, progress: bool = True):
+                   calibration_temperature: float | None = None, progress: bool = True):
     """Precompute (or reuse) the teacher's top-k labels on the training split; returns PrecomputeResult.
+
+    The labels are the taught distribution: the teacher at `calibration_temperature` (the gate's;
+    `calibration.temperature` when None) with `calibration.logit_scale` applied.
 
     With `student.train.num_processes > 1` the shards are split over that many processes (one teacher per
     device), started through `accelerate launch` like the students' training.
@@ -267,11 +274,13 @@ def teacher_labels(cfg: RunConfig, data_dir: str | Path, tokenizer_ref: str | Pa
         from smoothkd.distill.launch import launch
 
         job = {"kind": "labels", "data_dir": str(data_dir), "tokenizer_ref": str(tokenizer_ref),
-               "teacher_path": str(teacher_path), "temperature": temperature, "progress": progress}
+               "teacher_path": str(teacher_path), "calibration_temperature": calibration_temperature,
+               "progress": progress}
         job_dir = output_root(cfg) / "launch" / _digest("labels", str(data_dir), str(teacher_path))
         return PrecomputeResult(**launch(cfg, job, n, job_dir, label="teacher_labels"))
-    spec = LabelSpec(top_k=d.top_k, temperature=temperature or d.temperature, encoding=d.encoding,
-                     shard_size=d.shard_size)
+    spec = LabelSpec(top_k=d.top_k, calibration_temperature=calibration_temperature
+                     or cfg.calibration.temperature, logit_scale=cfg.calibration.logit_scale,
+                     encoding=d.encoding, shard_size=d.shard_size)
     identity = {
         "teacher": model_identity(teacher_path),
         "tokenizer": directory_identity(tokenizer_ref, ("tokenizer.json", "tokenizer_config.json")),
@@ -288,23 +297,27 @@ def student_name(alpha: float) -> str:
 
 def train_student(cfg: RunConfig, data_dir: str | Path, tokenizer_ref: str | Path, alpha: float = 0.0,
                   labels_dir: str | None = None, teacher_path: str | None = None,
-                  temperature: float | None = None) -> ModelArtifact:
+                  calibration_temperature: float | None = None) -> ModelArtifact:
     """Finetune one student: the SFT baseline (α = 0) or a KD student on stored or online teacher labels.
 
     Cached like the teacher: the same data, tokenizer, student config, α, distillation settings and label
     store (or online teacher) give the same student directory, and a rerun reuses it.
     """
     name = student_name(alpha)
-    teacher_ref = str(labels_dir or teacher_path) if alpha else ""
-    distill = cfg.distill.model_copy(update={"temperature": temperature or cfg.distill.temperature})
+    # What the student is taught: the label store (keyed by its calibration temperature), or the online
+    # teacher with its calibration.
+    calibration = (calibration_temperature or cfg.calibration.temperature, cfg.calibration.logit_scale)
+    online = cfg.distill.mode == "online"
+    teacher_ref = (f"{teacher_path}@{calibration}" if online else str(labels_dir)) if alpha else ""
     key = _digest(name, dataset_key(data_dir), str(tokenizer_ref), cfg.student.model_dump_json(), cfg.device,
-                  distill.model_dump_json() if alpha else "", teacher_ref)
+                  cfg.distill.model_dump_json() if alpha else "", teacher_ref)
     out = output_root(cfg) / "students" / key
     record = out / "smoothkd_train.json"
     if record.exists():
         return ModelArtifact(**{**read_json(record), "cached": True})
     return _finetune(cfg, "student", f"student_{name}", tokenizer_ref, data_dir, out, alpha=alpha,
-                     labels_dir=labels_dir, teacher_path=teacher_path, temperature=temperature,
+                     labels_dir=labels_dir, teacher_path=teacher_path,
+                     calibration_temperature=calibration_temperature,
                      work_key=teacher_ref)
 
 

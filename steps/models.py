@@ -36,19 +36,20 @@ def teacher(config: dict, dataset_dir: str, tokenizer: str
 
 
 @step(experiment_tracker=True)
-def student(config: dict, dataset_dir: str, tokenizer: str, distill_temperature: float, labels_dir: str,
-            teacher_dir: str, alpha: float = 0.0) -> Annotated[dict, "student_summary"]:
+def student(config: dict, dataset_dir: str, tokenizer: str, calibration_temperature: float,
+            labels_dir: str, teacher_dir: str, alpha: float = 0.0) -> Annotated[dict, "student_summary"]:
     """Train one student, the SFT baseline (α = 0) or a KD student, and log it as an MLflow model.
 
-    `distill_temperature` comes from the teacher calibration gate, so no student trains after a rejection.
+    `calibration_temperature` comes from the teacher calibration gate, so no student trains after a
+    rejection.
     """
     cfg = RunConfig.model_validate(config)
     artifact = train_student(cfg, dataset_dir, tokenizer, alpha=alpha, labels_dir=labels_dir,
-                             teacher_path=teacher_dir, temperature=distill_temperature)
+                             teacher_path=teacher_dir, calibration_temperature=calibration_temperature)
     params = {"role": artifact.role, "alpha": alpha, **config["student"]}
     if alpha > 0:
         manifest = read_json(Path(labels_dir) / "manifest.json")
-        params |= {"distill": {**config["distill"], "temperature": distill_temperature},
+        params |= {"distill": config["distill"], "calibration_temperature": calibration_temperature,
                    "labels": {key: manifest[key] for key in ("key", "bytes_per_token", "top_k",
                                                              "precompute_seconds")}}
     log_training(params, artifact.loss_history)

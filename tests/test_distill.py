@@ -54,12 +54,14 @@ def store_for(world, tmp_path, **spec):
                              progress=False)
 
 
-def batch_loss(world, alpha, store=None, teacher=None, chunk_tokens=1024, tmp_path=None):
+def batch_loss(world, alpha, store=None, teacher=None, chunk_tokens=1024, tmp_path=None, temperature=1.0,
+               teacher_scale=1.0):
     """(loss, grads) of one batch through DistillTrainer.compute_loss."""
     student = load_causal_lm(world["student"])
     trainer = DistillTrainer(
         model=student, args=training_arguments(TrainConfig(batch_size=8), tmp_path / "w", "cpu"),
-        distill=DistillConfig(chunk_tokens=chunk_tokens), alpha=alpha, teacher=teacher,
+        distill=DistillConfig(chunk_tokens=chunk_tokens, temperature=temperature), alpha=alpha,
+        teacher=teacher, teacher_scale=teacher_scale,
         data_collator=DistillCollator(world["tokenizer"].pad_token_id, store))
     features = [{**e, "label_index": i} for i, e in enumerate(world["examples"][:8])]
     batch = trainer.data_collator(features)
@@ -68,12 +70,15 @@ def batch_loss(world, alpha, store=None, teacher=None, chunk_tokens=1024, tmp_pa
     return loss.item(), [p.grad.clone() for p in student.parameters()], batch
 
 
-def test_stored_full_vocab_labels_equal_the_online_teacher(world, tmp_path):
-    result = store_for(world, tmp_path)
+@pytest.mark.parametrize(("calibration", "distillation"), [(1.0, 1.0), (2.0, 3.0)])
+def test_stored_full_vocab_labels_equal_the_online_teacher(world, tmp_path, calibration, distillation):
+    """Both paths teach the teacher at the calibration temperature and apply the distillation one."""
+    result = store_for(world, tmp_path, calibration_temperature=calibration)
     store = LabelStore(result.path)
-    stored, grads_stored, _ = batch_loss(world, 0.5, store=store, tmp_path=tmp_path)
+    stored, grads_stored, _ = batch_loss(world, 0.5, store=store, tmp_path=tmp_path, temperature=distillation)
     online, grads_online, _ = batch_loss(world, 0.5, teacher=load_causal_lm(world["teacher"]),
-                                         tmp_path=tmp_path)
+                                         tmp_path=tmp_path, temperature=distillation,
+                                         teacher_scale=1 / calibration)
     assert stored == pytest.approx(online, abs=1e-5)
     for a, b in zip(grads_stored, grads_online, strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
