@@ -8,7 +8,8 @@ student at initialisation (logits 0.02·N(0, 1): near uniform, where KD starts) 
 (its log-probs plus N(0, 1) noise: where KD ends), the gradient of the KD loss with respect to the
 student's logits is compared with the dense forward-KL gradient, as ‖E[g] − g_dense‖ / ‖g_dense‖ over
 1,024 positions:
-- top-16 labels with their tail bucket, values exact (compact's 48 B/token quantises them as well, so this
+- top-16 labels with their tail bucket, values exact (compact's 49 B/token at 16-bit ids quantises
+  them, so this
   is top-k's bias at its best): deterministic, so E[g] is g;
 - 24 draws per position (48 B/token with 16-bit ids), E[g] estimated by the mean over R independent draws,
   so the figure printed is an upper bound (bias plus the sampling noise left after R draws; the error of

@@ -29,17 +29,17 @@ def distill(config: dict) -> None:
     dataset_dir = validate_data(config, load_data(config))
     tokenizer = build_tokenizer(config, dataset_dir)
     teacher_summary, teacher_dir = teacher(config, dataset_dir, tokenizer)
-    distill_temperature = check_teacher_calibration(config, dataset_dir, teacher_dir)
-    label_store = precompute_labels(config, dataset_dir, tokenizer, teacher_dir, distill_temperature)
+    calibration_temperature = check_teacher_calibration(config, dataset_dir, teacher_dir)
+    label_store = precompute_labels(config, dataset_dir, tokenizer, teacher_dir, calibration_temperature)
     students = {
-        alpha: student(config, dataset_dir, tokenizer, distill_temperature, label_store, teacher_dir,
+        alpha: student(config, dataset_dir, tokenizer, calibration_temperature, label_store, teacher_dir,
                        alpha=alpha, id=f"student_{student_name(alpha)}")
         for alpha in [0.0, *RunConfig.model_validate(config).distill.alphas]
     }
     # Lookback features are per (layer, head): the teacher gets its own detector, the students share one
     # fitted on all students' held-out generations.
     teacher_detector = factual_rate_detector(config, dataset_dir, [teacher_summary], id="detector_teacher",
-                                             after=[distill_temperature])
+                                             after=[calibration_temperature])
     student_detector = factual_rate_detector(config, dataset_dir, list(students.values()),
                                              id="detector_student")
     evaluated_teacher = evaluate(config, dataset_dir, teacher_summary, teacher_detector,

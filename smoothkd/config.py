@@ -185,8 +185,13 @@ class DistillConfig(_Section):
     """Knowledge distillation: one KD student per α next to the SFT baseline (α = 0).
 
     Loss = (1 − α)·NLL + α·KD, α the direct weight of the KD term (the paper's code rescales its ratio r to
-    r / (1 + r)). Teacher labels are the top-k log-probs at `temperature`, precomputed once (`mode: stored`)
-    or computed by a teacher forward in the training loop (`mode: online`, full vocabulary).
+    r / (1 + r)). The student is taught the teacher's distribution at the *calibration* temperature
+    (`calibration.temperature`, or the fitted one): its top-k log-probs plus a tail bucket, precomputed
+    once (`mode: stored`), or the full vocabulary from a teacher forward in the training loop
+    (`mode: online`). `temperature` is the *distillation* temperature (Hinton): it divides teacher and
+    student alike and scales the loss by T², softening the gradients; it does not change what is taught
+    (the loss is still minimised by the taught distribution). Stored labels are re-tempered on their own
+    top-k + tail support, the tail bucket counting as one outcome (see `smoothkd.distill.losses`).
     """
 
     alphas: list[Annotated[float, Field(gt=0, le=1)]] = Field(default_factory=lambda: [0.1, 1.0])
@@ -200,7 +205,8 @@ class DistillConfig(_Section):
     precompute_batch_size: int = Field(default=16, gt=0)
     chunk_tokens: int = Field(default=1024, gt=0)
     # `sampled`: `samples` draws per token from the teacher instead of its top-k, an unbiased estimate of
-    # the full forward-KL gradient (smoothkd.distill.sampled); 24 draws cost what top-16 does.
+    # the full forward-KL gradient (smoothkd.distill.sampled); at 16-bit ids 24 draws cost
+    # 48 B/token, compact top-16 49.
     labels: Literal["topk", "sampled"] = "topk"
     samples: int = Field(default=24, gt=0)
 
@@ -209,6 +215,10 @@ class DistillConfig(_Section):
         if self.labels == "sampled" and (self.divergence != "forward_kl" or self.mode != "stored"):
             raise ValueError("labels: sampled needs divergence: forward_kl and mode: stored (its estimate is "
                              f"unbiased for stored forward KL only; got {self.divergence}, {self.mode})")
+        if self.labels == "sampled" and self.temperature != 1.0:
+            # Draws from the taught distribution cannot be re-tempered afterwards, as top-k values can.
+            raise ValueError("labels: sampled needs distill.temperature: 1 (draws cannot be re-tempered; "
+                             "set calibration.temperature to change what is taught)")
         return self
 
 
@@ -260,12 +270,15 @@ class EvalConfig(_Section):
 class CalibrationConfig(_Section):
     """Teacher calibration gate, judged on the held-out instruction split before any soft label is made.
 
-    The teacher is measured at `distill.temperature` (one knob, so the gate judges exactly the
-    distribution the soft labels will carry) and rejected when a metric exceeds its maximum.
-    `fit_temperature: true` instead fits T by NLL on half the split, judges the other half at T, and hands
-    T to label precompute in place of `distill.temperature`. `logit_scale` multiplies the teacher's logits
-    before anything else: a test and diagnostic knob (e.g. 3.0 makes a calibrated teacher
-    overconfident); leave it at 1.0 for real runs.
+    The calibration temperature T_cal acts on the teacher alone and defines the distribution the student
+    is taught: softmax(teacher logits × logit_scale / T_cal), the distribution stored as soft labels (or
+    used online). The gate judges exactly that distribution and rejects the teacher when a metric exceeds
+    its maximum; `distill.temperature` plays no part here (it only shapes the KD loss). T_cal is
+    `temperature` (a given remedy; 1 = the teacher as it is), or, with `fit_temperature: true`, fitted by
+    NLL on half the split, the gate judging the other half at the fitted T (set one or the other).
+    `logit_scale` multiplies the teacher's logits wherever they become labels (gate, label precompute,
+    online KD): a test and diagnostic knob (e.g. 3.0 makes a calibrated teacher overconfident); leave it
+    at 1.0 for real runs.
     """
 
     max_ece: float = Field(default=0.1, ge=0)
@@ -275,9 +288,16 @@ class CalibrationConfig(_Section):
     max_examples: int | None = Field(default=1000, gt=0)
     max_tokens: int | None = Field(default=100_000, gt=0)
     batch_size: int = Field(default=16, gt=0)
+    temperature: float = Field(default=1.0, gt=0)
     fit_temperature: bool = False
     fit_max_tokens: int = Field(default=8192, gt=0)  # full logits are cached for the fit: tokens × vocab
     logit_scale: float = Field(default=1.0, gt=0)
+
+    @model_validator(mode="after")
+    def _one_calibration_temperature(self) -> CalibrationConfig:
+        if self.fit_temperature and self.temperature != 1.0:
+            raise ValueError("calibration.temperature is given and fit_temperature is on: set one of them")
+        return self
 
 
 class SplitGate(_Section):

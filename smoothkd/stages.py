@@ -153,7 +153,7 @@ def _train(cfg: RunConfig, section: str, role: str, tokenizer_ref, data_dir, out
 
         spec = {"kind": "finetune", "section": section, "role": role, "tokenizer_ref": str(tokenizer_ref),
                 "data_dir": str(data_dir), "out": str(out), "alpha": 0.0, "labels_dir": None,
-                "teacher_path": None, "temperature": None, "work_key": "", **job}
+                "teacher_path": None, "calibration_temperature": None, "work_key": "", **job}
         return ModelArtifact(**launch(cfg, spec, train_cfg.num_processes,
                                       output_root(cfg) / "launch" / _key(role, str(out)),
                                       mixed_precision(train_cfg, cfg.device), label=role))
@@ -178,18 +178,22 @@ def prepare_teacher(cfg: RunConfig, data_dir: str | Path, tokenizer_ref: str | P
 
 def check_teacher(cfg: RunConfig, data_dir: str | Path, teacher_dir: str | Path, out_dir: str | Path
                   ) -> CalibrationReport:
-    """The calibration gate on the held-out split at the distillation temperature (`calibrate_teacher`)."""
+    """The calibration gate on the held-out split, judging the distribution the student is taught
+    (`calibrate_teacher`)."""
     from smoothkd.calibration.gate import calibrate_teacher
     from smoothkd.modeling.tokenizer import load_run_tokenizer
 
     tokenizer = load_run_tokenizer(cfg.tokenizer.name_or_path or teacher_dir, cfg.teacher)
     return calibrate_teacher(cfg.calibration, cfg.teacher, read_split(data_dir, "validation"), tokenizer,
-                             teacher_dir, out_dir, cfg.distill.temperature, cfg.device)
+                             teacher_dir, out_dir, cfg.device)
 
 
 def teacher_labels(cfg: RunConfig, data_dir: str | Path, tokenizer_ref: str | Path, teacher_path: str,
-                   temperature: float | None = None, progress: bool = True) -> PrecomputeResult:
+                   calibration_temperature: float | None = None, progress: bool = True) -> PrecomputeResult:
     """Precompute (or reuse) the teacher's top-k labels on the training split.
+
+    The labels are the taught distribution: the teacher at `calibration_temperature` (the gate's;
+    `calibration.temperature` when None) with `calibration.logit_scale` applied.
 
     With `student.train.num_processes > 1` the shards are split over that many processes (one teacher per
     device), started through `accelerate launch` like the students' training.
@@ -204,10 +208,12 @@ def teacher_labels(cfg: RunConfig, data_dir: str | Path, tokenizer_ref: str | Pa
 
         shared_tokenizer(cfg, tokenizer_ref)  # a mismatch fails here, before any process starts
         job = {"kind": "labels", "data_dir": str(data_dir), "tokenizer_ref": str(tokenizer_ref),
-               "teacher_path": str(teacher_path), "temperature": temperature, "progress": progress}
+               "teacher_path": str(teacher_path), "calibration_temperature": calibration_temperature,
+               "progress": progress}
         job_dir = output_root(cfg) / "launch" / _key("labels", str(data_dir), str(teacher_path))
         return PrecomputeResult(**launch(cfg, job, n, job_dir, label="teacher_labels"))
-    return precompute_teacher_labels(cfg, data_dir, tokenizer_ref, teacher_path, temperature, progress)
+    return precompute_teacher_labels(cfg, data_dir, tokenizer_ref, teacher_path, calibration_temperature,
+                                     progress)
 
 
 def student_name(alpha: float) -> str:
@@ -217,23 +223,27 @@ def student_name(alpha: float) -> str:
 
 def train_student(cfg: RunConfig, data_dir: str | Path, tokenizer_ref: str | Path, alpha: float = 0.0,
                   labels_dir: str | None = None, teacher_path: str | None = None,
-                  temperature: float | None = None) -> ModelArtifact:
+                  calibration_temperature: float | None = None) -> ModelArtifact:
     """Finetune one student: the SFT baseline (α = 0) or a KD student on stored or online teacher labels.
 
     Cached like the teacher: the same data, tokenizer, student config, α, distillation settings and label
     store (or online teacher) give the same student directory, and a rerun reuses it.
     """
     name = student_name(alpha)
-    teacher_ref = str(labels_dir or teacher_path) if alpha else ""
-    distill = cfg.distill.model_copy(update={"temperature": temperature or cfg.distill.temperature})
+    # What the student is taught: the label store (keyed by its calibration temperature), or the online
+    # teacher with its calibration.
+    calibration = (calibration_temperature or cfg.calibration.temperature, cfg.calibration.logit_scale)
+    online = cfg.distill.mode == "online"
+    teacher_ref = (f"{teacher_path}@{calibration}" if online else str(labels_dir)) if alpha else ""
     key = _key(name, dataset_key(data_dir), str(tokenizer_ref), cfg.student.model_dump_json(), cfg.device,
-               distill.model_dump_json() if alpha else "", teacher_ref)
+               cfg.distill.model_dump_json() if alpha else "", teacher_ref)
     out = output_root(cfg) / "students" / key
     record = out / TRAIN_RECORD
     if record.exists():
         return ModelArtifact(**{**read_json(record), "cached": True})
     return _train(cfg, "student", f"student_{name}", tokenizer_ref, data_dir, out, alpha=alpha,
-                  labels_dir=labels_dir, teacher_path=teacher_path, temperature=temperature,
+                  labels_dir=labels_dir, teacher_path=teacher_path,
+                  calibration_temperature=calibration_temperature,
                   work_key=teacher_ref)
 
 

@@ -20,7 +20,7 @@ def _record(report: CalibrationReport, calibration_config: dict) -> None:
     """Log the verdict, metrics and diagrams to the step's MLflow run and the ZenML step metadata."""
     run = mlflow.active_run()
     mlflow.log_params({f"calibration.{k}": v for k, v in flatten(calibration_config).items()}
-                      | {"distill_temperature": report.temperature})
+                      | {"calibration_temperature": report.temperature})
     log_metrics({f"calibration/{k}": v for k, v in report.metrics.scalars().items()})
     if report.before is not None:
         log_metrics({f"calibration_before_fit/{k}": v for k, v in report.before.scalars().items()})
@@ -31,14 +31,15 @@ def _record(report: CalibrationReport, calibration_config: dict) -> None:
         mlflow.MlflowClient().set_tag(parent, f"gate.{GATE_NAME}", report.verdict)
     mlflow.log_artifacts(str(Path(report.diagram).parent), "calibration")  # diagrams + calibration.json
     log_metadata(metadata={"gate": GATE_NAME, "verdict": report.verdict, "message": report.message(),
-                           "distill_temperature": report.temperature, "fitted": report.fitted,
+                           "calibration_temperature": report.temperature, "fitted": report.fitted,
                            "diagram": report.diagram, **report.metrics.scalars()})
 
 
 @step(experiment_tracker=True)
 def check_teacher_calibration(config: dict, dataset_dir: str, teacher_dir: str
-                              ) -> Annotated[float, "distill_temperature"]:
-    """Judge the teacher's calibration on held-out tokens; return the temperature for soft labels.
+                              ) -> Annotated[float, "calibration_temperature"]:
+    """Judge the teacher's calibration on held-out tokens; return the calibration temperature, the one
+    the soft labels are made at (given or fitted; the distillation temperature stays in the config).
 
     A rejected teacher is recorded first, then stops the run before any label or student is made.
     """

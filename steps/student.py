@@ -17,20 +17,22 @@ from smoothkd.tracking import log_training
 
 
 @step(experiment_tracker=True)
-def student(config: dict, dataset_dir: str, tokenizer: str, distill_temperature: float,
+def student(config: dict, dataset_dir: str, tokenizer: str, calibration_temperature: float,
             label_store: PrecomputeResult, teacher_dir: str, alpha: float = 0.0
             ) -> Annotated[ModelSummary, "student_summary"]:
     """Train one student, the SFT baseline (α = 0) or a KD student, and log it as an MLflow model.
 
-    `distill_temperature` comes from the teacher calibration gate, so no student trains after a rejection.
+    `calibration_temperature` comes from the teacher calibration gate, so no student trains after a
+    rejection.
     """
     cfg = RunConfig.model_validate(config)
     artifact = train_student(cfg, dataset_dir, tokenizer, alpha=alpha, labels_dir=label_store.path,
-                             teacher_path=teacher_dir, temperature=distill_temperature)
+                             teacher_path=teacher_dir, calibration_temperature=calibration_temperature)
     params = {"role": artifact.role, "alpha": alpha, **cfg.student.model_dump(mode="json")}
     if alpha > 0:
         manifest = read_json(Path(label_store.path) / "manifest.json")
-        params |= {"distill": {**cfg.distill.model_dump(mode="json"), "temperature": distill_temperature},
+        params |= {"distill": cfg.distill.model_dump(mode="json"),
+                   "calibration_temperature": calibration_temperature,
                    "labels": {key: manifest[key] for key in ("key", "bytes_per_token", "top_k",
                                                              "precompute_seconds")}}
     log_training(params, artifact.loss_history)

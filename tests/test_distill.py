@@ -54,12 +54,14 @@ def store_for(world, tmp_path, **spec):
                              progress=False)
 
 
-def batch_loss(world, alpha, store=None, teacher=None, chunk_tokens=1024, tmp_path=None):
+def batch_loss(world, alpha, store=None, teacher=None, chunk_tokens=1024, tmp_path=None, temperature=1.0,
+               teacher_scale=1.0):
     """(loss, grads) of one batch through DistillTrainer.compute_loss."""
     student = load_causal_lm(world["student"])
     trainer = DistillTrainer(
         model=student, args=training_arguments(TrainConfig(batch_size=8), tmp_path / "w", "cpu"),
-        distill=DistillConfig(chunk_tokens=chunk_tokens), alpha=alpha, teacher=teacher,
+        distill=DistillConfig(chunk_tokens=chunk_tokens, temperature=temperature), alpha=alpha,
+        teacher=teacher, teacher_scale=teacher_scale,
         data_collator=DistillCollator(world["tokenizer"].pad_token_id, store))
     features = [{**e, "label_index": i} for i, e in enumerate(world["examples"][:8])]
     batch = trainer.data_collator(features)
@@ -68,12 +70,15 @@ def batch_loss(world, alpha, store=None, teacher=None, chunk_tokens=1024, tmp_pa
     return loss.item(), [p.grad.clone() for p in student.parameters()], batch
 
 
-def test_stored_full_vocab_labels_equal_the_online_teacher(world, tmp_path):
-    result = store_for(world, tmp_path)
+@pytest.mark.parametrize(("calibration", "distillation"), [(1.0, 1.0), (2.0, 3.0)])
+def test_stored_full_vocab_labels_equal_the_online_teacher(world, tmp_path, calibration, distillation):
+    """Both paths teach the teacher at the calibration temperature and apply the distillation one."""
+    result = store_for(world, tmp_path, calibration_temperature=calibration)
     store = LabelStore(result.path)
-    stored, grads_stored, _ = batch_loss(world, 0.5, store=store, tmp_path=tmp_path)
+    stored, grads_stored, _ = batch_loss(world, 0.5, store=store, tmp_path=tmp_path, temperature=distillation)
     online, grads_online, _ = batch_loss(world, 0.5, teacher=load_causal_lm(world["teacher"]),
-                                         tmp_path=tmp_path)
+                                         tmp_path=tmp_path, temperature=distillation,
+                                         teacher_scale=1 / calibration)
     assert stored == pytest.approx(online, abs=1e-5)
     for a, b in zip(grads_stored, grads_online, strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
@@ -104,10 +109,10 @@ def test_chunking_changes_neither_loss_nor_gradients(world, tmp_path):
 
 def test_compact_store_is_small_and_reconstructs_a_distribution(world, tmp_path):
     result = store_for(world, tmp_path, top_k=8, encoding="compact")
-    assert result.bytes_per_token == 8 * 3  # uint16 ids (vocab 300) + uint8 log-probs
-    ids, logp, tail = LabelStore(result.path).all_tokens()
-    assert ids.shape == (result.tokens, 8) and (ids < VOCAB).all()
-    total = torch.cat([logp, tail.unsqueeze(-1)], -1).exp().sum(-1)
+    assert result.bytes_per_token == 9 + 7 + 2  # 8 ids × 9 bits (vocab 300), 7 relative values, tail
+    labels = LabelStore(result.path).all_tokens()
+    assert labels.ids.shape == (result.tokens, 8) and (labels.ids < VOCAB).all()
+    total = torch.cat([labels.logp, labels.tail.unsqueeze(-1)], -1).exp().sum(-1)
     torch.testing.assert_close(total, torch.ones_like(total), atol=1e-5, rtol=0)
 
 
@@ -116,7 +121,7 @@ def test_unchanged_inputs_reuse_labels_without_teacher_passes(world, tmp_path):
     again = store_for(world, tmp_path)
     assert first.teacher_forward_passes == 6 and not first.reused  # 24 examples, batches of 4
     assert again.teacher_forward_passes == 0 and again.reused and again.path == first.path
-    other = store_for(world, tmp_path, temperature=2.0)
+    other = store_for(world, tmp_path, calibration_temperature=2.0)
     assert other.path != first.path and other.teacher_forward_passes == 6
 
 

@@ -37,7 +37,7 @@ def test_full_support_sparse_loss_equals_dense_reference_with_gradients(kind, te
     n, vocab = 12, 50
     teacher = torch.randn(n, vocab) * 3
     student = torch.randn(n, vocab, requires_grad=True)
-    ids, logp, _ = teacher_topk(teacher, vocab, temperature)
+    ids, logp, _ = teacher_topk(teacher, vocab, 1.0)  # stored labels: the taught distribution
     tail = torch.full((n,), float("-inf"))
     sparse = sparse_kd_loss(student, ids, logp, tail, temperature, kind, beta=0.3)
     (grad_sparse,) = torch.autograd.grad(sparse, student)
@@ -63,6 +63,49 @@ def test_topk_support_matches_reference_on_k_plus_one_outcomes():
     q = torch.cat([q_top, 1 - q_top.sum(-1, keepdim=True)], -1)
     ref = (p * (p.log() - q.log())).sum()
     assert sparse_kd_loss(student, ids, logp, tail).item() == pytest.approx(ref.item(), abs=1e-5)
+
+
+def reduce_and_temper(logits, ids, temperature):
+    """A distribution reduced to k ids + the rest (float64), then each of the k + 1 outcomes raised to 1/T."""
+    full = torch.softmax(logits.double(), -1)
+    top = full.gather(-1, ids)
+    reduced = torch.cat([top, 1 - top.sum(-1, keepdim=True)], -1)
+    tempered = reduced ** (1 / temperature)
+    return tempered / tempered.sum(-1, keepdim=True)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 3.0])
+def test_topk_loss_tempers_both_sides_on_the_k_plus_one_outcomes(temperature):
+    torch.manual_seed(2)
+    n, vocab, k = 8, 40, 5
+    teacher, student = torch.randn(n, vocab) * 2, torch.randn(n, vocab, requires_grad=True)
+    ids, logp, tail = teacher_topk(teacher, k, 1.0)
+    student_ref = student.detach().clone().requires_grad_(True)
+    p, q = reduce_and_temper(teacher, ids, temperature), reduce_and_temper(student_ref, ids, temperature)
+    ref = (p * (p.log() - q.log())).sum() * temperature**2
+    got = sparse_kd_loss(student, ids, logp, tail, temperature)
+    assert got.item() == pytest.approx(ref.item(), rel=1e-4)
+    (grad,), (grad_ref,) = torch.autograd.grad(got, student), torch.autograd.grad(ref, student_ref)
+    torch.testing.assert_close(grad.double(), grad_ref.double(), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0, 4.0])
+@pytest.mark.parametrize("kind", KINDS)
+def test_distillation_temperature_leaves_the_target_where_it_is(temperature, kind):
+    """A student equal to the taught distribution is at the loss's minimum whatever T: zero loss, zero
+    gradient. T shapes the loss, never what is taught."""
+    torch.manual_seed(3)
+    n, vocab, k = 6, 30, 4
+    teacher = torch.randn(n, vocab) * 3
+    ids, logp, tail = teacher_topk(teacher, k, 1.0)
+    student = teacher.clone().requires_grad_(True)
+    loss = sparse_kd_loss(student, ids, logp, tail, temperature, kind)
+    (grad,) = torch.autograd.grad(loss, student)
+    assert abs(loss.item()) < 1e-5 and grad.abs().max() < 1e-4
+    dense = teacher.clone().requires_grad_(True)
+    loss = dense_kd_loss(dense, teacher, temperature, kind)
+    (grad,) = torch.autograd.grad(loss, dense)
+    assert abs(loss.item()) < 1e-5 and grad.abs().max() < 1e-5
 
 
 def test_divergences_vanish_for_identical_distributions_and_are_positive_otherwise():

@@ -101,7 +101,7 @@ def test_teacher_passes_the_calibration_gate_before_any_student(tiny_run):
     gate = client.search_runs([experiment.experiment_id],
                               "attributes.run_name = 'check_teacher_calibration'")[0]
     assert gate.data.tags["gate.verdict"] == "pass"
-    assert gate.data.params["distill_temperature"] == "1.0"
+    assert gate.data.params["calibration_temperature"] == "1.0"
     assert 0 <= gate.data.metrics["calibration/ece"] <= cfg.calibration.max_ece
     assert {a.path for a in client.list_artifacts(gate.info.run_id, "calibration")} >= {
         "calibration/reliability.png", "calibration/calibration.json"}

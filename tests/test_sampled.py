@@ -108,10 +108,11 @@ def sampled_store(world, root, samples=12):
 
 def test_sampled_store_size_integrity_and_resume(world, tmp_path):
     result = sampled_store(world, tmp_path / "a")
-    assert result.bytes_per_token == 12 * 2  # uint16 ids (vocab 300), nothing else
+    assert result.bytes_per_token == 14  # 12 ids bit-packed at 9 bits (vocab 300): 108 bits, nothing else
     assert 0 < result.topk_mass < 1  # the teacher mass the distinct draws covered
     store = LabelStore(result.path)
-    ids, log_weights, tail = store.all_tokens()
+    labels = store.all_tokens()
+    ids, log_weights, tail = labels.ids, labels.logp, labels.tail
     assert store.sampled and ids.shape == (result.tokens, 12) and (ids < VOCAB).all()
     torch.testing.assert_close(log_weights.exp().sum(-1), torch.ones(result.tokens, dtype=torch.float32))
     assert torch.isinf(tail).all()

@@ -1,8 +1,9 @@
 """The teacher calibration gate: measure the teacher on held-out response tokens, compare with thresholds.
 
 A teacher whose confidence outruns its accuracy hands that overconfidence to the student through its soft
-labels, so the run stops here, before any label is made, unless the configured remedy (temperature
-scaling) brings it within the thresholds.
+labels, so the run stops here, before any label is made, unless the remedy (a calibration temperature,
+given or fitted, dividing the teacher's logits alone) brings it within the thresholds. The remedy then
+defines the labels themselves, so what passed the gate is what the student is taught.
 """
 
 from __future__ import annotations
@@ -42,13 +43,13 @@ class GateCheck:
 
 @dataclass
 class CalibrationReport:
-    """The gate's verdict, the metrics it judged, and the temperature label precompute should use."""
+    """The gate's verdict, the metrics it judged, and the calibration temperature labels are made at."""
 
     metrics: CalibrationMetrics
     checks: list[GateCheck]
     temperature: float
     diagram: str
-    before: CalibrationMetrics | None = None  # at the configured temperature, when one was fitted
+    before: CalibrationMetrics | None = None  # the teacher as it is (T = 1), when a temperature was fitted
 
     @property
     def fitted(self) -> bool:
@@ -103,13 +104,15 @@ def response_logit_batches(model, examples: list[dict], pad_token_id: int, batch
 
 
 def calibrate_teacher(c: CalibrationConfig, t: ModelConfig, held_out: list[dict], tokenizer,
-                      teacher_dir: str | Path, out_dir: str | Path, temperature: float, device: str = "auto"
+                      teacher_dir: str | Path, out_dir: str | Path, device: str = "auto"
                       ) -> CalibrationReport:
     """Measure the teacher (section `t`, weights in `teacher_dir`) on the held-out instruction rows, draw
     the diagram, and judge it.
 
-    The teacher is judged at `temperature` (the distillation's); with `calibration.fit_temperature`, the
-    rows are cut in two (alternate rows): T is fitted on one half and the gate judges the other half at T.
+    The gate judges the distribution the student will be taught: the teacher's logits × logit_scale ÷ the
+    calibration temperature, `calibration.temperature`, or with `calibration.fit_temperature` the T fitted
+    on one half of the split (alternate rows), judged on the other half. `distill.temperature` only
+    shapes the KD loss and plays no part here. The report's temperature is the one labels are made at.
     """
     rows = held_out[: c.max_examples]
     if len(rows) < (2 if c.fit_temperature else 1):
@@ -122,7 +125,7 @@ def calibrate_teacher(c: CalibrationConfig, t: ModelConfig, held_out: list[dict]
         return response_logit_batches(model, part, tokenizer.pad_token_id, c.batch_size, max_tokens,
                                       c.logit_scale)
 
-    configured = CalibrationAccumulator(c.n_bins, temperature)
+    given = CalibrationAccumulator(c.n_bins, c.temperature)
     before = None
     if c.fit_temperature:
         fit_part, check_part = examples[0::2], examples[1::2]
@@ -130,13 +133,14 @@ def calibrate_teacher(c: CalibrationConfig, t: ModelConfig, held_out: list[dict]
         temperature = fit_temperature(torch.cat(fit_logits), torch.cat(fit_targets))
         fitted = CalibrationAccumulator(c.n_bins, temperature)
         for logits, targets in batches(check_part, c.max_tokens):
-            configured.update(logits, targets)
+            given.update(logits, targets)
             fitted.update(logits, targets)
-        before, metrics = configured.compute(), fitted.compute()
+        before, metrics = given.compute(), fitted.compute()
     else:
+        temperature = c.temperature
         for logits, targets in batches(examples, c.max_tokens):
-            configured.update(logits, targets)
-        metrics = configured.compute()
+            given.update(logits, targets)
+        metrics = given.compute()
     report = CalibrationReport(metrics=metrics, checks=gate_checks(metrics, c), temperature=temperature,
                                diagram=str(Path(out_dir) / "reliability.png"), before=before)
     # Written as one directory, so a rerun into the same place leaves no stale picture behind.

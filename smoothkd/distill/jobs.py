@@ -22,11 +22,13 @@ from smoothkd.modeling.tokenizer import check_tokenizers_agree, load_run_tokeniz
 
 def train_model(cfg: RunConfig, section: str, role: str, tokenizer_ref: str | Path, data_dir: str | Path,
                 out: str | Path, alpha: float = 0.0, labels_dir: str | None = None,
-                teacher_path: str | None = None, temperature: float | None = None, work_key: str = ""
+                teacher_path: str | None = None, calibration_temperature: float | None = None,
+                work_key: str = ""
                 ) -> ModelArtifact:
     """Train `cfg.<section>` (teacher or student) into `out` in this process (or as this rank).
 
-    α > 0 distils from the label store at `labels_dir` or, in online mode, the teacher at `teacher_path`.
+    α > 0 distils from the label store at `labels_dir` or, in online mode, the teacher at `teacher_path`
+    (its logits × logit_scale ÷ the calibration temperature being the taught ones).
     Rank 0 writes `out/smoothkd_train.json`, the record the stages' cache reads back.
     """
     out = Path(out)
@@ -41,15 +43,18 @@ def train_model(cfg: RunConfig, section: str, role: str, tokenizer_ref: str | Pa
     init_key = content_hash(str(tokenizer_ref), model_cfg.model_dump_json(), str(train_cfg.seed))[:16]
     with main_process_first():  # a tiny model is built once, by rank 0, and loaded by every rank
         model = initial_model(model_cfg, tokenizer, output_root(cfg) / "init" / init_key, train_cfg.seed)
-    distill = cfg.distill.model_copy(update={"temperature": temperature or cfg.distill.temperature})
-    # Checkpoints are keyed by everything that shapes the run, so rerunning an interrupted one resumes it.
+    distill = cfg.distill
+    # Checkpoints are keyed by everything that shapes the run, so rerunning an interrupted one resumes it
+    # (`work_key` names the teacher labels: the store, or the online teacher at its calibration).
     work_dir = output_root(cfg) / "checkpoints" / content_hash(
         role, init_key, dataset_key(data_dir), train_cfg.model_dump_json(), str(alpha),
         distill.model_dump_json() if alpha else "", work_key)[:16]
     parameters = count_parameters(model)  # before LoRA adds adapters or FSDP shards the weights
     result = finetune(model, tokenizer, train_examples(tokenizer, data_dir, train_cfg), train_cfg, out,
                       device=cfg.device, alpha=alpha, distill=distill, label_store=store, teacher=teacher,
-                      work_dir=work_dir, lora=model_cfg.lora)
+                      work_dir=work_dir, lora=model_cfg.lora,
+                      teacher_scale=cfg.calibration.logit_scale / (calibration_temperature
+                                                                   or cfg.calibration.temperature))
     artifact = ModelArtifact(
         path=str(out), role=role, parameters=parameters, train_steps=result.steps,
         train_seconds=result.seconds, train_tokens_per_second=result.tokens_per_second,
@@ -69,14 +74,16 @@ def shared_tokenizer(cfg: RunConfig, tokenizer_ref: str | Path):
 
 
 def precompute_teacher_labels(cfg: RunConfig, data_dir: str | Path, tokenizer_ref: str | Path,
-                              teacher_path: str, temperature: float | None = None, progress: bool = True
+                              teacher_path: str, calibration_temperature: float | None = None,
+                              progress: bool = True
                               ) -> PrecomputeResult:
     """The teacher's top-k labels on the training split, stored under `<output_dir>/labels` (reused when
     an identical store exists); inside a launched world every rank computes its share of the shards."""
     d = cfg.distill
     tokenizer = shared_tokenizer(cfg, tokenizer_ref)
-    spec = LabelSpec(top_k=d.top_k, temperature=temperature or d.temperature, encoding=d.encoding,
-                     shard_size=d.shard_size, labels=d.labels, samples=d.samples)
+    spec = LabelSpec(top_k=d.top_k, calibration_temperature=calibration_temperature
+                     or cfg.calibration.temperature, logit_scale=cfg.calibration.logit_scale,
+                     encoding=d.encoding, shard_size=d.shard_size, labels=d.labels, samples=d.samples)
     identity = {
         "teacher": model_identity(teacher_path),
         "tokenizer": directory_identity(tokenizer_ref, ("tokenizer.json", "tokenizer_config.json")),

@@ -1,25 +1,30 @@
 """Teacher soft labels, precomputed once and stored compactly.
 
-For every response token the store keeps the teacher's top-k log-probabilities (at the distillation
-temperature), their token ids and nothing else: the tail bucket log(1 − Σ p_topk) is implied by the
-stored values and recomputed on load, after the values are decoded, so the k + 1 outcomes always form
-a proper distribution.
+For every response token the store keeps the distribution the student is taught (the teacher's logits
+× `calibration.logit_scale` ÷ the calibration temperature) reduced to k + 1 outcomes: its top-k
+log-probabilities, their token ids, and the tail bucket log(1 − Σ p_topk), computed from the full
+log-softmax (not as 1 − Σ, which cancels catastrophically on confident tokens) and stored explicitly.
 
 Encodings:
-- `compact` (default): ids in the fewest bytes the vocabulary allows (uint8/uint16/uint32), log-probs
-  quantised to uint8 in steps of 1/16 nat (down to −15.9 nats). k = 16 with a 32k–64k vocabulary costs
-  48 bytes/token.
-- `exact`: int32 ids and float32 log-probs, for tests against dense references.
+- `compact` (default): per token, the ids bit-packed at ⌈log2 V⌉ bits each (10 bits at the demo's
+  V = 1,024, 18 at Qwen's 151,936); the top-k log-probs *relative to the top-1* quantised to uint8 in
+  1/16-nat steps (k − 1 bytes: the top-1 itself is implied); the tail log-mass in float16. Every small
+  mass thus keeps relative precision (≤ 3.2 % per top-k entry, ≤ 0.4 % for a tail ≥ 1e-4), and the top-1
+  follows from normalisation: p_1 = (1 − tail) / Σ_i exp(r_i). On a confident token the stored target
+  keeps the teacher's tail instead of rounding log p_1 to 0, which would make it sharper than the teacher
+  (the bug of format 2, where absolute log-probs were quantised). k = 16 costs 2·bits + 17 bytes/token:
+  37 at V = 1,024, 53 at 151,936.
+- `exact`: int32 ids and float32 log-probs and tail, for tests against dense references.
 
-With `labels="sampled"` a token's label is instead S draws from the teacher, ids only, in the same id
-dtype (`smoothkd.distill.sampled`, the unbiased estimator); everything below applies to both kinds.
+With `labels="sampled"` a token's label is instead S draws from the taught distribution, ids only, packed
+the same way (`smoothkd.distill.sampled`, the unbiased estimator); everything below applies to both kinds.
 
 Layout of a store directory `<root>/<key>/`: `shard-00000.npz`, ... each written atomically and followed
 by its record `shard-00000.json` (sha256, token count, summed top-k mass), so an interrupted precompute
 resumes from its complete shards; `manifest.json`, written last, gathers the records (and replaces them),
 so it states the captured mass without anyone rereading the shards. The key hashes teacher, tokenizer,
-data, k, temperature and encoding: the same inputs find the same directory and no teacher forward pass
-runs again.
+data, k, calibration temperature, logit scale and encoding: the same inputs find the same directory and
+no teacher forward pass runs again.
 
 Inside a torch.distributed world (torchrun, `accelerate launch`) rank r computes shards r, r + N, ...;
 per-shard records make concurrent writers safe and let a rerun resume with any number of processes.
@@ -29,6 +34,7 @@ Rank 0 writes the manifest once every rank's shards exist.
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from dataclasses import asdict, dataclass
 from io import BytesIO
@@ -49,59 +55,93 @@ from smoothkd.modeling.models import response_logits
 
 LOGP_STEP = 1.0 / 16.0
 # Part of every store key: bumped whenever the on-disk layout changes, so an older store is never read
-# with the wrong layout (2: per-shard records, top-k mass in the manifest).
-FORMAT_VERSION = 2
+# with the wrong layout (2: per-shard records, top-k mass in the manifest; 3: explicit float16 tail,
+# values relative to the top-1, bit-packed ids, labels at the calibration temperature).
+FORMAT_VERSION = 3
 
 
 @dataclass(frozen=True)
 class LabelSpec:
+    """What a store holds: the top-k of softmax(logits · logit_scale / calibration_temperature), the
+    distribution the student is taught (the distillation temperature only shapes the loss, at training)."""
+
     top_k: int = 16
-    temperature: float = 1.0
+    calibration_temperature: float = 1.0
+    logit_scale: float = 1.0
     encoding: str = "compact"
     shard_size: int = 512
     labels: str = "topk"  # or "sampled": `samples` draws per token instead of the top-k
     samples: int = 24
 
 
-def id_dtype(vocab_size: int) -> np.dtype:
-    """The narrowest unsigned dtype that holds every token id."""
-    for dtype in (np.uint8, np.uint16, np.uint32):
-        if vocab_size - 1 <= np.iinfo(dtype).max:
-            return np.dtype(dtype)
-    raise ValueError(f"vocab of {vocab_size} does not fit uint32")
+@dataclass
+class TopK:
+    """Per-token labels on k + 1 outcomes: ids [n, k], log-probs [n, k], tail log-mass [n]."""
+
+    ids: torch.Tensor
+    logp: torch.Tensor
+    tail: torch.Tensor
+
+
+def id_bits(vocab_size: int) -> int:
+    """Bits per packed token id: enough for ids 0 … vocab_size − 1."""
+    return max(1, math.ceil(math.log2(vocab_size)))
 
 
 def bytes_per_token(spec: LabelSpec, vocab_size: int) -> int:
-    if spec.labels == "sampled":
-        return spec.samples * (4 if spec.encoding == "exact" else id_dtype(vocab_size).itemsize)
+    """Stored bytes per response token (ids, values and tail; the per-example lengths aside)."""
+    if spec.labels == "sampled":  # ids only
+        bits = 32 if spec.encoding == "exact" else id_bits(vocab_size)
+        return math.ceil(spec.samples * bits / 8)
+    k = spec.top_k
     if spec.encoding == "exact":
-        return spec.top_k * 8
-    return spec.top_k * (id_dtype(vocab_size).itemsize + 1)
+        return k * 8 + 4
+    return math.ceil(k * id_bits(vocab_size) / 8) + (k - 1) + 2
 
 
-def _encode(ids: torch.Tensor, logp: torch.Tensor, spec: LabelSpec, vocab_size: int
-            ) -> dict[str, np.ndarray]:
+def pack_ids(ids: np.ndarray, bits: int) -> np.ndarray:
+    """[n, k] ids < 2**bits → [n, ⌈k·bits / 8⌉] uint8, each token's ids one little-endian bit string."""
+    ids = ids.astype(np.uint64)
+    shifts = np.arange(bits, dtype=np.uint64)
+    flat = ((ids[..., None] >> shifts) & np.uint64(1)).astype(np.uint8).reshape(ids.shape[0], -1)
+    return np.packbits(flat, axis=-1, bitorder="little")
+
+
+def unpack_ids(packed: np.ndarray, k: int, bits: int) -> np.ndarray:
+    """Inverse of `pack_ids`: [n, k] int64."""
+    flat = np.unpackbits(packed, axis=-1, count=k * bits, bitorder="little")
+    weights = np.left_shift(np.int64(1), np.arange(bits, dtype=np.int64))
+    return flat.reshape(packed.shape[0], k, bits).astype(np.int64) @ weights
+
+
+def encode_labels(labels: TopK, spec: LabelSpec, vocab_size: int) -> dict[str, np.ndarray]:
+    """The arrays a shard stores for `labels` (log-probs sorted descending per token, as topk gives);
+    sampled labels store their draws' ids only."""
     if spec.labels == "sampled":
-        return sampled.encode(ids, np.dtype(np.int32) if spec.encoding == "exact" else id_dtype(vocab_size))
+        ids = labels.ids.numpy()
+        exact = spec.encoding == "exact"
+        return {"ids": ids.astype(np.int32) if exact else pack_ids(ids, id_bits(vocab_size))}
     if spec.encoding == "exact":
-        return {"ids": ids.numpy().astype(np.int32), "logp": logp.numpy().astype(np.float32)}
-    quantised = torch.clamp(torch.round(-logp / LOGP_STEP), 0, 255).to(torch.uint8)
-    return {"ids": ids.numpy().astype(id_dtype(vocab_size)), "logp": quantised.numpy()}
+        return {"ids": labels.ids.numpy().astype(np.int32), "logp": labels.logp.numpy().astype(np.float32),
+                "tail": labels.tail.numpy().astype(np.float32)}
+    relative = labels.logp[:, 1:] - labels.logp[:, :1]  # ≤ 0: log(p_i / p_1)
+    quantised = torch.clamp(torch.round(-relative / LOGP_STEP), 0, 255).to(torch.uint8)
+    return {"ids": pack_ids(labels.ids.numpy(), id_bits(vocab_size)), "logp": quantised.numpy(),
+            "tail": labels.tail.numpy().astype(np.float16)}
 
 
-def _decode(ids: np.ndarray, logp: np.ndarray, complete: bool
-            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    ids = torch.from_numpy(ids.astype(np.int64))
-    values = torch.from_numpy(logp.astype(np.float32))
-    if logp.dtype == np.uint8:
-        values = -values * LOGP_STEP
-    if complete:  # top-k spans the whole vocabulary: there is no tail
-        return ids, values, torch.full(values.shape[:-1], float("-inf"))
-    mass = torch.logsumexp(values, dim=-1)
-    tail = log1mexp(mass)
-    # Quantisation can push Σp above 1 by a hair: renormalise the k + 1 outcomes jointly.
-    norm = torch.logaddexp(mass, tail).clamp(min=0.0)
-    return ids, values - norm.unsqueeze(-1), tail - norm
+def decode_labels(ids: np.ndarray, logp: np.ndarray, tail: np.ndarray, top_k: int, vocab_size: int
+                  ) -> TopK:
+    """Labels back from a shard's arrays (either encoding); the k + 1 outcomes sum to 1."""
+    tail_t = torch.from_numpy(tail.astype(np.float32))
+    if logp.dtype != np.uint8:  # exact
+        return TopK(torch.from_numpy(ids.astype(np.int64)), torch.from_numpy(logp.astype(np.float32)),
+                    tail_t)
+    relative = torch.from_numpy(logp.astype(np.float32)) * -LOGP_STEP
+    relative = torch.cat([torch.zeros_like(relative[:, :1]), relative], dim=-1)
+    # p_i = exp(r_i) · (1 − tail) / Σ_j exp(r_j); log(1 − tail) is 0 for a complete support (tail −inf).
+    values = relative - torch.logsumexp(relative, dim=-1, keepdim=True) + log1mexp(tail_t).unsqueeze(-1)
+    return TopK(torch.from_numpy(unpack_ids(ids, top_k, id_bits(vocab_size))), values, tail_t)
 
 
 def examples_hash(examples: list[dict]) -> str:
@@ -150,34 +190,43 @@ class LabelStore:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.manifest = _manifest(self.path)
-        ids, logp, lengths = [], [], []
+        if self.manifest.get("format_version") != FORMAT_VERSION:
+            raise CorruptLabelStoreError(
+                f"label store {self.path} has format {self.manifest.get('format_version')}, this version "
+                f"reads {FORMAT_VERSION}; delete it and rerun to recompute it")
+        arrays: dict[str, list[np.ndarray]] = {"ids": [], "logp": [], "tail": [], "lengths": []}
         for shard in self.manifest["shards"]:
             # Checked and loaded from one read of the file.
             with np.load(BytesIO(_shard_bytes(self.path, shard))) as data:
-                ids.append(data["ids"])
-                if "logp" in data:  # sampled labels store ids only
-                    logp.append(data["logp"])
-                lengths.append(data["lengths"])
-        self.lengths = np.concatenate(lengths)
+                for name, parts in arrays.items():
+                    if name in data:  # sampled labels store ids (and lengths) only
+                        parts.append(data[name])
+        self.lengths = np.concatenate(arrays["lengths"])
         self.offsets = np.concatenate([[0], np.cumsum(self.lengths)])
-        self._ids, self._logp = np.concatenate(ids), np.concatenate(logp) if logp else None
         self.sampled = self.manifest.get("labels") == "sampled"
-        self.complete = self.manifest["top_k"] >= self.manifest["vocab_size"] and not self.sampled
+        # Kept encoded in memory (the compact form is what makes a large store fit); decoded per request.
+        self._ids, self._logp, self._tail = (np.concatenate(arrays[n]) if arrays[n] else None
+                                             for n in ("ids", "logp", "tail"))
 
     def __len__(self) -> int:
         return len(self.lengths)
 
-    def example(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(ids [n, k], teacher log-probs [n, k], tail log-prob [n]) for example `index`."""
-        lo, hi = self.offsets[index], self.offsets[index + 1]
+    def _decode(self, lo: int, hi: int) -> TopK:
+        m = self.manifest
         if self.sampled:
-            return sampled.decode(self._ids[lo:hi])
-        return _decode(self._ids[lo:hi], self._logp[lo:hi], self.complete)
+            ids = self._ids[lo:hi]
+            if m["encoding"] == "compact":
+                ids = unpack_ids(ids, m["samples"], id_bits(m["vocab_size"]))
+            return TopK(*sampled.decode(ids))
+        return decode_labels(self._ids[lo:hi], self._logp[lo:hi], self._tail[lo:hi], m["top_k"],
+                             m["vocab_size"])
 
-    def all_tokens(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        if self.sampled:
-            return sampled.decode(self._ids)
-        return _decode(self._ids, self._logp, self.complete)
+    def example(self, index: int) -> TopK:
+        """The labels of example `index`'s response tokens."""
+        return self._decode(self.offsets[index], self.offsets[index + 1])
+
+    def all_tokens(self) -> TopK:
+        return self._decode(0, self.offsets[-1])
 
 
 @dataclass
@@ -195,15 +244,18 @@ class PrecomputeResult:
         return asdict(self)
 
 
-@torch.inference_mode()
-def _teacher_topk(model, batch: dict[str, torch.Tensor], spec: LabelSpec, seed: int
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    selected, _ = response_logits(model, batch)
-    logp = torch.log_softmax(selected.float() / spec.temperature, dim=-1)
+def teacher_topk(logits: torch.Tensor, spec: LabelSpec, seed: int = 0) -> TopK:
+    """The taught distribution's top-k and tail for next-token `logits` [n, V] (the teacher's raw ones);
+    for sampled labels, `spec.samples` draws seeded by `seed`, each distinct id with the mass it covers."""
+    logp = torch.log_softmax(logits.float() * (spec.logit_scale / spec.calibration_temperature), dim=-1)
     if spec.labels == "sampled":
-        return sampled.draw(logp, spec.samples, seed)
+        ids, covered = sampled.draw(logp, spec.samples, seed)
+        return TopK(ids, covered, torch.full(ids.shape[:-1], float("-inf")))
     values, ids = logp.topk(spec.top_k, dim=-1)
-    return ids.cpu(), values.cpu()
+    # The tail summed from the remaining log-probs, not 1 − Σ p_topk: on a confident token Σ p_topk rounds
+    # to 1 in float32 and the tail would be lost.
+    tail = torch.logsumexp(logp.scatter(-1, ids, float("-inf")), dim=-1)
+    return TopK(ids, values, tail)
 
 
 def precompute_labels(model, examples: list[dict], root: str | Path, spec: LabelSpec, identity: dict,
@@ -240,15 +292,15 @@ def precompute_labels(model, examples: list[dict], root: str | Path, spec: Label
         if record.exists() and file.exists() and sha256_file(file) == read_json(record)["sha256"]:
             continue
         chunk = examples[s * spec.shard_size:(s + 1) * spec.shard_size]
-        ids, logp = [], []
+        parts = []
         for b in range(0, len(chunk), batch_size):
             seed = int(content_hash(key, s, b)[:15], 16)  # sampled labels: the same draws when recomputed
-            batch_ids, batch_logp = _teacher_topk(model, collate(chunk[b:b + batch_size]), spec, seed)
+            with torch.inference_mode():
+                logits, _ = response_logits(model, collate(chunk[b:b + batch_size]))
+                parts.append(teacher_topk(logits, spec, seed))
             passes += 1
-            ids.append(batch_ids)
-            logp.append(batch_logp)
-        top_logp = torch.cat(logp)
-        arrays = _encode(torch.cat(ids), top_logp, spec, vocab_size)
+        labels = TopK(*(torch.cat([getattr(p, f) for p in parts]).cpu() for f in ("ids", "logp", "tail")))
+        arrays = encode_labels(labels, spec, vocab_size)
         arrays["lengths"] = np.array([response_count(e) for e in chunk], dtype=np.int32)
         buffer = BytesIO()
         np.savez(buffer, **arrays)
@@ -258,7 +310,7 @@ def precompute_labels(model, examples: list[dict], root: str | Path, spec: Label
         tmp.replace(file)
         write_json(record, {"file": name, "sha256": hashlib.sha256(data).hexdigest(),
                             "tokens": int(arrays["lengths"].sum()),
-                            "topk_mass_sum": float(top_logp.exp().sum())})
+                            "topk_mass_sum": float(labels.logp.double().exp().sum())})
     seconds = time.perf_counter() - start
     if world > 1:
         counts = [None] * world
@@ -269,9 +321,11 @@ def precompute_labels(model, examples: list[dict], root: str | Path, spec: Label
         shards = [read_json(r) for r in records]
         manifest = {
             "format_version": FORMAT_VERSION, "key": key, "identity": identity, "data_hash": data_hash,
-            "top_k": spec.top_k, "temperature": spec.temperature, "encoding": spec.encoding,
+            "top_k": spec.top_k, "calibration_temperature": spec.calibration_temperature,
+            "logit_scale": spec.logit_scale, "encoding": spec.encoding, "vocab_size": vocab_size,
             "labels": spec.labels, "samples": spec.samples if spec.labels == "sampled" else None,
-            "logp_step": LOGP_STEP if spec.encoding == "compact" else None, "vocab_size": vocab_size,
+            "logp_step": LOGP_STEP if spec.encoding == "compact" else None,
+            "id_bits": id_bits(vocab_size) if spec.encoding == "compact" else None,
             "examples": len(examples), "tokens": total_tokens, "bytes_per_token": per_token,
             "precompute_seconds": seconds,
             "topk_mass": sum(s["topk_mass_sum"] for s in shards) / max(total_tokens, 1), "shards": shards,

@@ -106,11 +106,11 @@ def run_job(job: dict, cfg: RunConfig) -> dict:
     """One worker's share of a job: the job function a single process would call, run in place."""
     if job["kind"] == "finetune":
         args = {k: job[k] for k in ("section", "role", "tokenizer_ref", "data_dir", "alpha", "labels_dir",
-                                    "teacher_path", "temperature", "work_key")}
+                                    "teacher_path", "calibration_temperature", "work_key")}
         return train_model(cfg, out=Path(job["out"]), **args).to_dict()
     if job["kind"] == "labels":
         return precompute_teacher_labels(cfg, job["data_dir"], job["tokenizer_ref"], job["teacher_path"],
-                                         job["temperature"], progress=job["progress"]).to_dict()
+                                         job["calibration_temperature"], progress=job["progress"]).to_dict()
     raise ValueError(f"unknown job kind {job['kind']!r}")
 
 

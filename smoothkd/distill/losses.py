@@ -6,8 +6,16 @@ student is reduced to the same k + 1 outcomes: its own probabilities at those k 
 mass. Renormalising only the teacher while the student stays full-vocabulary is a known silent bug; here
 both sides are proper distributions over one support.
 
-Temperature T divides teacher and student logits alike and the divergence is scaled by T² so gradient
-magnitudes stay comparable across temperatures. Divergences (per token, summed over the support):
+The teacher side is the distribution the student is taught (the teacher at the calibration temperature,
+as stored, or its logits already divided by it online). The distillation temperature T only shapes the
+loss: it divides teacher and student alike (Hinton) and the divergence is scaled by T² so gradient
+magnitudes stay comparable across temperatures. Its minimum stays where the student matches the taught
+distribution, so T never changes what is taught. On a top-k support both sides are re-tempered on their
+k + 1 outcomes, the tail bucket counting as one outcome (mass tail^(1/T), renormalised): the store does not
+know how the tail splits, and treating the student's tail the same way keeps the two sides one function of
+the same support, so the divergence vanishes exactly when the student's reduced distribution equals the
+stored one. (Full-vocabulary tempering would raise each tail token to 1/T instead; at k = V the two agree.)
+Divergences (per token, summed over the support):
 
 - `forward_kl`: KL(p‖q) — the paper's loss; it equals the soft cross-entropy −Σ p log q up to the
   teacher's entropy, a constant for the student, so gradients are identical.
@@ -69,25 +77,39 @@ def student_on_support(student_logp: torch.Tensor, ids: torch.Tensor) -> torch.T
     return torch.cat([top, tail], dim=-1)
 
 
+def temper(logp: torch.Tensor, temperature: float) -> torch.Tensor:
+    """log of p^(1/T) renormalised over the last axis (the outcomes given, whatever they stand for)."""
+    return logp if temperature == 1.0 else torch.log_softmax(logp / temperature, dim=-1)
+
+
 def sparse_kd_loss(student_logits: torch.Tensor, ids: torch.Tensor, teacher_logp: torch.Tensor,
                    teacher_tail: torch.Tensor, temperature: float = 1.0, kind: Divergence = "forward_kl",
                    beta: float = 0.5, student_logp: torch.Tensor | None = None) -> torch.Tensor:
     """Summed divergence over N tokens against stored top-k teacher labels, scaled by T².
 
-    student_logits [N, V]; ids, teacher_logp [N, k] (teacher log-probs at temperature T); teacher_tail [N].
-    `student_logp` may pass log_softmax(student_logits / T) when the caller already has it.
+    student_logits [N, V]; ids, teacher_logp [N, k] and teacher_tail [N]: the taught distribution as stored.
+    Both sides are re-tempered at the distillation temperature T on the k + 1 outcomes (module docstring).
+    `student_logp` may pass log_softmax(student_logits) (at T = 1) when the caller already has it.
     """
     if student_logp is None:
-        student_logp = torch.log_softmax(student_logits.float() / temperature, dim=-1)
+        student_logp = torch.log_softmax(student_logits.float(), dim=-1)
     teacher = torch.cat([teacher_logp.float(), teacher_tail.float().unsqueeze(-1)], dim=-1)
     student = student_on_support(student_logp, ids.long())
-    return divergence(teacher, student, kind, beta).sum() * temperature**2
+    if ids.shape[-1] >= student_logp.shape[-1]:
+        # No tail: drop the empty bucket, whose −inf on both sides would put NaN into tempering's backward.
+        teacher, student = teacher[..., :-1], student[..., :-1]
+    return divergence(temper(teacher, temperature), temper(student, temperature), kind,
+                      beta).sum() * temperature**2
 
 
 def dense_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0,
                   kind: Divergence = "forward_kl", beta: float = 0.5, student_logp: torch.Tensor | None = None
                   ) -> torch.Tensor:
-    """Summed divergence over N tokens against full teacher logits (online mode), scaled by T²."""
+    """Summed divergence over N tokens against full teacher logits (online mode), scaled by T².
+
+    `teacher_logits` are the taught ones (already divided by the calibration temperature); `student_logp`
+    may pass log_softmax(student_logits / T) when the caller already has it.
+    """
     teacher = torch.log_softmax(teacher_logits.float() / temperature, dim=-1)
     student = student_logp if student_logp is not None else torch.log_softmax(
         student_logits.float() / temperature, dim=-1)

@@ -1,7 +1,9 @@
 """Sampled teacher labels: a sparse label whose KD gradient is, in expectation, the full-distribution one.
 
-Per response token, S tokens are drawn with replacement from the teacher at the distillation temperature,
-p = softmax(t / T). The stored label is the S draws themselves, sorted (a token drawn c times appears c
+Per response token, S tokens are drawn with replacement from p = softmax(t / T). The pipeline draws from the
+taught distribution (the teacher at its calibration temperature) and, since draws cannot be re-tempered
+later, runs them at distill.temperature 1 (the config refuses another); T here is for callers that draw
+from a tempered teacher themselves. The stored label is the S draws themselves, sorted (a token drawn c times appears c
 times, so the ids carry the counts; no values are stored). The loss is the student's cross-entropy
 against the draws' empirical distribution, with the student normalised over the whole vocabulary:
 
@@ -40,11 +42,6 @@ def draw(logp: torch.Tensor, samples: int, seed: int) -> tuple[torch.Tensor, tor
     first[:, 1:] = ids[:, 1:] != ids[:, :-1]
     covered = torch.where(first, logp.gather(-1, ids), torch.full_like(ids, float("-inf"), dtype=logp.dtype))
     return ids.cpu(), covered.cpu()
-
-
-def encode(ids: torch.Tensor, dtype: np.dtype) -> dict[str, np.ndarray]:
-    """The shard arrays of sampled labels: the draws' ids in `dtype`, nothing else."""
-    return {"ids": ids.numpy().astype(dtype)}
 
 
 def decode(ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

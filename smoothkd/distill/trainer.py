@@ -57,8 +57,8 @@ class DistillCollator(CausalLMCollator):
         batch = super().__call__(features)
         if self.store is not None:
             parts = [self.store.example(f["label_index"]) for f in features]
-            ids, logp, tail = (torch.cat(x) for x in zip(*parts, strict=True))
-            batch.update(kd_ids=ids, kd_logp=logp, kd_tail=tail)
+            batch.update(kd_ids=torch.cat([p.ids for p in parts]), kd_logp=torch.cat([p.logp for p in parts]),
+                         kd_tail=torch.cat([p.tail for p in parts]))
         return batch
 
 
@@ -89,9 +89,11 @@ class DistillTrainer(Trainer):
     loss_is_scaled_for_ga = True
 
     def __init__(self, *args, distill: DistillConfig | None = None, alpha: float = 0.0, teacher=None,
-                 fused_loss: bool = True, **kwargs):
+                 fused_loss: bool = True, teacher_scale: float = 1.0, **kwargs):
         super().__init__(*args, **kwargs)
         self.distill, self.alpha, self.teacher = distill or DistillConfig(), alpha, teacher
+        # Online teacher logits × teacher_scale (logit_scale ÷ calibration temperature) are the taught ones.
+        self.teacher_scale = teacher_scale
         # Why the student's loss is computed unfused (None while the fused path is on), and whether the
         # fused heads have been checked against the models' own logits yet (once, on the first batch).
         self.fused_off: str | None = None if fused_loss else "train.fused_loss is false"
@@ -169,15 +171,17 @@ class DistillTrainer(Trainer):
                 if teacher_head is not None:
                     with torch.no_grad():
                         teacher = teacher_head(teacher)
+                if self.teacher_scale != 1.0:
+                    teacher = teacher.float() * self.teacher_scale
                 kd = dense_kd_loss(student, teacher, d.temperature, d.divergence, d.jsd_beta,
                                    student_logp=logp_t)
             elif d.labels == "sampled":
                 kd = sampled_kd_loss(student, inputs["kd_ids"][start:end], inputs["kd_logp"][start:end],
                                      d.temperature, student_logp=logp_t)
-            else:
+            else:  # tempered on the k + 1 outcomes, so the T = 1 log-softmax serves at any T
                 kd = sparse_kd_loss(student, inputs["kd_ids"][start:end], inputs["kd_logp"][start:end],
                                     inputs["kd_tail"][start:end], d.temperature, d.divergence, d.jsd_beta,
-                                    student_logp=logp_t)
+                                    student_logp=logp)
             return nll, kd
 
         nll_sum = kd_sum = rows.new_zeros((), dtype=torch.float32)
@@ -311,15 +315,16 @@ def _save(trainer: Trainer, tokenizer, output_dir: Path, merge_lora: bool) -> No
 def finetune(model, tokenizer, examples: list[dict], cfg: TrainConfig, output_dir: str | Path,
              device: str = "auto", alpha: float = 0.0, distill: DistillConfig | None = None,
              label_store: LabelStore | None = None, teacher=None, work_dir: str | Path | None = None,
-             callbacks: list[TrainerCallback] | None = None, lora: LoraSettings | None = None
-             ) -> TrainResult:
+             callbacks: list[TrainerCallback] | None = None, lora: LoraSettings | None = None,
+             teacher_scale: float = 1.0) -> TrainResult:
     """Finetune `model` on encoded examples, then save weights and tokenizer atomically to `output_dir`.
 
     α > 0 needs either `label_store` (stored teacher labels, one entry per example, in order) or `teacher`
-    (online mode). Checkpoints go to `work_dir` every `cfg.checkpoint_every` steps; when it already holds
-    one, training resumes from it. `work_dir` is removed once the model is saved. With `lora.enabled` only
-    adapters train and `model` ends up holding the merged weights that are saved. Under torchrun or
-    `accelerate launch` every rank calls this; only the main process writes.
+    (online mode, its logits × `teacher_scale` being the taught ones). Checkpoints go to `work_dir` every
+    `cfg.checkpoint_every` steps; when it already holds one, training resumes from it. `work_dir` is
+    removed once the model is saved. With `lora.enabled` only adapters train and `model` ends up holding
+    the merged weights that are saved. Under torchrun or `accelerate launch` every rank calls this; only
+    the main process writes.
     """
     if alpha > 0 and label_store is None and teacher is None:
         raise ValueError("alpha > 0 needs stored teacher labels or an online teacher")
@@ -346,6 +351,7 @@ def finetune(model, tokenizer, examples: list[dict], cfg: TrainConfig, output_di
         alpha=alpha,
         teacher=teacher,
         fused_loss=cfg.fused_loss,
+        teacher_scale=teacher_scale,
     )
     resume = any(work_dir.glob("checkpoint-*"))
     start = time.perf_counter()
