@@ -5,8 +5,8 @@ the taught distribution (the teacher at its calibration temperature) and, since 
 tempered later, runs them at distill.temperature 1 (the config refuses another); T here is for callers
 that draw from a tempered teacher themselves. The stored label is the S draws themselves, sorted (a token
 drawn c times appears c times, so the ids carry the counts; no values are stored). The loss is the
-student's cross-entropy
-against the draws' empirical distribution, with the student normalised over the whole vocabulary:
+student's cross-entropy against the draws' empirical distribution, with the student normalised over the
+whole vocabulary:
 
     L̂ = −T² · Σ_s w_s · log q(x_s),   q = softmax(z / T),   w_s = 1 / S.
 
