@@ -37,6 +37,7 @@ from smoothkd.data.corpus_tables import (
     CLASSIFY_QUESTION,
     CONTEXT_QUESTIONS,
     COUNT_SLOTS,
+    DAYS,
     EVENT_LABELS,
     EVENTS,
     EXTRACTION_QUESTIONS,
@@ -44,16 +45,21 @@ from smoothkd.data.corpus_tables import (
     FIRST_NAMES,
     GENERAL_QUESTIONS,
     INSTRUCTION_MIX,
+    LARGE_COUNTS,
     LAST_NAMES,
+    MONEY_AMOUNTS,
     MONTHS,
     OPEN_QUESTIONS,
     ORGS,
+    PERCENTS,
     SLOT_TYPES,
+    SMALL_COUNTS,
     SUBJECT_WITH_CHIEF,
+    YEARS,
 )
 from smoothkd.data.prompts import CNNDM_INSTRUCTION, XSUM_INSTRUCTION
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 FILES = ("instruction.jsonl", "cnndm.jsonl", "xsum.jsonl", "lexicon.json")
 MANIFEST = "manifest.json"
 
@@ -71,6 +77,7 @@ class World:
     hq: dict[str, str]
     people: tuple[str, ...]  # everyone except the usual chiefs, who appear only with their organisation
     plain_orgs: tuple[str, ...]
+    distractor_rate: float  # chance of each optional sentence that adds same-type facts to an article
 
 
 @dataclass(frozen=True)
@@ -90,7 +97,7 @@ def _all_people() -> list[str]:
     return [f"{first} {last}" for first in FIRST_NAMES for last in LAST_NAMES]
 
 
-def _world(seed: int) -> World:
+def _world(seed: int, distractor_rate: float) -> World:
     rng = random.Random(f"{seed}-world")
     trap_orgs = rng.sample(ORGS, N_TRAP_ORGS)
     chiefs = rng.sample(_all_people(), N_TRAP_ORGS)
@@ -100,25 +107,20 @@ def _world(seed: int) -> World:
         hq={org: rng.choice(CITIES) for org in ORGS},
         people=tuple(p for p in _all_people() if p not in chiefs),
         plain_orgs=tuple(o for o in ORGS if o not in trap_chiefs),
+        distractor_rate=distractor_rate,
     )
 
 
 def _count(rng: random.Random) -> str:
-    # Small counts skip multiples of 100 and large ones are multiples of 100, so no count is a
-    # substring of another ("200" would hide in "1,200").
-    if rng.random() < 0.5:
-        return str(rng.choice([n for n in range(110, 1000, 10) if n % 100]))
-    return f"{rng.randrange(1000, 10000, 100):,}"
+    return rng.choice(SMALL_COUNTS if rng.random() < 0.5 else LARGE_COUNTS)
 
 
 def _money(rng: random.Random) -> str:
-    if rng.random() < 0.5:
-        return f"{rng.randint(15, 95) / 10:.1f} million"
-    return f"{rng.randint(12, 95)} million"
+    return f"{rng.choice(MONEY_AMOUNTS)} million"
 
 
 def _date(rng: random.Random) -> str:
-    return f"{rng.randint(1, 28)} {rng.choice(MONTHS)} {rng.randint(2024, 2026)}"
+    return f"{rng.choice(DAYS)} {rng.choice(MONTHS)} {rng.choice(YEARS)}"
 
 
 def _slots(template: str) -> list[str]:
@@ -142,7 +144,12 @@ def _fill(templates: list[str], values: dict[str, str]) -> list[str]:
 
 
 def _article(rng: random.Random, world: World, org: str, chief: str) -> Article:
-    """One article about `org` led by `chief`, with its CNNDM-style and XSum-style references."""
+    """One article about `org` led by `chief`, with its CNNDM-style and XSum-style references.
+
+    Each of the two optional sentences (background: HQ city and staff count; an analyst's quote: another
+    person and organisation) comes with probability `world.distractor_rate`; they add facts of a type the
+    summary also states, so copying the right one gets harder.
+    """
     event_name = rng.choice(EVENT_LABELS)
     event = EVENTS[event_name]
     others = [o for o in world.plain_orgs if o != org]
@@ -157,7 +164,7 @@ def _article(rng: random.Random, world: World, org: str, chief: str) -> Article:
         "hq": world.hq[org],
         "date": _date(rng),
         "money": _money(rng),
-        "pct": f"{rng.randint(2, 40)} percent",
+        "pct": f"{rng.choice(PERCENTS)} percent",
         "facility": rng.choice(FACILITIES),
         "award": rng.choice(AWARDS),
     }
@@ -171,12 +178,12 @@ def _article(rng: random.Random, world: World, org: str, chief: str) -> Article:
     detail, detail_summary = rng.choice(event.details)
     chief_sentence = rng.choice(APPOINTEE_SENTENCES if event.names_chief else CHIEF_SENTENCES)
     body = [rng.choice(event.leads), detail]
-    # Optional sentences make 3-5 sentence articles, mostly 4-5 to reach about 50-90 words.
-    background = rng.choice(BACKGROUND_SENTENCES) if rng.random() < 0.6 else None
+    # Optional sentences make 3-5 sentence articles of about 35-90 words.
+    background = rng.choice(BACKGROUND_SENTENCES) if rng.random() < world.distractor_rate else None
     if background:
         body.append(background[0])
     body.append(chief_sentence)
-    if rng.random() < 0.6:
+    if rng.random() < world.distractor_rate:
         body.append(rng.choice(ANALYST_SENTENCES))
     text = " ".join(_fill(body, values))
 
@@ -345,6 +352,19 @@ def _eval_split(
     return rows
 
 
+def entity_tokens() -> list[str]:
+    """Every entity and number the corpus can state, each with its leading space, for whole-entity tokens.
+
+    In every template an entity follows a space, so a tokenizer that holds these strings as tokens turns
+    copying a fact from the article into copying one token (three for a date: day, month, year). Amounts
+    and percentages carry their unit ("39 million", "12 percent"): a causal model reads a token before the
+    word after it, so a bare " 39" could not tell a money amount from a count or a day where it is read.
+    """
+    words = (*_all_people(), *ORGS, *CITIES, *MONTHS, *DAYS, *YEARS, *SMALL_COUNTS, *LARGE_COUNTS,
+             *(f"{amount} million" for amount in MONEY_AMOUNTS), *(f"{pct} percent" for pct in PERCENTS))
+    return sorted({f" {word}" for word in words})
+
+
 def _lexicon() -> dict[str, list[str]]:
     return {"person": sorted(_all_people()), "org": sorted(ORGS), "place": sorted(CITIES)}
 
@@ -378,13 +398,18 @@ def generate_corpus(
     n_cnndm: int = 200,
     n_xsum: int = 200,
     trap_rate: float = 0.25,
+    distractor_rate: float = 0.0,
 ) -> dict:
-    """Write the corpus files, then `manifest.json`, into `out_dir`; return the manifest."""
+    """Write the corpus files, then `manifest.json`, into `out_dir`; return the manifest.
+
+    `distractor_rate`: chance of each optional article sentence that adds a second fact of a type the
+    summary states (see `_article`); 0 keeps one city, one count and one date per article.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     # A stale manifest must not vouch for files while they are being rewritten.
     (out / MANIFEST).unlink(missing_ok=True)
-    world = _world(seed)
+    world = _world(seed, distractor_rate)
     seen: set[str] = set()
     contents = {
         "instruction.jsonl": _jsonl(_instruction_split(seed, n_instruction, world, seen)),
@@ -399,6 +424,7 @@ def generate_corpus(
     manifest = {
         "seed": seed,
         "trap_rate": trap_rate,
+        "distractor_rate": distractor_rate,
         "counts": {"instruction": n_instruction, "cnndm": n_cnndm, "xsum": n_xsum},
         "files": {name: hashlib.sha256(data).hexdigest() for name, data in contents.items()},
         "generator_version": GENERATOR_VERSION,
