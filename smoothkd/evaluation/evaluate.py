@@ -3,7 +3,9 @@ facts, general capability, each aggregate with its bootstrap CI, plus per-exampl
 
 Metric names are flat and stable: `{split}/rougeLsum`, `{split}/factual_consistency` (%),
 `{split}/factual_rate` (%), `{split}/hallucinated_facts_per_summary`, `{split}/lookback_ratio`,
-`general/rougeL`, `general/nll`, each with `_ci_low` / `_ci_high`.
+`{split}/prior_trap_rate` (% of prior-trap rows whose summary names the memorised chief), `general/rougeL`,
+`general/nll`, each with `_ci_low` / `_ci_high`; `general/ece` and `general/overconfidence` (held-out
+calibration of next-token predictions on the reference responses, no CI).
 """
 
 from __future__ import annotations
@@ -30,6 +32,13 @@ def _ids(rows: list[dict]) -> list[str]:
     return [r.get("id", str(i)) for i, r in enumerate(rows)]
 
 
+def prior_trap_hits(checks: list, golds: list[dict | None]) -> list[float | None]:
+    """Per row: 1.0 when a prior-trap row's summary names the memorised chief, 0.0 when it does not, None
+    for rows that are no trap (their gold `facts` carry no `trap`), so the mean is the prior-trap rate."""
+    return [None if not (gold or {}).get("trap") else float(check.trap_hit)
+            for check, gold in zip(checks, golds, strict=True)]
+
+
 def evaluate_split(cfg: RunConfig, model, tokenizer, kind: str, rows: list[dict], scorer, fact_scorer,
                    detector=None, progress: bool = True) -> tuple[dict, dict, list]:
     """(metrics, per-example columns, localization rows) for one summarisation split."""
@@ -53,12 +62,15 @@ def evaluate_split(cfg: RunConfig, model, tokenizer, kind: str, rows: list[dict]
                    else scorer.score(sources, summaries, golds))
     per_example = {"id": _ids(rows), "rougeLsum": rouge["rougeLsum"],
                    "factual_consistency": [100.0 * s for s in consistency],
-                   "hallucinated_facts": [float(c.n_unsupported) for c in checks]}
+                   "hallucinated_facts": [float(c.n_unsupported) for c in checks],
+                   "prior_trap_rate": [None if hit is None else 100.0 * hit
+                                       for hit in prior_trap_hits(checks, golds)]}
     metrics = {}
     for name in ("rougeL", "rougeLsum"):
         metrics |= _aggregate(f"{kind}/{name}", rouge[name], cfg)
     metrics |= _aggregate(f"{kind}/factual_consistency", consistency, cfg, 100.0)
     metrics |= _aggregate(f"{kind}/hallucinated_facts_per_summary", per_example["hallucinated_facts"], cfg)
+    metrics |= _aggregate(f"{kind}/prior_trap_rate", per_example["prior_trap_rate"], cfg)
     extra = {}
     if detector is not None:
         rate = factual_rate(detector, generations)
@@ -108,6 +120,8 @@ def evaluate_model(cfg: RunConfig, model_path: str | Path, data_dir: str | Path,
                                      cfg.eval.batch_size, cfg.eval.max_new_tokens, progress)
         result["metrics"] |= _aggregate("general/rougeL", general["rougeL"], cfg)
         result["metrics"] |= _aggregate("general/nll", general["nll"], cfg)
+        result["metrics"] |= {"general/ece": general["calibration"].ece,
+                              "general/overconfidence": general["calibration"].overconfidence}
         result["per_example"]["general"] = {"id": _ids(held_out),
                                             "rougeL": general["rougeL"], "nll": general["nll"]}
     if cfg.eval.lm_eval_tasks:
