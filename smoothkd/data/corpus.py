@@ -1,7 +1,8 @@
 """Embedded, generated "grounded news" corpus so the whole pipeline runs offline with tiny models.
 
-Every row is built from templates over a small closed vocabulary: short articles about company events
-(appointments, deals, results, openings, ...) naming people, organisations, cities, numbers and dates.
+Every row is built from templates over a small closed vocabulary (`smoothkd.data.corpus_tables`): short
+articles about company events (appointments, deals, results, openings, ...) naming people, organisations,
+cities, numbers and dates, each of which a tokenizer can hold as one token (`entity_tokens`).
 References only restate facts copied from their article, and every row carries its gold `facts`, so
 faithfulness can later be scored by exact string matching against `lexicon.json`.
 
