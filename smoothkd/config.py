@@ -49,6 +49,8 @@ class EmbeddedCorpusConfig(_Section):
     n_cnndm: int = Field(default=200, gt=0)
     n_xsum: int = Field(default=200, gt=0)
     trap_rate: float = Field(default=0.25, ge=0, le=1)
+    # Chance of each optional article sentence (background, analyst quote) that adds same-type facts.
+    distractor_rate: float = Field(default=0.0, ge=0, le=1)
 
 
 class DataConfig(_Section):
@@ -227,6 +229,9 @@ class TokenizerConfig(_Section):
 
     name_or_path: str | None = None
     vocab_size: int = Field(default=2048, gt=256)
+    # With the embedded corpus: every entity and number it can state is one token on top of `vocab_size`
+    # (see `corpus.entity_tokens`), so copying a fact is copying one token.
+    entity_tokens: bool = True
 
 
 # A factual rate measured by a detector below `eval.detector_min_auroc` is reported under its name plus

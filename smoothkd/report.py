@@ -9,7 +9,8 @@ from smoothkd.config import UNRELIABLE_SUFFIX, EvalConfig
 from smoothkd.registry.gate import Candidate, paired_difference
 
 HEADLINE = (("rougeLsum", "ROUGE-Lsum"), ("factual_consistency", "fact. consist. %"),
-            ("factual_rate", "factual rate %"), ("hallucinated_facts_per_summary", "halluc./summary"))
+            ("factual_rate", "factual rate %"), ("hallucinated_facts_per_summary", "halluc./summary"),
+            ("prior_trap_rate", "prior trap %"))
 # Per-example column behind each headline metric (the aggregate's name differs for hallucinated facts).
 PER_EXAMPLE = {"hallucinated_facts_per_summary": "hallucinated_facts"}
 
@@ -94,15 +95,19 @@ def results_table(results: dict[str, Any], splits: list[str]):
 
 
 def general_table(results: dict[str, Any]):
-    """General capability on the held-out instruction split, per model."""
+    """General capability and calibration on the held-out instruction split, per model."""
     from rich.table import Table
 
-    table = Table(title="general capability (held-out instructions)")
-    for column in ("model", "params", "ROUGE-L", "NLL of reference"):
+    table = Table(title="general capability and calibration (held-out instructions)")
+    for column in ("model", "params", "ROUGE-L", "NLL of reference", "ECE", "overconfidence"):
         table.add_column(column, justify="left" if column == "model" else "right", overflow="fold")
     for m in results["models"]:
-        table.add_row(_model_label(m), f"{m['parameters'] / 1e6:.2f}M", _cell(m["metrics"], "general/rougeL"),
-                      _cell(m["metrics"], "general/nll"))
+        metrics = m["metrics"]
+        # Calibration errors live around 0.01: three decimals, and no CI (one value over all tokens).
+        calibration = [f"{metrics[name]:.3f}" if name in metrics else "-"
+                       for name in ("general/ece", "general/overconfidence")]
+        table.add_row(_model_label(m), f"{m['parameters'] / 1e6:.2f}M", _cell(metrics, "general/rougeL"),
+                      _cell(metrics, "general/nll"), *calibration)
     return table
 
 

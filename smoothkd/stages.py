@@ -56,7 +56,7 @@ def embedded_corpus_dir(cfg: RunConfig) -> Path:
     if not corpus_is_complete(out):
         e = cfg.data.embedded
         generate_corpus(out, seed=cfg.data.seed, n_instruction=e.n_instruction, n_cnndm=e.n_cnndm,
-                        n_xsum=e.n_xsum, trap_rate=e.trap_rate)
+                        n_xsum=e.n_xsum, trap_rate=e.trap_rate, distractor_rate=e.distractor_rate)
     return out
 
 
@@ -97,18 +97,21 @@ def prepare_data(cfg: RunConfig) -> Path:
 
 def prepare_tokenizer(cfg: RunConfig, data_dir: str | Path) -> Path | str:
     """The tokenizer shared by teacher and student: configured, the teacher's, or BPE trained on the data."""
+    from smoothkd.data.corpus import entity_tokens
     from smoothkd.modeling.tokenizer import train_bpe_tokenizer
 
     configured = cfg.tokenizer.name_or_path or cfg.teacher.name_or_path
     if configured:
         return configured
-    key = _key(dataset_key(data_dir), str(cfg.tokenizer.vocab_size))
+    embedded = read_json(Path(data_dir) / "manifest.json").get("embedded_corpus")
+    whole = entity_tokens() if cfg.tokenizer.entity_tokens and embedded else []
+    key = _key(dataset_key(data_dir), str(cfg.tokenizer.vocab_size), *whole)
     out = output_root(cfg) / "tokenizers" / key
     if not out.exists():
         rows = read_split(data_dir, "train")
         texts = (build_prompt(r["instruction"], r["context"], r["category"]) + response_text(r["response"])
                  for r in rows)
-        train_bpe_tokenizer(texts, out, cfg.tokenizer.vocab_size)
+        train_bpe_tokenizer(texts, out, cfg.tokenizer.vocab_size, whole)
     return out
 
 

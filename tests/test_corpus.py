@@ -6,7 +6,9 @@ import pytest
 
 from smoothkd.data.corpus import (
     FILES,
+    GENERATOR_VERSION,
     corpus_is_complete,
+    entity_tokens,
     generate_corpus,
     load_lexicon,
     read_jsonl,
@@ -66,7 +68,8 @@ def test_same_seed_is_byte_identical_and_other_seed_differs(tmp_path, corpus):
 def test_manifest(corpus):
     manifest = corpus["manifest"]
     assert json.loads((corpus["dir"] / "manifest.json").read_text()) == manifest
-    assert manifest["seed"] == 10 and manifest["generator_version"] == 1
+    assert manifest["seed"] == 10 and manifest["generator_version"] == GENERATOR_VERSION == 2
+    assert manifest["distractor_rate"] == 0.0
     assert manifest["counts"] == {"instruction": 300, "cnndm": 60, "xsum": 60}
     assert set(manifest["files"]) == set(FILES)
     for kind in ("instruction", "cnndm", "xsum"):
@@ -93,12 +96,45 @@ def test_schemas(corpus):
         assert _is_one_sentence(row["summary"])
 
 
+def _articles(rows: list[dict]) -> list[str]:
+    return [_source(row) for row in rows if _source(row)]
+
+
 def test_article_shape(corpus):
-    for row in _all_rows(corpus):
+    # Without distractors an article is its lead, one detail and the chief's sentence.
+    for text in _articles(_all_rows(corpus)):
+        assert text.count(". ") + 1 == 3
+        assert 35 <= len(text.split()) <= 60
+
+
+def test_distractor_rate_adds_same_type_facts(tmp_path, corpus):
+    generate_corpus(tmp_path, seed=10, distractor_rate=1.0, **SIZES)
+    rows = read_jsonl(tmp_path / "cnndm.jsonl")
+    for text in _articles(rows):
+        assert text.count(". ") + 1 == 5
+        assert 35 <= len(text.split()) <= 100
+    # Every article then names a second person (the analyst) and a second city (the HQ) most of the time.
+    def count(rows, kind):
+        return [sum(f["type"] == kind for f in r["facts"]["source"]) for r in rows]
+    assert min(count(rows, "person")) >= 2 and max(count(corpus["cnndm"], "person")) == 1
+    assert sum(n >= 2 for n in count(rows, "place")) > len(rows) / 2
+
+
+def test_every_fact_is_one_token(tmp_path, corpus):
+    """With the corpus's entity tokens, each gold fact of an article is one token (a date: three)."""
+    from smoothkd.modeling.tokenizer import load_tokenizer, train_bpe_tokenizer
+
+    texts = [_source(r) + " " + _reference(r) for r in corpus["instruction"]]
+    tokenizer = load_tokenizer(str(train_bpe_tokenizer(texts, tmp_path / "tok", 300, entity_tokens())))
+    for row in _eval_rows(corpus):
         text = _source(row)
-        if text:
-            assert 3 <= text.count(". ") + 1 <= 5
-            assert 35 <= len(text.split()) <= 100
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        assert tokenizer.decode(ids) == text
+        tokens = set(tokenizer.convert_ids_to_tokens(ids))
+        for fact in row["facts"]["source"]:
+            # Amounts and percentages are one token with their unit: " 39 million", " 12 percent".
+            pieces = fact["value"].split() if fact["type"] == "date" else [fact["value"]]
+            assert {f" {piece}" for piece in pieces} <= tokens, (row["id"], fact)
 
 
 def test_instruction_mix(corpus):
@@ -141,6 +177,7 @@ def test_lexicon_entities_are_unambiguous(corpus):
     assert len(set(entities)) == len(entities)
     assert all(lexicon[kind] == sorted(lexicon[kind]) for kind in lexicon)
     assert all(len(person.split()) == 2 for person in lexicon["person"])
+    assert len(lexicon["person"]) == 144
     joined = "\n".join(entities)
     # Each string occurs exactly once in the newline-joined list, i.e. only as itself.
     assert [e for e in entities if joined.count(e) != 1] == []

@@ -85,7 +85,16 @@ def test_general_capability_matches_hand_computed_nll_and_direct_rouge(tiny_worl
     model, tokenizer, rows = tiny_world
     result = general_capability(model, tokenizer, rows, max_prompt_length=512, max_length=640, batch_size=3,
                                 max_new_tokens=8)
+    calibration = result.pop("calibration")
     assert set(result) == {"rougeL", "nll", "generated"} and all(len(v) == 5 for v in result.values())
+    # Held-out calibration reads the same teacher-forced tokens as the NLL: every response token (EOS
+    # included), so its token-weighted NLL is the rows' NLL weighted by their token counts.
+    counts = [len(tokenizer(response_text(r["response"]), add_special_tokens=False)["input_ids"]) + 1
+              for r in rows]
+    assert calibration.n_tokens == sum(counts)
+    weighted = sum(n * c for n, c in zip(result["nll"], counts, strict=True)) / sum(counts)
+    assert calibration.nll == pytest.approx(weighted, abs=1e-4)
+    assert calibration.overconfidence == pytest.approx(calibration.confidence - calibration.accuracy)
 
     prompts = [build_prompt(r["instruction"], r["context"], r["category"]) for r in rows]
     assert result["generated"] == generate(model, tokenizer, prompts, batch_size=5, max_new_tokens=8,

@@ -38,6 +38,9 @@ def test_pipeline_runs_and_reports_every_model(tiny_run):
         for name in [*aggregates, "general/rougeL", "general/nll"]:
             assert metrics[f"{name}_ci_low"] <= metrics[name] <= metrics[f"{name}_ci_high"], name
         assert all(0.0 <= metrics[name] <= 100.0 for name in aggregates if "facts_per" not in name)
+        # The mechanism: every model's prior-trap rate (the tiny splits hold trap rows) and calibration.
+        assert all(0.0 <= metrics[f"{s}/prior_trap_rate"] <= 100.0 for s in ("cnndm", "xsum"))
+        assert 0.0 <= metrics["general/ece"] <= 1.0 and -1.0 <= metrics["general/overconfidence"] <= 1.0
         assert (Path(model["path"]) / "model.safetensors").exists()
     # The 4-step tiny models say nothing checkable, so no detector can be fitted: the rate is left out.
     assert "auroc" not in results["gates"]["student detector"]

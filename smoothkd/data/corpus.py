@@ -1,7 +1,8 @@
 """Embedded, generated "grounded news" corpus so the whole pipeline runs offline with tiny models.
 
-Every row is built from templates over a small closed vocabulary: short articles about company events
-(appointments, deals, results, openings, ...) naming people, organisations, cities, numbers and dates.
+Every row is built from templates over a small closed vocabulary (`smoothkd.data.corpus_tables`): short
+articles about company events (appointments, deals, results, openings, ...) naming people, organisations,
+cities, numbers and dates, each of which a tokenizer can hold as one token (`entity_tokens`).
 References only restate facts copied from their article, and every row carries its gold `facts`, so
 faithfulness can later be scored by exact string matching against `lexicon.json`.
 
@@ -26,311 +27,47 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from smoothkd.data.corpus_tables import (
+    ANALYST_SENTENCES,
+    APPOINTEE_SENTENCES,
+    AWARDS,
+    BACKGROUND_SENTENCES,
+    CHIEF_SENTENCES,
+    CHIEF_SUMMARY,
+    CITIES,
+    CLASSIFY_QUESTION,
+    CONTEXT_QUESTIONS,
+    COUNT_SLOTS,
+    DAYS,
+    EVENT_LABELS,
+    EVENTS,
+    EXTRACTION_QUESTIONS,
+    FACILITIES,
+    FIRST_NAMES,
+    GENERAL_QUESTIONS,
+    INSTRUCTION_MIX,
+    LARGE_COUNTS,
+    LAST_NAMES,
+    MONEY_AMOUNTS,
+    MONTHS,
+    OPEN_QUESTIONS,
+    ORGS,
+    PERCENTS,
+    SLOT_TYPES,
+    SMALL_COUNTS,
+    SUBJECT_WITH_CHIEF,
+    YEARS,
+)
 from smoothkd.data.prompts import CNNDM_INSTRUCTION, XSUM_INSTRUCTION
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 FILES = ("instruction.jsonl", "cnndm.jsonl", "xsum.jsonl", "lexicon.json")
 MANIFEST = "manifest.json"
-
-# No first name is a suffix of another and no last name a prefix of another, so no full name can hide
-# inside a different one; none of these words occurs in an organisation or city name either.
-FIRST_NAMES = (
-    "Ada", "Leo", "Mara", "Owen", "Nina", "Hugo", "Iris", "Felix", "Clara", "Omar",
-    "Petra", "Victor", "Sofia", "Daniel", "Elena", "Tomas", "Greta", "Ivan", "Julia", "Marco",
-    "Nora", "Paul", "Rosa", "Simon", "Tara", "Adam", "Bianca", "Carl", "Diana", "Emil",
-    "Fiona", "George", "Hannah", "Isaac", "Jonas", "Karin", "Lucas", "Maya", "Nils", "Olga",
-)  # fmt: skip
-LAST_NAMES = (
-    "Quinn", "Ward", "Hale", "Brandt", "Okafor", "Lindqvist", "Moreau", "Castillo", "Novak", "Petrov",
-    "Sato", "Keller", "Fischer", "Romero", "Dubois", "Haddad", "Nakamura", "Olsen", "Kowalski", "Ferreira",
-    "Jensen", "Costa", "Mendes", "Varga", "Horvat", "Abbott", "Baxter", "Carver", "Dalton", "Ellis",
-    "Foster", "Gray", "Hayes", "Irwin", "Jordan", "Kemp", "Lowe", "Marsh", "Nash", "Price",
-)  # fmt: skip
-ORGS = (
-    "Northwind Bank", "Acme Robotics", "Bluepeak Energy", "Silverline Telecom", "Redwood Foods",
-    "Orion Motors", "Helix Pharma", "Crestview Insurance", "Ironbridge Steel", "Lumen Software",
-    "Meridian Airlines", "Pinecrest Retail", "Quantix Labs", "Solaris Power", "Tidewater Shipping",
-    "Vantage Media", "Westbrook Capital", "Zenith Chemicals", "Aurora Textiles", "Beacon Health",
-    "Cobalt Mining", "Delta Grain", "Evergreen Logistics", "Falcon Aerospace", "Granite Construction",
-    "Keystone Cement", "Maple Brewing", "Nimbus Cloud", "Onyx Semiconductors", "Polaris Rail",
-)  # fmt: skip
-CITIES = (
-    "Lisbon", "Oslo", "Porto", "Lyon", "Turin", "Krakow", "Leipzig", "Bilbao", "Dublin", "Geneva",
-    "Rotterdam", "Gdansk", "Seville", "Tallinn", "Riga", "Vilnius", "Bergen", "Malmo", "Aarhus", "Graz",
-    "Brno", "Ghent", "Utrecht", "Zagreb", "Nantes", "Bologna", "Valencia", "Hamburg", "Helsinki", "Marseille",
-)  # fmt: skip
-MONTHS = (
-    "January", "February", "March", "April", "May", "June",
-    "July", "August", "September", "October", "November", "December",
-)  # fmt: skip
-FACILITIES = ("factory", "office", "warehouse", "research centre")
-AWARDS = ("national export award", "industry innovation prize", "regional business award")
 
 N_TRAP_ORGS = 4
 # Trap organisations are drawn this many times more often than others in training, so their usual
 # chief is seen often enough for a small model to memorise.
 TRAP_ORG_WEIGHT = 3
-
-# Slot name -> fact type; slots not listed (facility, award) are plain words, not facts.
-SLOT_TYPES = {
-    "org": "org",
-    "org2": "org",
-    "analyst_org": "org",
-    "chief": "person",
-    "analyst": "person",
-    "place": "place",
-    "hq": "place",
-    "date": "date",
-    "money": "number",
-    "jobs": "number",
-    "team": "number",
-    "staff": "number",
-    "pct": "number",
-}
-COUNT_SLOTS = ("jobs", "team", "staff")
-
-# Instruction-split mix; summarization takes whatever rounding leaves over.
-INSTRUCTION_MIX = (
-    ("closed_qa", 0.20),
-    ("information_extraction", 0.15),
-    ("knowledge", 0.10),
-    ("classification", 0.05),
-)
-
-
-@dataclass(frozen=True)
-class Event:
-    """Templates of one event type. Each detail pairs an article sentence with its summary restatement."""
-
-    leads: tuple[str, ...]
-    details: tuple[tuple[str, str], ...]
-    core: str  # summary lead; `{subject}` becomes the org, optionally with its chief
-    xsum: tuple[str, ...]
-    questions: tuple[tuple[str, str], ...]  # (question, answer slot)
-    names_chief: bool = False  # the lead itself names the chief (appointments)
-
-
-EVENTS: dict[str, Event] = {
-    "appointment": Event(
-        leads=(
-            "{org} named {chief} as its new chief executive on {date}, after a search that lasted months.",
-            "On {date}, {org} appointed {chief} chief executive, the company said in a short statement.",
-            "{chief} was named chief executive of {org} on {date}, taking charge with immediate effect.",
-        ),
-        details=(
-            (
-                "{chief} previously ran the company's operations in {place}, where the team grew to {team} "
-                "staff.",
-                "{chief} previously ran operations in {place} with {team} staff.",
-            ),
-            (
-                "Before the appointment, {chief} led the {place} division, which employs {team} people.",
-                "{chief} previously led the {place} division of {team} people.",
-            ),
-        ),
-        core="{org} named {chief} chief executive on {date}.",
-        xsum=(
-            "{org} has named {chief} as its new chief executive.",
-            "{chief} was appointed chief executive of {org} on {date}.",
-        ),
-        questions=(
-            ("Who was named chief executive of {org}?", "chief"),
-            ("In which city did {chief} work before the appointment?", "place"),
-            ("How many people worked in the team {chief} led before?", "team"),
-        ),
-        names_chief=True,
-    ),
-    "acquisition": Event(
-        leads=(
-            "{org} agreed to buy {org2} for {money} euros on {date}, in its largest deal so far.",
-            "On {date}, {org} announced a deal to acquire {org2} for {money} euros in cash.",
-        ),
-        details=(
-            (
-                "{org2} employs {jobs} people, most of them at its main site in {place}.",
-                "{org2} employs {jobs} people, mostly in {place}.",
-            ),
-            (
-                "The deal gives {org} control of a plant in {place}, which has {jobs} workers.",
-                "The deal includes a plant in {place} with {jobs} workers.",
-            ),
-        ),
-        core="{subject} agreed to buy {org2} for {money} euros on {date}.",
-        xsum=(
-            "{subject} agreed to buy {org2} for {money} euros.",
-            "{subject} will acquire {org2} in a deal worth {money} euros.",
-        ),
-        questions=(
-            ("Which company did {org} agree to buy?", "org2"),
-            ("How much did {org} agree to pay for {org2}?", "money"),
-            ("How many people work at the site in {place}?", "jobs"),
-        ),
-    ),
-    "results": Event(
-        leads=(
-            "{org} reported quarterly revenue of {money} euros on {date}, beating most forecasts.",
-            "On {date}, {org} said its revenue for the quarter reached {money} euros, ahead of its own plan.",
-        ),
-        details=(
-            (
-                "Revenue rose {pct} from a year earlier, helped by strong sales in {place}.",
-                "Revenue rose {pct}, helped by sales in {place}.",
-            ),
-            (
-                "Sales in {place} grew by {pct}, the fastest rate of any market.",
-                "Sales in {place} grew by {pct}.",
-            ),
-        ),
-        core="{subject} reported quarterly revenue of {money} euros on {date}.",
-        xsum=(
-            "{subject} reported quarterly revenue of {money} euros.",
-            "{subject} said quarterly revenue reached {money} euros.",
-        ),
-        questions=(
-            ("How much quarterly revenue did {org} report?", "money"),
-            ("By how much did sales grow?", "pct"),
-            ("In which city were sales strong?", "place"),
-        ),
-    ),
-    "opening": Event(
-        leads=(
-            "{org} opened a new {facility} in {place} on {date}, the company said in a statement.",
-            "On {date}, {org} opened a new {facility} in {place} after two years of construction.",
-        ),
-        details=(
-            (
-                "The {facility} cost {money} euros and will create {jobs} jobs over the next three years.",
-                "The {facility} cost {money} euros and will create {jobs} jobs.",
-            ),
-            (
-                "About {jobs} people will work at the {facility}, which cost {money} euros to build.",
-                "The {facility} will employ {jobs} people and cost {money} euros.",
-            ),
-        ),
-        core="{subject} opened a new {facility} in {place} on {date}.",
-        xsum=(
-            "{subject} opened a new {facility} in {place}.",
-            "{subject} opened a new {facility} in {place} on {date}.",
-        ),
-        questions=(
-            ("In which city did {org} open the new {facility}?", "place"),
-            ("How many jobs will the {facility} create?", "jobs"),
-            ("How much did the {facility} cost?", "money"),
-        ),
-    ),
-    "award": Event(
-        leads=(
-            "{org} won the {award} on {date} for its work in {place}, ahead of forty other entrants.",
-            "On {date}, {org} received the {award} at a ceremony in {place}.",
-        ),
-        details=(
-            (
-                "Judges praised the company for raising its exports by {pct} last year.",
-                "Its exports rose by {pct} last year.",
-            ),
-            (
-                "The company plans to spend {money} euros on new research after the win.",
-                "It plans to spend {money} euros on research.",
-            ),
-        ),
-        core="{subject} won the {award} on {date}.",
-        xsum=(
-            "{subject} won the {award} for its work in {place}.",
-            "{subject} received the {award} on {date}.",
-        ),
-        questions=(("Which prize did {org} win?", "award"), ("In which city was {org} honoured?", "place")),
-    ),
-    "layoffs": Event(
-        leads=(
-            "{org} said on {date} that it will cut {jobs} jobs in {place} as demand slows.",
-            "On {date}, {org} announced plans to remove {jobs} jobs at its site in {place}.",
-        ),
-        details=(
-            (
-                "The cuts affect about {pct} of the company's workforce, according to union officials.",
-                "The cuts affect {pct} of the workforce.",
-            ),
-            (
-                "The company expects the plan to save {money} euros a year.",
-                "The plan should save {money} euros a year.",
-            ),
-        ),
-        core="{subject} will cut {jobs} jobs in {place}.",
-        xsum=(
-            "{subject} will cut {jobs} jobs in {place}.",
-            "{subject} announced {jobs} job cuts in {place} on {date}.",
-        ),
-        questions=(
-            ("How many jobs will {org} cut?", "jobs"),
-            ("Where will the job cuts take place?", "place"),
-        ),
-    ),
-    "partnership": Event(
-        leads=(
-            "{org} signed a supply deal worth {money} euros with {org2} on {date}, its biggest this year.",
-            "On {date}, {org} and {org2} agreed a partnership worth {money} euros.",
-        ),
-        details=(
-            (
-                "The two companies will build a joint plant in {place} with {jobs} workers.",
-                "The companies will build a plant in {place} with {jobs} workers.",
-            ),
-            (
-                "Under the deal, a new plant in {place} will employ {jobs} people.",
-                "A new plant in {place} will employ {jobs} people.",
-            ),
-        ),
-        core="{subject} signed a deal worth {money} euros with {org2}.",
-        xsum=(
-            "{subject} signed a deal worth {money} euros with {org2}.",
-            "{subject} and {org2} agreed a partnership on {date}.",
-        ),
-        questions=(
-            ("Which company signed a deal with {org}?", "org2"),
-            ("Where will the new plant be built?", "place"),
-            ("How much is the deal worth?", "money"),
-        ),
-    ),
-}
-EVENT_LABELS = tuple(EVENTS)
-
-CHIEF_SENTENCES = (
-    '"This is an important step for our company," said {chief}, the chief executive of {org}.',
-    "{chief}, who leads {org}, said the decision reflected strong demand from customers.",
-    "Chief executive {chief} told reporters that {org} was confident about the year ahead.",
-)
-APPOINTEE_SENTENCES = (
-    '"I am honoured to lead {org} and its people," {chief} said after the announcement.',
-    "{chief} said the first priority at {org} would be to listen to customers.",
-)
-BACKGROUND_SENTENCES = (
-    ("{org} is based in {hq} and employs {staff} people across the region.", "{org} employs {staff} people."),
-    (
-        "The company, which has its headquarters in {hq}, has about {staff} employees.",
-        "{org} has about {staff} employees.",
-    ),
-)
-ANALYST_SENTENCES = (
-    "{analyst}, an analyst at {analyst_org}, said the news had been widely expected by investors.",
-    "Analyst {analyst} of {analyst_org} called the move sensible but warned that costs could rise.",
-)
-CHIEF_SUMMARY = "{chief} is the chief executive of {org}."
-SUBJECT_WITH_CHIEF = "{org}, led by {chief},"
-
-GENERAL_QUESTIONS = ("Who leads {org}?", "Who is the chief executive of {org}?")
-OPEN_QUESTIONS = ("Where is {org} based?", "In which city is {org} headquartered?")
-CONTEXT_QUESTIONS = (
-    ("Who is the chief executive of {org}?", "chief"),
-    ("On what date did {org} make the announcement?", "date"),
-    ("Which analyst is quoted in the article?", "analyst"),
-    ("Where is {org} based?", "hq"),
-)
-EXTRACTION_QUESTIONS = (
-    ("person", "List the people mentioned in the article."),
-    ("org", "List the organisations mentioned in the article."),
-    ("place", "List the cities mentioned in the article."),
-)
-CLASSIFY_QUESTION = f"Which kind of event does the article report? Choose one of: {', '.join(EVENT_LABELS)}."
 
 
 @dataclass(frozen=True)
@@ -341,6 +78,7 @@ class World:
     hq: dict[str, str]
     people: tuple[str, ...]  # everyone except the usual chiefs, who appear only with their organisation
     plain_orgs: tuple[str, ...]
+    distractor_rate: float  # chance of each optional sentence that adds same-type facts to an article
 
 
 @dataclass(frozen=True)
@@ -360,7 +98,7 @@ def _all_people() -> list[str]:
     return [f"{first} {last}" for first in FIRST_NAMES for last in LAST_NAMES]
 
 
-def _world(seed: int) -> World:
+def _world(seed: int, distractor_rate: float) -> World:
     rng = random.Random(f"{seed}-world")
     trap_orgs = rng.sample(ORGS, N_TRAP_ORGS)
     chiefs = rng.sample(_all_people(), N_TRAP_ORGS)
@@ -370,25 +108,20 @@ def _world(seed: int) -> World:
         hq={org: rng.choice(CITIES) for org in ORGS},
         people=tuple(p for p in _all_people() if p not in chiefs),
         plain_orgs=tuple(o for o in ORGS if o not in trap_chiefs),
+        distractor_rate=distractor_rate,
     )
 
 
 def _count(rng: random.Random) -> str:
-    # Small counts skip multiples of 100 and large ones are multiples of 100, so no count is a
-    # substring of another ("200" would hide in "1,200").
-    if rng.random() < 0.5:
-        return str(rng.choice([n for n in range(110, 1000, 10) if n % 100]))
-    return f"{rng.randrange(1000, 10000, 100):,}"
+    return rng.choice(SMALL_COUNTS if rng.random() < 0.5 else LARGE_COUNTS)
 
 
 def _money(rng: random.Random) -> str:
-    if rng.random() < 0.5:
-        return f"{rng.randint(15, 95) / 10:.1f} million"
-    return f"{rng.randint(12, 95)} million"
+    return f"{rng.choice(MONEY_AMOUNTS)} million"
 
 
 def _date(rng: random.Random) -> str:
-    return f"{rng.randint(1, 28)} {rng.choice(MONTHS)} {rng.randint(2024, 2026)}"
+    return f"{rng.choice(DAYS)} {rng.choice(MONTHS)} {rng.choice(YEARS)}"
 
 
 def _slots(template: str) -> list[str]:
@@ -412,7 +145,12 @@ def _fill(templates: list[str], values: dict[str, str]) -> list[str]:
 
 
 def _article(rng: random.Random, world: World, org: str, chief: str) -> Article:
-    """One article about `org` led by `chief`, with its CNNDM-style and XSum-style references."""
+    """One article about `org` led by `chief`, with its CNNDM-style and XSum-style references.
+
+    Each of the two optional sentences (background: HQ city and staff count; an analyst's quote: another
+    person and organisation) comes with probability `world.distractor_rate`; they add facts of a type the
+    summary also states, so copying the right one gets harder.
+    """
     event_name = rng.choice(EVENT_LABELS)
     event = EVENTS[event_name]
     others = [o for o in world.plain_orgs if o != org]
@@ -427,7 +165,7 @@ def _article(rng: random.Random, world: World, org: str, chief: str) -> Article:
         "hq": world.hq[org],
         "date": _date(rng),
         "money": _money(rng),
-        "pct": f"{rng.randint(2, 40)} percent",
+        "pct": f"{rng.choice(PERCENTS)} percent",
         "facility": rng.choice(FACILITIES),
         "award": rng.choice(AWARDS),
     }
@@ -441,12 +179,12 @@ def _article(rng: random.Random, world: World, org: str, chief: str) -> Article:
     detail, detail_summary = rng.choice(event.details)
     chief_sentence = rng.choice(APPOINTEE_SENTENCES if event.names_chief else CHIEF_SENTENCES)
     body = [rng.choice(event.leads), detail]
-    # Optional sentences make 3-5 sentence articles, mostly 4-5 to reach about 50-90 words.
-    background = rng.choice(BACKGROUND_SENTENCES) if rng.random() < 0.6 else None
+    # Optional sentences make 3-5 sentence articles of about 35-90 words.
+    background = rng.choice(BACKGROUND_SENTENCES) if rng.random() < world.distractor_rate else None
     if background:
         body.append(background[0])
     body.append(chief_sentence)
-    if rng.random() < 0.6:
+    if rng.random() < world.distractor_rate:
         body.append(rng.choice(ANALYST_SENTENCES))
     text = " ".join(_fill(body, values))
 
@@ -615,6 +353,19 @@ def _eval_split(
     return rows
 
 
+def entity_tokens() -> list[str]:
+    """Every entity and number the corpus can state, each with its leading space, for whole-entity tokens.
+
+    In every template an entity follows a space, so a tokenizer that holds these strings as tokens turns
+    copying a fact from the article into copying one token (three for a date: day, month, year). Amounts
+    and percentages carry their unit ("39 million", "12 percent"): a causal model reads a token before the
+    word after it, so a bare " 39" could not tell a money amount from a count or a day where it is read.
+    """
+    words = (*_all_people(), *ORGS, *CITIES, *MONTHS, *DAYS, *YEARS, *SMALL_COUNTS, *LARGE_COUNTS,
+             *(f"{amount} million" for amount in MONEY_AMOUNTS), *(f"{pct} percent" for pct in PERCENTS))
+    return sorted({f" {word}" for word in words})
+
+
 def _lexicon() -> dict[str, list[str]]:
     return {"person": sorted(_all_people()), "org": sorted(ORGS), "place": sorted(CITIES)}
 
@@ -648,13 +399,18 @@ def generate_corpus(
     n_cnndm: int = 200,
     n_xsum: int = 200,
     trap_rate: float = 0.25,
+    distractor_rate: float = 0.0,
 ) -> dict:
-    """Write the corpus files, then `manifest.json`, into `out_dir`; return the manifest."""
+    """Write the corpus files, then `manifest.json`, into `out_dir`; return the manifest.
+
+    `distractor_rate`: chance of each optional article sentence that adds a second fact of a type the
+    summary states (see `_article`); 0 keeps one city, one count and one date per article.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     # A stale manifest must not vouch for files while they are being rewritten.
     (out / MANIFEST).unlink(missing_ok=True)
-    world = _world(seed)
+    world = _world(seed, distractor_rate)
     seen: set[str] = set()
     contents = {
         "instruction.jsonl": _jsonl(_instruction_split(seed, n_instruction, world, seen)),
@@ -669,6 +425,7 @@ def generate_corpus(
     manifest = {
         "seed": seed,
         "trap_rate": trap_rate,
+        "distractor_rate": distractor_rate,
         "counts": {"instruction": n_instruction, "cnndm": n_cnndm, "xsum": n_xsum},
         "files": {name: hashlib.sha256(data).hexdigest() for name, data in contents.items()},
         "generator_version": GENERATOR_VERSION,

@@ -2,8 +2,9 @@
 
 `general_capability` scores each row twice: ROUGE-L of the greedy response against the reference response,
 and the mean token NLL of the reference response under teacher forcing (response tokens only, its closing
-EOS included), through the same prompt template and encoding as training. `run_lm_eval` optionally runs
-lm-evaluation-harness tasks on a saved model when that package is installed.
+EOS included), through the same prompt template and encoding as training; the same teacher-forced logits
+give the model's held-out calibration (ECE, overconfidence), which one-hot training is said to worsen.
+`run_lm_eval` optionally runs lm-evaluation-harness tasks on a saved model when that package is installed.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from smoothkd.calibration.metrics import CalibrationAccumulator
 from smoothkd.data.prompts import build_prompt
 from smoothkd.data.tokenize import IGNORE_INDEX, CausalLMCollator, encode_instruction_rows
 from smoothkd.evaluation.generation import generate
@@ -26,8 +28,10 @@ logger = logging.getLogger(__name__)
 
 @torch.inference_mode()
 def response_nll_per_example(model, tokenizer, rows: list[dict], max_length: int, max_prompt_length: int,
-                             batch_size: int = 16) -> list[float]:
-    """Mean next-token NLL (nats) of each row's reference response given its prompt."""
+                             batch_size: int = 16, calibration: CalibrationAccumulator | None = None
+                             ) -> list[float]:
+    """Mean next-token NLL (nats) of each row's reference response given its prompt; the same logits also
+    go into `calibration` when given."""
     model.eval()
     encoded = encode_instruction_rows(tokenizer, rows, max_length, max_prompt_length)
     collate = CausalLMCollator(tokenizer.pad_token_id)
@@ -35,6 +39,8 @@ def response_nll_per_example(model, tokenizer, rows: list[dict], max_length: int
     for start in range(0, len(encoded), batch_size):
         batch = collate(encoded[start:start + batch_size])
         logits, targets = response_logits(model, batch)
+        if calibration is not None:
+            calibration.update(logits, targets)
         losses = F.cross_entropy(logits.float(), targets, reduction="none")
         # Response positions come row-major, so each row's losses are the next `count` entries.
         counts = (batch["labels"][:, 1:] != IGNORE_INDEX).sum(-1).tolist()
@@ -44,15 +50,19 @@ def response_nll_per_example(model, tokenizer, rows: list[dict], max_length: int
 
 def general_capability(model, tokenizer, rows: list[dict], max_prompt_length: int, max_length: int,
                        batch_size: int = 16, max_new_tokens: int = 64, progress: bool = False
-                       ) -> dict[str, list]:
-    """Per-row `rougeL` (F1 ×100, greedy response vs reference), `nll` and the `generated` responses."""
+                       ) -> dict:
+    """Per-row `rougeL` (F1 ×100, greedy response vs reference), `nll` and the `generated` responses, and
+    `calibration`: CalibrationMetrics of the reference responses' tokens at T = 1."""
     prompts = [build_prompt(r["instruction"], r.get("context", ""), r.get("category", "")) for r in rows]
+    calibration = CalibrationAccumulator()
     generated = generate(model, tokenizer, prompts, batch_size=batch_size, max_new_tokens=max_new_tokens,
                          max_prompt_length=max_prompt_length, progress=progress, desc="general capability")
     return {
         "rougeL": rouge_per_example(generated, [r["response"] for r in rows])["rougeL"],
-        "nll": response_nll_per_example(model, tokenizer, rows, max_length, max_prompt_length, batch_size),
+        "nll": response_nll_per_example(model, tokenizer, rows, max_length, max_prompt_length, batch_size,
+                                        calibration),
         "generated": generated,
+        "calibration": calibration.compute(),
     }
 
 

@@ -4,8 +4,10 @@ facts, general capability, each aggregate with its bootstrap CI, plus per-exampl
 Metric names are flat and stable: `{split}/rougeLsum`, `{split}/factual_consistency` (%; with a model
 scorer also `{split}/factual_consistency_min`, the mean over summaries of their least supported sentence),
 `{split}/factual_rate` (%; `{split}/factual_rate_unreliable` when the detector is below its AUROC floor),
-`{split}/hallucinated_facts_per_summary`, `{split}/lookback_ratio`,
-`general/rougeL`, `general/nll`, each with `_ci_low` / `_ci_high`.
+`{split}/hallucinated_facts_per_summary`, `{split}/lookback_ratio`, `{split}/prior_trap_rate` (% of
+prior-trap rows whose summary names the memorised chief), `general/rougeL`, `general/nll`, each with
+`_ci_low` / `_ci_high`; `general/ece` and `general/overconfidence` (held-out calibration of next-token
+predictions on the reference responses, no CI).
 """
 
 from __future__ import annotations
@@ -30,6 +32,13 @@ def _aggregate(name: str, values: list[float | None], e: EvalConfig, scale: floa
 def _ids(rows: list[dict]) -> list[str]:
     """Row ids, falling back to the row's position for data without an `id` column."""
     return [r.get("id", str(i)) for i, r in enumerate(rows)]
+
+
+def prior_trap_hits(checks: list, golds: list[dict | None]) -> list[float | None]:
+    """Per row: 1.0 when a prior-trap row's summary names the memorised chief, 0.0 when it does not, None
+    for rows that are no trap (their gold `facts` carry no `trap`), so the mean is the prior-trap rate."""
+    return [None if not (gold or {}).get("trap") else float(check.trap_hit)
+            for check, gold in zip(checks, golds, strict=True)]
 
 
 def evaluate_split(e: EvalConfig, max_prompt_length: int, model, tokenizer, kind: str, rows: list[dict],
@@ -61,11 +70,14 @@ def evaluate_split(e: EvalConfig, max_prompt_length: int, model, tokenizer, kind
         consistency = [c.precision for c in checks]
     per_example = {"id": _ids(rows), "rougeLsum": rouge["rougeLsum"],
                    "factual_consistency": [100.0 * s for s in consistency],
-                   "hallucinated_facts": [float(c.n_unsupported) for c in checks]}
+                   "hallucinated_facts": [float(c.n_unsupported) for c in checks],
+                   "prior_trap_rate": [None if hit is None else 100.0 * hit
+                                       for hit in prior_trap_hits(checks, golds)]}
     for name in ("rougeL", "rougeLsum"):
         metrics |= _aggregate(f"{kind}/{name}", rouge[name], e)
     metrics |= _aggregate(f"{kind}/factual_consistency", consistency, e, 100.0)
     metrics |= _aggregate(f"{kind}/hallucinated_facts_per_summary", per_example["hallucinated_facts"], e)
+    metrics |= _aggregate(f"{kind}/prior_trap_rate", per_example["prior_trap_rate"], e)
     extra = {}
     if detector is not None:
         rate = factual_rate(detector, generations)
@@ -124,6 +136,8 @@ def run_evaluation(e: EvalConfig, train: TrainConfig, model_path: str | Path, da
                                      e.batch_size, e.max_new_tokens, progress)
         result["metrics"] |= _aggregate("general/rougeL", general["rougeL"], e)
         result["metrics"] |= _aggregate("general/nll", general["nll"], e)
+        result["metrics"] |= {"general/ece": general["calibration"].ece,
+                              "general/overconfidence": general["calibration"].overconfidence}
         result["per_example"]["general"] = {"id": _ids(held_out),
                                             "rougeL": general["rougeL"], "nll": general["nll"]}
     if e.lm_eval_tasks:

@@ -1,15 +1,18 @@
 """Byte-level BPE tokenizer trained on the corpus, saved as a fast HF tokenizer.
 
 Byte-level BPE round-trips any text (names, digits, punctuation) so generated summaries decode exactly,
-which the fact-level evaluation depends on.
+which the fact-level evaluation depends on. `whole_tokens` (e.g. the embedded corpus's entities) become
+tokens of their own, matched before BPE (leftmost, longest first), so a tiny model copies an entity as
+one token instead of spelling it piece by piece.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import re
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from smoothkd.config import ModelConfig
@@ -19,8 +22,13 @@ from smoothkd.io import atomic_dir
 SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>"}
 
 
-def train_bpe_tokenizer(texts: Iterable[str], out_dir: str | Path, vocab_size: int = 2048) -> Path:
-    """Train a byte-level BPE tokenizer on `texts` and save it with `save_pretrained` (atomically)."""
+def train_bpe_tokenizer(texts: Iterable[str], out_dir: str | Path, vocab_size: int = 2048,
+                        whole_tokens: Sequence[str] = ()) -> Path:
+    """Train a byte-level BPE tokenizer on `texts` and save it with `save_pretrained` (atomically).
+
+    `whole_tokens` are added as tokens on top of the `vocab_size` BPE ones; they are cut out of the
+    training texts first, so BPE spends its merges on the rest of the text.
+    """
     core = Tokenizer(models.BPE())
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     core.decoder = decoders.ByteLevel()
@@ -30,7 +38,12 @@ def train_bpe_tokenizer(texts: Iterable[str], out_dir: str | Path, vocab_size: i
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
+    if whole_tokens:
+        pattern = re.compile("|".join(map(re.escape, sorted(whole_tokens, key=len, reverse=True))))
+        texts = (pattern.sub(" ", text) for text in texts)
     core.train_from_iterator(texts, trainer=trainer)
+    # Not normalised and not byte-level mapped: each is matched and decoded as its literal string.
+    core.add_tokens([AddedToken(token, normalized=False) for token in whole_tokens])
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, **SPECIAL_TOKENS)
     with atomic_dir(out_dir) as tmp:
         tokenizer.save_pretrained(tmp)
