@@ -204,23 +204,27 @@ def _world() -> tuple[int, int]:
 
 
 @torch.inference_mode()
-def _teacher_topk(model, batch: dict[str, torch.Tensor], spec: LabelSpec
+def _teacher_topk(model, batch: dict[str, torch.Tensor], spec: LabelSpec, vocab_size: int
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     selected, _ = response_logits(model, batch)
+    # Embedding rows past the tokenizer are padding: no stored id may be one the student cannot index.
+    selected = selected[..., :vocab_size]
     logp = torch.log_softmax(selected.float() / spec.temperature, dim=-1)
     values, ids = logp.topk(spec.top_k, dim=-1)
     return ids.cpu(), values.cpu()
 
 
 def precompute_labels(model, examples: list[dict], root: str | Path, spec: LabelSpec, identity: dict,
-                      pad_token_id: int, batch_size: int = 16, progress: bool = True) -> PrecomputeResult:
+                      pad_token_id: int, batch_size: int = 16, progress: bool = True,
+                      vocab_size: int | None = None) -> PrecomputeResult:
     """Run the teacher once over `examples` and store its top-k labels (reused when already stored).
 
     `identity` names what determines the labels (teacher, tokenizer); the examples' own hash is added.
     In a distributed world every rank calls this and computes its share of the shards; the result's
-    `teacher_forward_passes` counts all ranks' passes.
+    `teacher_forward_passes` counts all ranks' passes. `vocab_size` (the shared tokenizer's length) cuts
+    the teacher's logits to the ids the student can index; None keeps all of the teacher's.
     """
-    vocab_size = model.config.vocab_size
+    vocab_size = vocab_size or model.config.vocab_size
     if spec.top_k > vocab_size:
         raise ValueError(f"distill.top_k={spec.top_k} exceeds the teacher vocabulary ({vocab_size})")
     data_hash = examples_hash(examples)
@@ -248,7 +252,8 @@ def precompute_labels(model, examples: list[dict], root: str | Path, spec: Label
         chunk = examples[s * spec.shard_size:(s + 1) * spec.shard_size]
         ids, logp = [], []
         for b in range(0, len(chunk), batch_size):
-            batch_ids, batch_logp = _teacher_topk(model, collate(chunk[b:b + batch_size]), spec)
+            batch_ids, batch_logp = _teacher_topk(model, collate(chunk[b:b + batch_size]), spec,
+                                                  vocab_size)
             passes += 1
             ids.append(batch_ids)
             logp.append(batch_logp)

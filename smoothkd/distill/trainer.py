@@ -21,12 +21,14 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from smoothkd.config import DistillConfig, LoraSettings, TrainConfig
 from smoothkd.data.tokenize import CausalLMCollator, select_response
 from smoothkd.distill.labels import LabelStore
 from smoothkd.distill.losses import dense_kd_loss, mixed_loss, sparse_kd_loss
-from smoothkd.errors import NonFiniteLossError
+from smoothkd.distill.progress import TrainProgress
+from smoothkd.errors import IncompatibleModelsError, NonFiniteLossError
 from smoothkd.io import atomic_dir
 from smoothkd.modeling.models import response_logits
 
@@ -79,12 +81,15 @@ class EpochPermutationSampler(torch.utils.data.Sampler):
 class DistillTrainer(Trainer):
     """HF Trainer computing (1 − α)·NLL + α·KD on response tokens; α = 0 is plain SFT."""
 
+    # compute_loss scales for accumulation on both paths (see there): the Trainer must not divide again.
     loss_is_scaled_for_ga = True
 
     def __init__(self, *args, distill: DistillConfig | None = None, alpha: float = 0.0, teacher=None,
-                 **kwargs):
+                 vocab_size: int | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.distill, self.alpha, self.teacher = distill or DistillConfig(), alpha, teacher
+        # The shared tokenizer's length: embedding rows past it (padded vocabularies) are never compared.
+        self.vocab_size = vocab_size
         if self.teacher is not None:
             # The Trainer has put the student on this rank's device by now; the teacher joins it.
             self.teacher.to(self.args.device).eval().requires_grad_(False)
@@ -100,6 +105,7 @@ class DistillTrainer(Trainer):
         if self.teacher is not None:
             with torch.no_grad():
                 teacher_logits, _ = response_logits(self.teacher, inputs)
+            teacher_logits = teacher_logits[..., :self.vocab_size]
 
         def chunk_loss(start: int, student):
             end = start + student.shape[0]
@@ -108,8 +114,9 @@ class DistillTrainer(Trainer):
             # At T = 1 the KD term reuses the NLL's log-softmax instead of computing it again.
             logp_t = logp if d.temperature == 1.0 else None
             if self.teacher is not None:
-                kd = dense_kd_loss(student, teacher_logits[start:end], d.temperature, d.divergence,
-                                   d.jsd_beta, student_logp=logp_t)
+                shared = student[..., :teacher_logits.shape[-1]]
+                kd = dense_kd_loss(shared, teacher_logits[start:end], d.temperature, d.divergence,
+                                   d.jsd_beta, student_logp=logp_t if shared.shape == student.shape else None)
             else:
                 kd = sparse_kd_loss(student, inputs["kd_ids"][start:end], inputs["kd_logp"][start:end],
                                     inputs["kd_tail"][start:end], d.temperature, d.divergence, d.jsd_beta,
@@ -132,7 +139,10 @@ class DistillTrainer(Trainer):
             nll_sum, kd_sum, count = self._kd_sums(outputs.logits, inputs)
             total = mixed_loss(nll_sum, kd_sum, self.alpha)
         if num_items_in_batch is None:
-            loss = total / count.clamp(min=1)
+            # The Trainer counts the accumulated batch only for models whose forward takes loss kwargs;
+            # without that count each micro-batch's mean is one of the window's equal parts.
+            steps = getattr(self, "current_gradient_accumulation_steps", 1)
+            loss = total / count.clamp(min=1) / steps
         else:
             # num_items_in_batch counts the whole accumulated (and, across ranks, gathered) batch; DDP
             # averages gradients over ranks, so scale back up to keep a per-token mean.
@@ -256,15 +266,16 @@ def _save(trainer: Trainer, tokenizer, output_dir: Path, merge_lora: bool) -> No
 def finetune(model, tokenizer, examples: list[dict], cfg: TrainConfig, output_dir: str | Path,
              device: str = "auto", alpha: float = 0.0, distill: DistillConfig | None = None,
              label_store: LabelStore | None = None, teacher=None, work_dir: str | Path | None = None,
-             callbacks: list[TrainerCallback] | None = None, lora: LoraSettings | None = None
-             ) -> TrainResult:
+             callbacks: list[TrainerCallback] | None = None, lora: LoraSettings | None = None,
+             desc: str = "train") -> TrainResult:
     """Finetune `model` on encoded examples, then save weights and tokenizer atomically to `output_dir`.
 
     α > 0 needs either `label_store` (stored teacher labels, one entry per example, in order) or `teacher`
     (online mode). Checkpoints go to `work_dir` every `cfg.checkpoint_every` steps; when it already holds
     one, training resumes from it. `work_dir` is removed once the model is saved. With `lora.enabled` only
     adapters train and `model` ends up holding the merged weights that are saved. Under torchrun or
-    `accelerate launch` every rank calls this; only the main process writes.
+    `accelerate launch` every rank calls this; only the main process writes. Progress shows as one bar
+    named `desc`.
     """
     if alpha > 0 and label_store is None and teacher is None:
         raise ValueError("alpha > 0 needs stored teacher labels or an online teacher")
@@ -273,6 +284,11 @@ def finetune(model, tokenizer, examples: list[dict], cfg: TrainConfig, output_di
     output_dir = Path(output_dir)
     work_dir = Path(work_dir) if work_dir else output_dir.parent / f".{output_dir.name}.work"
     store = label_store if alpha > 0 and teacher is None else None
+    rows = model.get_input_embeddings().num_embeddings
+    if store is not None and store.manifest["vocab_size"] > rows:
+        vocab = store.manifest["vocab_size"]
+        raise IncompatibleModelsError(f"label store {store.path} holds ids of a {vocab}-token vocabulary, "
+                                      f"beyond the student's {rows} embedding rows: recompute the labels")
     use_lora = lora is not None and lora.enabled
     if use_lora:
         torch.manual_seed(cfg.seed)  # adapters are initialised randomly: seeded, a rerun is the same run
@@ -286,7 +302,11 @@ def finetune(model, tokenizer, examples: list[dict], cfg: TrainConfig, output_di
         distill=distill,
         alpha=alpha,
         teacher=teacher,
+        vocab_size=len(tokenizer),
     )
+    for default in (ProgressCallback, PrinterCallback):  # they print raw log dicts; TrainProgress does not
+        trainer.remove_callback(default)
+    trainer.add_callback(TrainProgress(desc))
     resume = any(work_dir.glob("checkpoint-*"))
     start = time.perf_counter()
     state = trainer.train(resume_from_checkpoint=True if resume else None)

@@ -35,7 +35,8 @@ def response_nll_per_example(model, tokenizer, rows: list[dict], max_length: int
     for start in range(0, len(encoded), batch_size):
         batch = collate(encoded[start:start + batch_size])
         logits, targets = response_logits(model, batch)
-        losses = F.cross_entropy(logits.float(), targets, reduction="none")
+        # Over the tokenizer's ids, as calibration measures the teacher: padded rows are no outcome.
+        losses = F.cross_entropy(logits[..., :len(tokenizer)].float(), targets, reduction="none")
         # Response positions come row-major, so each row's losses are the next `count` entries.
         counts = (batch["labels"][:, 1:] != IGNORE_INDEX).sum(-1).tolist()
         nll += [chunk.mean().item() for chunk in losses.split(counts)]
