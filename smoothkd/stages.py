@@ -208,7 +208,7 @@ def _finetune(cfg: RunConfig, section: str, role: str, tokenizer_ref, data_dir, 
     parameters = count_parameters(model)  # before LoRA adds adapters or FSDP shards the weights
     result = finetune(model, tokenizer, _train_examples(tokenizer, data_dir, train_cfg), train_cfg, out,
                       device=cfg.device, alpha=alpha, distill=distill, label_store=store, teacher=teacher,
-                      work_dir=work_dir, lora=model_cfg.lora)
+                      work_dir=work_dir, lora=model_cfg.lora, desc=f"train {role}")
     artifact = ModelArtifact(
         path=str(out), role=role, parameters=parameters, train_steps=result.steps,
         train_seconds=result.seconds, train_tokens_per_second=result.tokens_per_second,
@@ -275,11 +275,12 @@ def teacher_labels(cfg: RunConfig, data_dir: str | Path, tokenizer_ref: str | Pa
     identity = {
         "teacher": model_identity(teacher_path),
         "tokenizer": directory_identity(tokenizer_ref, ("tokenizer.json", "tokenizer_config.json")),
+        "vocab_size": len(tokenizer),  # teacher logits cut to the shared vocabulary
     }
     model = load_causal_lm(teacher_path, cfg.teacher).to(resolve_device(cfg.device))
     examples = _train_examples(tokenizer, data_dir, cfg.student.train)
     return precompute_labels(model, examples, output_root(cfg) / "labels", spec, identity,
-                             tokenizer.pad_token_id, d.precompute_batch_size, progress)
+                             tokenizer.pad_token_id, d.precompute_batch_size, progress, len(tokenizer))
 
 
 def student_name(alpha: float) -> str:
@@ -420,8 +421,12 @@ def resolve_model_ref(cfg: RunConfig, ref: str) -> Path:
     from smoothkd.errors import EvaluationModelError
 
     if not ref.startswith("models:/"):
-        if not (Path(ref) / "config.json").exists():
-            raise EvaluationModelError(f"--model {ref}: not a model directory (no config.json)")
+        from smoothkd.modeling.compat import check_model_ref
+
+        if not Path(ref).is_dir():
+            raise EvaluationModelError(f"--model {ref}: not a model directory; give a directory written by "
+                                       "save_pretrained or models:/NAME@ALIAS")
+        check_model_ref("--model", ref)  # config.json, safetensors weights, no remote code
         return Path(ref)
     uri = tracking_uri(cfg)
     client = mlflow.MlflowClient(uri)
