@@ -44,7 +44,7 @@ def status_line(record: logging.LogRecord) -> str | None:
 
 
 class StatusHandler(logging.Handler):
-    """Writes `status_line`s to the console stream it was given (stdout by default)."""
+    """Writes `status_line`s to the console stream it was given (stderr by default)."""
 
     def __init__(self, stream=None):
         super().__init__(logging.INFO)
@@ -53,7 +53,7 @@ class StatusHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         line = status_line(record)
         if line is not None:
-            stream = self.stream or sys.__stdout__
+            stream = self.stream or sys.stderr  # beside the progress bars; stdout keeps results (--json)
             stream.write(line + "\n")
             stream.flush()
 
@@ -92,14 +92,18 @@ def quiet_console(log_file: Path, zenml: bool = False) -> Path:
         import zenml as _  # noqa: F401  (its import installs the handlers replaced below)
     root = logging.getLogger()
     # ZenML's own console handler writes every record to stdout; its log-store handler stays (step logs).
+    # A second call in one process (tests) replaces the first one's file and status handlers.
     for handler in list(root.handlers):
-        if type(handler).__name__ == "ZenMLConsoleHandler" or (
+        if type(handler).__name__ == "ZenMLConsoleHandler" or getattr(handler, "quiet_console", False) or (
                 type(handler) is logging.StreamHandler and handler.stream in (sys.stdout, sys.stderr)):
             root.removeHandler(handler)
+            if isinstance(handler, logging.FileHandler):
+                handler.close()
     file_handler = logging.FileHandler(log_file, encoding="utf-8")
     file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root.addHandler(file_handler)
-    root.addHandler(StatusHandler())
+    for handler in (file_handler, StatusHandler()):
+        handler.quiet_console = True
+        root.addHandler(handler)
     if root.level == logging.NOTSET or root.level > logging.INFO:
         root.setLevel(logging.INFO)
     logging.captureWarnings(True)

@@ -260,11 +260,13 @@ def preflight(cfg: RunConfig) -> Compatibility | None:
     Run before the pipeline starts, in seconds. A tokenizer trained from the data is checked by the
     pipeline's tokenizer step instead, still before the teacher trains; None is returned then.
     """
+    for section in ("teacher", "student"):  # the references first: a bad one is the first thing to fix
+        if getattr(cfg, section).name_or_path:
+            model_config(section, getattr(cfg, section))
     source = tokenizer_source(cfg)
     if source is not None:
         return check_run_models(cfg, source[1])
     if cfg.student.name_or_path:
-        model_config("student", cfg.student)
         raise IncompatibleModelsError(
             "student.name_or_path is set but the teacher is built from scratch on a tokenizer trained on the "
             f"data: set tokenizer.name_or_path to {cfg.student.name_or_path} (the student's tokenizer)")
