@@ -86,13 +86,6 @@ def _console(cfg, command: str, verbose: bool, zenml: bool = False) -> Path | No
     return log
 
 
-def _preflight(cfg) -> None:
-    """Model references and teacher/student/tokenizer compatibility, from configs only (seconds)."""
-    from smoothkd.modeling.compat import preflight
-
-    preflight(cfg)
-
-
 @app.command()
 def run(config: ConfigArg, set_: SetOpt = None, verbose: VerboseOpt = False) -> None:
     """Run the distill pipeline (ZenML, MLflow tracking) for CONFIG."""
@@ -283,11 +276,12 @@ def data_validate(config: ConfigArg, set_: SetOpt = None, verbose: VerboseOpt = 
     from rich.console import Console
 
     with _one_line_errors(log, verbose):
+        from smoothkd.modeling.compat import preflight
         from smoothkd.stages import prepare_data
         from smoothkd.validation.report import validation_table
         from smoothkd.validation.validate import validate_dataset
 
-        _preflight(cfg)  # token counts use the run's tokenizer: the teacher's, when configured
+        preflight(cfg)  # token counts use the run's tokenizer: the teacher's, when configured
         report = validate_dataset(cfg, prepare_data(cfg))
     console = Console()
     console.print(validation_table(report))
@@ -305,13 +299,14 @@ def teacher_check(config: ConfigArg, set_: SetOpt = None, verbose: VerboseOpt = 
 
     with _one_line_errors(log, verbose):
         from smoothkd.calibration.gate import calibrate_teacher, calibration_table
-        from smoothkd.modeling.compat import check_run_models
+        from smoothkd.modeling.compat import check_run_models, preflight
         from smoothkd.stages import output_root, prepare_data, prepare_teacher, prepare_tokenizer
 
-        _preflight(cfg)
+        checked = preflight(cfg)  # model references and compatibility, from configs, in seconds
         data_dir = prepare_data(cfg)
         tokenizer = prepare_tokenizer(cfg, data_dir)
-        check_run_models(cfg, tokenizer)  # before the teacher trains, as in the pipeline
+        if checked is None:  # a tokenizer trained on the data: checked once built, before the teacher trains
+            check_run_models(cfg, tokenizer)
         teacher = prepare_teacher(cfg, data_dir, tokenizer)
         out_dir = output_root(cfg) / "calibration" / Path(teacher.path).name
         report = calibrate_teacher(cfg, data_dir, teacher.path, out_dir)
