@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -99,7 +100,9 @@ def run(config: ConfigArg, set_: SetOpt = None, verbose: VerboseOpt = False) -> 
 
     from smoothkd.report import decisions_table, deltas_table, gate_lines, general_table, results_table
 
-    console = Console()
+    # Piped into a file or a pager, Rich would wrap at 80 columns and triple every table row; a terminal
+    # (or COLUMNS) keeps its own width.
+    console = Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 120)
     for line in gate_lines(results):
         console.print(line, highlight=False)
     console.print(results_table(results, cfg.eval.splits))
@@ -125,8 +128,6 @@ def ui(
                     ] = "127.0.0.1",
 ) -> None:
     """Serve the MLflow UI on the store the pipeline wrote to."""
-    import os
-
     from smoothkd.stages import output_root, tracking_uri
 
     cfg = _load(config if config.exists() else None, None)
