@@ -25,7 +25,7 @@ def main() -> None:
     from smoothkd.stages import prepare_data
 
     start = time.perf_counter()
-    from smoothkd.validation.validate import validate_dataset
+    from smoothkd.stages import validate_dataset
 
     import_seconds = time.perf_counter() - start
     with tempfile.TemporaryDirectory(prefix="smoothkd-bench-") as out:

@@ -63,7 +63,15 @@ def step_configurations(cfg: RunConfig, pipeline) -> dict[str, dict]:
 
 
 def run_distill(cfg: RunConfig) -> dict:
-    """Register or activate the stack, run the pipeline, and load the report step's results."""
+    """Register or activate the stack, run the pipeline, and load the report step's results.
+
+    On the local stack every model reference and compatibility check runs first, in seconds; a remote
+    stack's paths live on its machines, so its tokenizer step checks them there (still before training).
+    """
+    if cfg.orchestration.stack == "local":
+        from smoothkd.modeling.compat import preflight
+
+        preflight(cfg)
     configure_zenml_env(cfg)
     from zenml.integrations.mlflow.flavors.mlflow_experiment_tracker_flavor import (
         MLFlowExperimentTrackerSettings,

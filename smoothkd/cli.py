@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -22,6 +23,8 @@ DEFAULT_CONFIG = Path("configs/demo.yaml")
 
 ConfigArg = Annotated[Path, typer.Argument(help="YAML run config, e.g. configs/demo.yaml")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a config key: a.b=c (repeatable)")]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v",
+                                          help="Show library logs and tracebacks (default: a log file)")]
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -51,29 +54,55 @@ def _user_error(exc: BaseException) -> str | None:
 
 
 @contextlib.contextmanager
-def _one_line_errors():
-    """Report a known input problem as one line (exit 2); anything else keeps its traceback."""
+def _one_line_errors(log: Path | None = None, verbose: bool = False):
+    """Report a known input problem as one line (exit 2). Anything else keeps its traceback, unless a log
+    file takes it (`_console`): then it is one line pointing there (exit 1). `verbose` prints tracebacks."""
+    import logging
+    import traceback
+
     try:
         yield
     except Exception as exc:
         message = _user_error(exc)
-        if message is None:
+        if verbose and message is not None:
+            traceback.print_exc()
+        if message is not None:
+            _fail(message)
+        if verbose or log is None:
             raise
-        _fail(message)
+        logging.getLogger("smoothkd.cli").error("the command failed", exc_info=exc)
+        first = (str(exc).splitlines() or [""])[0]
+        _fail(f"{type(exc).__name__}: {first} (traceback in {log}; --verbose shows it)", code=1)
+
+
+def _console(cfg, command: str, verbose: bool, zenml: bool = False) -> Path | None:
+    """Unless `verbose`: library logs to a file under the output dir (its path printed), a quiet console."""
+    if verbose:
+        return None
+    from smoothkd.logs import log_path, quiet_console
+    from smoothkd.config import output_root
+
+    log = quiet_console(log_path(output_root(cfg), command), zenml=zenml)
+    typer.echo(f"log: {log}", err=True)
+    return log
 
 
 @app.command()
-def run(config: ConfigArg, set_: SetOpt = None) -> None:
+def run(config: ConfigArg, set_: SetOpt = None, verbose: VerboseOpt = False) -> None:
     """Run the distill pipeline (ZenML, MLflow tracking) for CONFIG."""
     cfg = _load(config, set_)
+    log = _console(cfg, "run", verbose, zenml=True)
+    with _one_line_errors(log, verbose):
+        from pipelines.runner import run_distill
+
+        results = run_distill(cfg)
     from rich.console import Console
 
-    from pipelines.runner import run_distill
     from smoothkd.report import decisions_table, deltas_table, gate_lines, general_table, results_table
 
-    with _one_line_errors():
-        results = run_distill(cfg)
-    console = Console()
+    # Piped into a file or a pager, Rich would wrap at 80 columns and triple every table row; a terminal
+    # (or COLUMNS) keeps its own width.
+    console = Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 120)
     for line in gate_lines(results):
         console.print(line, highlight=False)
     console.print(results_table(results, cfg.eval.splits))
@@ -203,23 +232,26 @@ def eval_(
     )] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON")] = False,
     set_: SetOpt = None,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Evaluate any model on CONFIG's evaluation data, outside the training pipeline."""
     import json
 
-    from smoothkd.config import output_root, tracking_uri
-    from smoothkd.registry.download import resolve_model_ref
-    from smoothkd.report import metrics_table
-    from smoothkd.stages import evaluate_model, prepare_data
-
     cfg = _load(config, set_)
-    with _one_line_errors():
+    log = _console(cfg, "eval", verbose)
+    with _one_line_errors(log, verbose):
+        from smoothkd.config import output_root, tracking_uri
+        from smoothkd.registry.download import resolve_model_ref
+        from smoothkd.stages import evaluate_model, prepare_data
+
         path = resolve_model_ref(model, tracking_uri(cfg), output_root(cfg) / "registry_models")
         result = evaluate_model(cfg, path, prepare_data(cfg), detector)
     if as_json:
         typer.echo(json.dumps(result.metrics, indent=1, sort_keys=True))
         return
     from rich.console import Console
+
+    from smoothkd.report import metrics_table
 
     Console().print(metrics_table(result.metrics, f"{model}: mean (95% bootstrap CI)"))
     typer.echo(f"localization tables: {result.dir}")
@@ -242,15 +274,18 @@ def data_generate(
 
 
 @data_app.command("validate")
-def data_validate(config: ConfigArg, set_: SetOpt = None) -> None:
+def data_validate(config: ConfigArg, set_: SetOpt = None, verbose: VerboseOpt = False) -> None:
     """Validate every split of CONFIG (Great Expectations): table, Data Docs path, exit 1 on failure."""
     cfg = _load(config, set_)
+    log = _console(cfg, "data-validate", verbose)
     from rich.console import Console
 
-    from smoothkd.stages import prepare_data, validate_dataset
-    from smoothkd.validation.report import validation_table
+    with _one_line_errors(log, verbose):
+        from smoothkd.modeling.compat import preflight
+        from smoothkd.stages import prepare_data, validate_dataset
+        from smoothkd.validation.report import validation_table
 
-    with _one_line_errors():
+        preflight(cfg)  # token counts use the run's tokenizer: the teacher's, when configured
         report = validate_dataset(cfg, prepare_data(cfg))
     console = Console()
     console.print(validation_table(report))
@@ -260,18 +295,24 @@ def data_validate(config: ConfigArg, set_: SetOpt = None) -> None:
 
 
 @teacher_app.command("check")
-def teacher_check(config: ConfigArg, set_: SetOpt = None) -> None:
+def teacher_check(config: ConfigArg, set_: SetOpt = None, verbose: VerboseOpt = False) -> None:
     """Run only the teacher calibration gate for CONFIG: metrics table and verdict (exit 1 on reject)."""
     cfg = _load(config, set_)
+    log = _console(cfg, "teacher-check", verbose)
     from rich.console import Console
 
-    from smoothkd.calibration.gate import calibration_table
-    from smoothkd.config import output_root
-    from smoothkd.stages import check_teacher, prepare_data, prepare_teacher, prepare_tokenizer
+    with _one_line_errors(log, verbose):
+        from smoothkd.calibration.gate import calibration_table
+        from smoothkd.config import output_root
+        from smoothkd.modeling.compat import check_run_models, preflight
+        from smoothkd.stages import check_teacher, prepare_data, prepare_teacher, prepare_tokenizer
 
-    with _one_line_errors():
+        checked = preflight(cfg)  # model references and compatibility, from configs, in seconds
         data_dir = prepare_data(cfg)
-        teacher = prepare_teacher(cfg, data_dir, prepare_tokenizer(cfg, data_dir))
+        tokenizer = prepare_tokenizer(cfg, data_dir)
+        if checked is None:  # a tokenizer trained on the data: checked once built, before the teacher trains
+            check_run_models(cfg, tokenizer)
+        teacher = prepare_teacher(cfg, data_dir, tokenizer)
         out_dir = output_root(cfg) / "calibration" / Path(teacher.path).name
         report = check_teacher(cfg, data_dir, teacher.path, out_dir)
     console = Console(soft_wrap=True)  # the path and the verdict stay one line each, whatever the width

@@ -18,6 +18,15 @@ class TokenizerMismatchError(ValueError):
     """Teacher and student tokenizers differ, so soft labels cannot be shared."""
 
 
+class ModelReferenceError(ValueError):
+    """A model or tokenizer reference cannot be used: missing path, unreachable hub id, no safetensors,
+    remote code not allowed. The message names the config key and the fix."""
+
+
+class IncompatibleModelsError(ValueError):
+    """Teacher, student and tokenizer do not fit each other (embedding rows, positions, special tokens)."""
+
+
 class NonFiniteLossError(RuntimeError):
     """Training produced a NaN/Inf loss; the message names the step."""
 
@@ -49,5 +58,5 @@ class LaunchError(RuntimeError):
 USER_ERRORS: tuple[type[BaseException], ...] = (
     ConfigError, DataLoadError, TokenizerMismatchError, NonFiniteLossError, CorruptLabelStoreError,
     TeacherRejectedError, DataValidationError, EvaluationModelError, StackError, LaunchError,
-    DetectorError,
+    DetectorError, ModelReferenceError, IncompatibleModelsError,
 )

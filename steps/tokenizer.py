@@ -2,13 +2,18 @@
 
 from typing import Annotated
 
-from zenml import step
+from zenml import log_metadata, step
 
 from smoothkd.config import RunConfig
+from smoothkd.modeling.compat import check_run_models
 from smoothkd.stages import prepare_tokenizer
 
 
 @step
 def build_tokenizer(config: dict, dataset_dir: str) -> Annotated[str, "tokenizer"]:
-    """The tokenizer shared by teacher and students (path or hub id)."""
-    return str(prepare_tokenizer(RunConfig.model_validate(config), dataset_dir))
+    """The tokenizer shared by teacher and students (path or hub id), checked against both models' configs
+    here, before the teacher trains."""
+    cfg = RunConfig.model_validate(config)
+    tokenizer = prepare_tokenizer(cfg, dataset_dir)
+    log_metadata(metadata={"compatibility": check_run_models(cfg, tokenizer).describe()})
+    return str(tokenizer)

@@ -40,3 +40,31 @@ def corpus_and_tokenizer(root: Path, seed: int, n_instruction: int, vocab_size: 
              for r in rows[:train_rows]]
     tokenizer = load_tokenizer(str(train_bpe_tokenizer(texts, root / "tok", vocab_size=vocab_size)))
     return rows, tokenizer
+
+
+def save_tiny_causal_lm(arch: str, tokenizer, out: Path, hidden: int, layers: int, extra_rows: int = 0,
+                        max_positions: int = 512, seed: int = 0) -> Path:
+    """A randomly initialised `arch` model (qwen2, gpt2, mistral) for `tokenizer`, saved like a hub model.
+
+    `extra_rows` pads the embedding past the tokenizer, as Qwen2.5 checkpoints do (152,064 rows for
+    151,665 tokens).
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, GPT2Config, MistralConfig, Qwen2Config
+
+    special = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+               "pad_token_id": tokenizer.pad_token_id}
+    vocab = len(tokenizer) + extra_rows
+    if arch == "gpt2":
+        config = GPT2Config(vocab_size=vocab, n_embd=hidden, n_layer=layers, n_head=2,
+                            n_positions=max_positions, **special)
+    else:
+        family = {"qwen2": Qwen2Config, "mistral": MistralConfig}[arch]
+        config = family(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden,
+                        num_hidden_layers=layers, num_attention_heads=2, num_key_value_heads=1,
+                        max_position_embeddings=max_positions, tie_word_embeddings=False, **special)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out

@@ -319,3 +319,40 @@ def test_bf16_autocast_kd_step_computes_the_loss_in_fp32(world, tmp_path):
     bf16, fp32 = curve("bf16"), curve("no")
     assert all(np.isfinite(bf16)) and bf16 != fp32  # autocast was on, and
     assert bf16 == pytest.approx(fp32, rel=1e-2)  # the KD loss stayed close to full precision
+
+
+def _equal_count_examples(examples: list[dict], prompt: int = 8, total: int = 40) -> list[dict]:
+    """Examples cut to one length with the same number of response tokens each.
+
+    Without `num_items_in_batch` the loss is a mean of per-micro-batch means, which equals the token
+    mean over the accumulated batch only when every micro-batch holds as many response tokens.
+    """
+    long = [e for e in examples if len(e["input_ids"]) >= total]
+    return [{"input_ids": e["input_ids"][:total], "attention_mask": [1] * total,
+             "labels": [IGNORE_INDEX] * prompt + e["input_ids"][prompt:total]} for e in long]
+
+
+@pytest.mark.parametrize("accepts_loss_kwargs", [True, False], ids=["num_items_in_batch", "no_loss_kwargs"])
+@pytest.mark.parametrize("alpha", [0.0, 0.5], ids=["sft", "kd_online"])
+def test_gradient_accumulation_equals_the_larger_batch(world, tmp_path, accepts_loss_kwargs, alpha):
+    from safetensors.torch import load_file
+
+    examples = world["examples"] if accepts_loss_kwargs else _equal_count_examples(world["examples"])
+    assert len(examples) >= 8
+    runs = {}
+    for batch, steps in ((4, 2), (8, 1)):
+        model = load_causal_lm(world["student"])
+        # The Trainer passes `num_items_in_batch` only to models whose forward takes loss kwargs.
+        model.accepts_loss_kwargs = accepts_loss_kwargs
+        teacher = load_causal_lm(world["teacher"]) if alpha else None
+        cfg = TrainConfig(max_steps=2, batch_size=batch, gradient_accumulation_steps=steps,
+                          learning_rate=3e-3, log_every=1, lr_scheduler="constant")
+        out = tmp_path / f"b{batch}"
+        result = finetune(model, world["tokenizer"], examples, cfg, out, device="cpu", alpha=alpha,
+                          distill=DistillConfig(mode="online"), teacher=teacher)
+        runs[batch] = (result.loss_history, load_file(out / "model.safetensors"))
+    (history_ga, weights_ga), (history, weights) = runs[4], runs[8]
+    assert [s for s, _ in history_ga] == [s for s, _ in history] == [1, 2]
+    assert [v for _, v in history_ga] == pytest.approx([v for _, v in history], rel=1e-4)
+    for name, tensor in weights.items():
+        torch.testing.assert_close(weights_ga[name], tensor, rtol=1e-4, atol=1e-5, msg=name)

@@ -2,6 +2,7 @@
 
 import json
 import multiprocessing
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -45,7 +46,10 @@ def test_gate_floors_regression_and_best_choice():
     low, high = candidate("kd_a0.1", 70), candidate("kd_a1", 90)
     low_d, high_d = judge(low, FLOORS, EVAL), judge(high, FLOORS, EVAL)
     assert not low_d.passed and low_d.failed_criteria == ["cnndm/factual_consistency"]
-    assert high_d.passed and [c.verdict for c in high_d.criteria] == ["pass", "pass"]
+    assert high_d.passed and [c.verdict for c in high_d.criteria] == ["pass", "pass", "pass"]
+    # No word shared with any reference: refused whatever else it scores, floors configured or not.
+    silent = judge(candidate("kd_silent", 100, rouge=0.0), PromotionConfig(), EVAL)
+    assert silent.failed_criteria == ["cnndm/rougeLsum above 0"]
     assert best_passing([low_d, high_d]) is high_d
     champion = candidate("sft", 90, alpha=0)
     champion.version = "1"
@@ -192,3 +196,21 @@ def test_concurrent_promotions_leave_the_alias_on_the_right_version(world):
     for name, (_, newer) in plan.items():
         expected = "2" if newer[2] else "1"
         assert champion_version(client, name) == expected, (name, statuses)
+
+
+@pytest.mark.parametrize("config", sorted(Path(__file__).resolve().parents[1].glob("configs/paper/*.yaml")),
+                         ids=lambda p: p.stem)
+def test_paper_configs_gate_on_real_floors_with_a_model_scorer(config):
+    from smoothkd.config import load_config
+
+    cfg = load_config(config)
+    assert cfg.eval.consistency in ("hhem", "nli")
+    for split in cfg.eval.splits:
+        floors = cfg.promotion.splits[split]
+        assert floors.min_rougeLsum > 0 and floors.min_factual_consistency > 0
+    # An empty-output student: perfect consistency (nothing to contradict), no shared word. Refused.
+    empty = Candidate("kd", 0.1, {f"{s}/{m}": v for s in cfg.eval.splits
+                                  for m, v in (("rougeLsum", 0.0), ("factual_consistency", 100.0))})
+    decision = judge(empty, cfg.promotion, cfg.eval)
+    assert not decision.passed
+    assert {f"{s}/rougeLsum above 0" for s in cfg.eval.splits} <= set(decision.failed_criteria)

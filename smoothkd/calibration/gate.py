@@ -86,15 +86,19 @@ def gate_checks(metrics: CalibrationMetrics, cfg: CalibrationConfig) -> list[Gat
 
 
 def response_logit_batches(model, examples: list[dict], pad_token_id: int, batch_size: int,
-                           max_tokens: int | None = None, logit_scale: float = 1.0
-                           ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield (logits, next-token targets) for the response tokens of each batch, at most `max_tokens`."""
+                           max_tokens: int | None = None, logit_scale: float = 1.0,
+                           vocab_size: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield (logits, next-token targets) for the response tokens of each batch, at most `max_tokens`.
+
+    `vocab_size` cuts the logits to the shared tokenizer's ids: padded embedding rows are no outcome.
+    """
     collate = CausalLMCollator(pad_token_id)
     seen = 0
     for start in range(0, len(examples), batch_size):
         batch = collate(examples[start:start + batch_size])
         with torch.no_grad():  # not inference_mode: fitting T backpropagates through these
             logits, targets = response_logits(model, batch)
+        logits = logits[..., :vocab_size]
         if max_tokens is not None:
             logits, targets = logits[: max_tokens - seen], targets[: max_tokens - seen]
         seen += targets.numel()
@@ -123,7 +127,7 @@ def calibrate_teacher(c: CalibrationConfig, t: ModelConfig, held_out: list[dict]
 
     def batches(part: list[dict], max_tokens: int | None):
         return response_logit_batches(model, part, tokenizer.pad_token_id, c.batch_size, max_tokens,
-                                      c.logit_scale)
+                                      c.logit_scale, len(tokenizer))
 
     given = CalibrationAccumulator(c.n_bins, c.temperature)
     before = None

@@ -54,7 +54,8 @@ def train_model(cfg: RunConfig, section: str, role: str, tokenizer_ref: str | Pa
                       device=cfg.device, alpha=alpha, distill=distill, label_store=store, teacher=teacher,
                       work_dir=work_dir, lora=model_cfg.lora,
                       teacher_scale=cfg.calibration.logit_scale / (calibration_temperature
-                                                                   or cfg.calibration.temperature))
+                                                                   or cfg.calibration.temperature),
+                      desc=f"train {role}")
     artifact = ModelArtifact(
         path=str(out), role=role, parameters=parameters, train_steps=result.steps,
         train_seconds=result.seconds, train_tokens_per_second=result.tokens_per_second,
@@ -87,8 +88,9 @@ def precompute_teacher_labels(cfg: RunConfig, data_dir: str | Path, tokenizer_re
     identity = {
         "teacher": model_identity(teacher_path),
         "tokenizer": directory_identity(tokenizer_ref, ("tokenizer.json", "tokenizer_config.json")),
+        "vocab_size": len(tokenizer),  # teacher logits cut to the shared vocabulary
     }
     model = load_causal_lm(teacher_path, cfg.teacher).to(resolve_device(cfg.device))
     examples = train_examples(tokenizer, data_dir, cfg.student.train)
     return precompute_labels(model, examples, output_root(cfg) / "labels", spec, identity,
-                             tokenizer.pad_token_id, d.precompute_batch_size, progress)
+                             tokenizer.pad_token_id, d.precompute_batch_size, progress, len(tokenizer))

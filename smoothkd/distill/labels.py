@@ -259,14 +259,16 @@ def teacher_topk(logits: torch.Tensor, spec: LabelSpec, seed: int = 0) -> TopK:
 
 
 def precompute_labels(model, examples: list[dict], root: str | Path, spec: LabelSpec, identity: dict,
-                      pad_token_id: int, batch_size: int = 16, progress: bool = True) -> PrecomputeResult:
+                      pad_token_id: int, batch_size: int = 16, progress: bool = True,
+                      vocab_size: int | None = None) -> PrecomputeResult:
     """Run the teacher once over `examples` and store its top-k labels (reused when already stored).
 
     `identity` names what determines the labels (teacher, tokenizer); the examples' own hash is added.
     In a distributed world every rank calls this and computes its share of the shards; the result's
-    `teacher_forward_passes` counts all ranks' passes.
+    `teacher_forward_passes` counts all ranks' passes. `vocab_size` (the shared tokenizer's length) cuts
+    the teacher's logits to the ids the student can index; None keeps all of the teacher's.
     """
-    vocab_size = model.config.vocab_size
+    vocab_size = vocab_size or model.config.vocab_size
     if spec.top_k > vocab_size:
         raise ValueError(f"distill.top_k={spec.top_k} exceeds the teacher vocabulary ({vocab_size})")
     data_hash = examples_hash(examples)
@@ -297,7 +299,9 @@ def precompute_labels(model, examples: list[dict], root: str | Path, spec: Label
             seed = int(content_hash(key, s, b)[:15], 16)  # sampled labels: the same draws when recomputed
             with torch.inference_mode():
                 logits, _ = response_logits(model, collate(chunk[b:b + batch_size]))
-                parts.append(teacher_topk(logits, spec, seed))
+                # Embedding rows past the tokenizer are padding: no stored id may be one the student
+                # cannot index.
+                parts.append(teacher_topk(logits[..., :vocab_size], spec, seed))
             passes += 1
         labels = TopK(*(torch.cat([getattr(p, f) for p in parts]).cpu() for f in ("ids", "logp", "tail")))
         arrays = encode_labels(labels, spec, vocab_size)

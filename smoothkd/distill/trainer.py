@@ -23,15 +23,17 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from smoothkd.config import DistillConfig, LoraSettings, TrainConfig
 from smoothkd.data.tokenize import CausalLMCollator, select_response
 from smoothkd.distill.fused import FusedModel, fused_model
 from smoothkd.distill.labels import LabelStore
 from smoothkd.distill.losses import dense_kd_loss, mixed_loss, sparse_kd_loss
+from smoothkd.distill.progress import TrainProgress
 from smoothkd.distill.runtime import mixed_precision, on_cpu, world_size
 from smoothkd.distill.sampled import sampled_kd_loss
-from smoothkd.errors import NonFiniteLossError
+from smoothkd.errors import IncompatibleModelsError, NonFiniteLossError
 from smoothkd.io import atomic_dir
 from smoothkd.modeling.models import response_logits
 
@@ -86,14 +88,18 @@ class EpochPermutationSampler(torch.utils.data.Sampler):
 class DistillTrainer(Trainer):
     """HF Trainer computing (1 − α)·NLL + α·KD on response tokens; α = 0 is plain SFT."""
 
+    # compute_loss scales for accumulation on both paths (see there): the Trainer must not divide again.
     loss_is_scaled_for_ga = True
 
     def __init__(self, *args, distill: DistillConfig | None = None, alpha: float = 0.0, teacher=None,
-                 fused_loss: bool = True, teacher_scale: float = 1.0, **kwargs):
+                 fused_loss: bool = True, teacher_scale: float = 1.0, vocab_size: int | None = None,
+                 **kwargs):
         super().__init__(*args, **kwargs)
         self.distill, self.alpha, self.teacher = distill or DistillConfig(), alpha, teacher
         # Online teacher logits × teacher_scale (logit_scale ÷ calibration temperature) are the taught ones.
         self.teacher_scale = teacher_scale
+        # The shared tokenizer's length: embedding rows past it (padded vocabularies) are never compared.
+        self.vocab_size = vocab_size
         # Why the student's loss is computed unfused (None while the fused path is on), and whether the
         # fused heads have been checked against the models' own logits yet (once, on the first batch).
         self.fused_off: str | None = None if fused_loss else "train.fused_loss is false"
@@ -171,10 +177,12 @@ class DistillTrainer(Trainer):
                 if teacher_head is not None:
                     with torch.no_grad():
                         teacher = teacher_head(teacher)
+                teacher = teacher[..., :self.vocab_size]
                 if self.teacher_scale != 1.0:
                     teacher = teacher.float() * self.teacher_scale
-                kd = dense_kd_loss(student, teacher, d.temperature, d.divergence, d.jsd_beta,
-                                   student_logp=logp_t)
+                shared = student[..., :teacher.shape[-1]]
+                kd = dense_kd_loss(shared, teacher, d.temperature, d.divergence, d.jsd_beta,
+                                   student_logp=logp_t if shared.shape == student.shape else None)
             elif d.labels == "sampled":
                 kd = sampled_kd_loss(student, inputs["kd_ids"][start:end], inputs["kd_logp"][start:end],
                                      d.temperature, student_logp=logp_t)
@@ -216,7 +224,10 @@ class DistillTrainer(Trainer):
         else:
             total, count, outputs = self._unfused_sums(model, inputs)
         if num_items_in_batch is None:
-            loss = total / count.clamp(min=1)
+            # The Trainer counts the accumulated batch only for models whose forward takes loss kwargs;
+            # without that count each micro-batch's mean is one of the window's equal parts.
+            steps = getattr(self, "current_gradient_accumulation_steps", 1)
+            loss = total / count.clamp(min=1) / steps
         else:
             # num_items_in_batch counts the whole accumulated (and, across ranks, gathered) batch; DDP
             # averages gradients over ranks, so scale back up to keep a per-token mean.
@@ -316,7 +327,7 @@ def finetune(model, tokenizer, examples: list[dict], cfg: TrainConfig, output_di
              device: str = "auto", alpha: float = 0.0, distill: DistillConfig | None = None,
              label_store: LabelStore | None = None, teacher=None, work_dir: str | Path | None = None,
              callbacks: list[TrainerCallback] | None = None, lora: LoraSettings | None = None,
-             teacher_scale: float = 1.0) -> TrainResult:
+             teacher_scale: float = 1.0, desc: str = "train") -> TrainResult:
     """Finetune `model` on encoded examples, then save weights and tokenizer atomically to `output_dir`.
 
     α > 0 needs either `label_store` (stored teacher labels, one entry per example, in order) or `teacher`
@@ -324,7 +335,7 @@ def finetune(model, tokenizer, examples: list[dict], cfg: TrainConfig, output_di
     `cfg.checkpoint_every` steps; when it already holds one, training resumes from it. `work_dir` is
     removed once the model is saved. With `lora.enabled` only adapters train and `model` ends up holding
     the merged weights that are saved. Under torchrun or `accelerate launch` every rank calls this; only
-    the main process writes.
+    the main process writes. Progress shows as one bar named `desc`.
     """
     if alpha > 0 and label_store is None and teacher is None:
         raise ValueError("alpha > 0 needs stored teacher labels or an online teacher")
@@ -337,6 +348,11 @@ def finetune(model, tokenizer, examples: list[dict], cfg: TrainConfig, output_di
     output_dir = Path(output_dir)
     work_dir = Path(work_dir) if work_dir else output_dir.parent / f".{output_dir.name}.work"
     store = label_store if alpha > 0 and teacher is None else None
+    rows = model.get_input_embeddings().num_embeddings
+    if store is not None and store.manifest["vocab_size"] > rows:
+        vocab = store.manifest["vocab_size"]
+        raise IncompatibleModelsError(f"label store {store.path} holds ids of a {vocab}-token vocabulary, "
+                                      f"beyond the student's {rows} embedding rows: recompute the labels")
     use_lora = lora is not None and lora.enabled
     if use_lora:
         torch.manual_seed(cfg.seed)  # adapters are initialised randomly: seeded, a rerun is the same run
@@ -352,7 +368,11 @@ def finetune(model, tokenizer, examples: list[dict], cfg: TrainConfig, output_di
         teacher=teacher,
         fused_loss=cfg.fused_loss,
         teacher_scale=teacher_scale,
+        vocab_size=len(tokenizer),
     )
+    for default in (ProgressCallback, PrinterCallback):  # they print raw log dicts; TrainProgress does not
+        trainer.remove_callback(default)
+    trainer.add_callback(TrainProgress(desc))
     resume = any(work_dir.glob("checkpoint-*"))
     start = time.perf_counter()
     state = trainer.train(resume_from_checkpoint=True if resume else None)

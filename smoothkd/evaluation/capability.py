@@ -39,6 +39,8 @@ def response_nll_per_example(model, tokenizer, rows: list[dict], max_length: int
     for start in range(0, len(encoded), batch_size):
         batch = collate(encoded[start:start + batch_size])
         logits, targets = response_logits(model, batch)
+        # Over the tokenizer's ids, as calibration measures the teacher: padded rows are no outcome.
+        logits = logits[..., :len(tokenizer)]
         if calibration is not None:
             calibration.update(logits, targets)
         losses = F.cross_entropy(logits.float(), targets, reduction="none")

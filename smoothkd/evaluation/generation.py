@@ -52,7 +52,7 @@ def _left_pad(batch: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.
 
 
 def _greedy_batch(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, stop_ids: torch.Tensor,
-                  pad_id: int, max_new_tokens: int, lookback: bool
+                  pad_id: int, max_new_tokens: int, lookback: bool, vocab_size: int
                   ) -> tuple[list[list[int]], list[torch.Tensor | None]]:
     """Generated ids per row (stop token included) and, with `lookback`, their [n, layers, heads] ratios."""
     batch = input_ids.shape[0]
@@ -69,7 +69,8 @@ def _greedy_batch(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
     finished = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)
     lengths = torch.full((batch,), max_new_tokens, dtype=torch.long)
     for step in range(max_new_tokens):
-        token = out.logits[:, -1].argmax(-1).masked_fill(finished, pad_id)
+        # Padded embedding rows (past the tokenizer) are no token: never generated.
+        token = out.logits[:, -1, :vocab_size].argmax(-1).masked_fill(finished, pad_id)
         tokens.append(token)
         if lookback:
             step_ratios.append(ratios)
@@ -106,7 +107,7 @@ def _generate(model, tokenizer, prompts: list[str], batch_size: int, max_new_tok
         for idx in tqdm(batches, desc=desc, unit="batch", disable=not progress):
             input_ids, attention_mask = _left_pad([encoded[i] for i in idx], tokenizer.pad_token_id)
             ids, ratios = _greedy_batch(model, input_ids.to(device), attention_mask.to(device), stop_ids,
-                                        tokenizer.pad_token_id, max_new_tokens, lookback)
+                                        tokenizer.pad_token_id, max_new_tokens, lookback, len(tokenizer))
             for i, row_ids, row_ratios in zip(idx, ids, ratios, strict=True):
                 results[i] = (row_ids, row_ratios)
     return results

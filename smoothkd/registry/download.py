@@ -16,8 +16,12 @@ def resolve_model_ref(ref: str, tracking_uri: str, cache_dir: Path) -> Path:
     import mlflow
 
     if not ref.startswith("models:/"):
-        if not (Path(ref) / "config.json").exists():
-            raise EvaluationModelError(f"--model {ref}: not a model directory (no config.json)")
+        from smoothkd.modeling.compat import check_model_ref
+
+        if not Path(ref).is_dir():
+            raise EvaluationModelError(f"--model {ref}: not a model directory; give a directory written by "
+                                       "save_pretrained or models:/NAME@ALIAS")
+        check_model_ref("--model", ref)  # config.json, safetensors weights, no remote code
         return Path(ref)
     client = mlflow.MlflowClient(tracking_uri)
     name, _, selector = ref.removeprefix("models:/").partition("@")

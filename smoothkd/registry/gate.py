@@ -117,6 +117,14 @@ def judge(candidate: Candidate, promotion: PromotionConfig, eval_cfg: EvalConfig
     """Judge one candidate against the configured floors, the current champion and the SFT baseline."""
     criteria: list[Criterion] = []
     m = candidate.metrics
+    for split in eval_cfg.splits:
+        # Whatever the floors: a student whose summaries share no word with any reference says nothing,
+        # and must not win on a consistency score that an empty summary cannot contradict. (The name is
+        # recorded as an MLflow tag key, hence no ">".)
+        name = f"{split}/rougeLsum"
+        value = m.get(name)
+        criteria.append(Criterion(f"{name} above 0", value, 0.0, PASS if value else FAIL,
+                                  "metric missing" if value is None else ">"))
     for split, floors in sorted(promotion.splits.items()):
         if floors.min_factual_consistency is not None:
             name = f"{split}/factual_consistency"
