@@ -79,8 +79,8 @@ def _console(cfg, command: str, verbose: bool, zenml: bool = False) -> Path | No
     """Unless `verbose`: library logs to a file under the output dir (its path printed), a quiet console."""
     if verbose:
         return None
-    from smoothkd.logs import log_path, quiet_console
     from smoothkd.config import output_root
+    from smoothkd.logs import log_path, quiet_console
 
     log = quiet_console(log_path(output_root(cfg), command), zenml=zenml)
     typer.echo(f"log: {log}", err=True)
