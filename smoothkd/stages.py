@@ -397,9 +397,11 @@ def evaluate_model(cfg: RunConfig, model_path: str | Path, data_dir: str | Path,
                    detector_path: str | Path | None = None, progress: bool = True) -> dict:
     """Evaluate a model (see `smoothkd.evaluation.evaluate`), cached by model, data, eval config, detector.
 
-    The result gains `dir`, the directory holding `result.json` and the per-split localization tables.
+    The result gains `dir`, the directory holding `result.json` and the per-split localization tables,
+    and `identity`, what the scores depend on (`smoothkd.registry.identity`), as a dict.
     """
     from smoothkd.evaluation.evaluate import evaluate_model as evaluate
+    from smoothkd.registry.identity import evaluation_identity
 
     key = _digest(model_identity(model_path), dataset_key(data_dir), cfg.eval.model_dump_json(),
                   str(cfg.student.train.max_prompt_length), cfg.device,
@@ -409,7 +411,8 @@ def evaluate_model(cfg: RunConfig, model_path: str | Path, data_dir: str | Path,
         with atomic_dir(out) as tmp:
             write_json(tmp / "result.json", evaluate(cfg, model_path, data_dir, tmp, detector_path,
                                                      progress=progress))
-    return {**read_json(out / "result.json"), "dir": str(out)}
+    identity = evaluation_identity(cfg.eval, data_dir, cfg.student.train.max_prompt_length, detector_path)
+    return {**read_json(out / "result.json"), "dir": str(out), "identity": identity.to_dict()}
 
 
 def resolve_model_ref(cfg: RunConfig, ref: str) -> Path:

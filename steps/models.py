@@ -16,6 +16,7 @@ from smoothkd.config import RunConfig
 from smoothkd.errors import DetectorError
 from smoothkd.evaluation.detector import load_detector
 from smoothkd.io import read_json
+from smoothkd.registry.identity import IDENTITY_ARTIFACT
 from smoothkd.registry.store import PER_EXAMPLE_ARTIFACT, log_student_model, version_with_weights
 from smoothkd.stages import evaluate_model, model_identity, prepare_detector, prepare_teacher, train_student
 from smoothkd.tracking import log_metrics, log_training
@@ -103,8 +104,9 @@ def evaluate(config: dict, dataset_dir: str, model_summary: dict, detector: str
     log_metrics({**result["metrics"], "parameters": model_summary["parameters"],
                  "train/seconds": model_summary["train_seconds"]}, run_id)
     client.log_dict(run_id, result["per_example"], PER_EXAMPLE_ARTIFACT)
+    client.log_dict(run_id, result["identity"], IDENTITY_ARTIFACT)
     client.log_artifacts(run_id, result["dir"], "evaluation")
     log_metadata(metadata={"role": model_summary["role"], "evaluation_dir": result["dir"],
                            **{k: v for k, v in result["metrics"].items() if "_ci_" not in k}})
     return {**model_summary, "metrics": result["metrics"], "per_example": result["per_example"],
-            "predictions": result["predictions"]}
+            "predictions": result["predictions"], "identity": result["identity"]}

@@ -11,8 +11,8 @@ from zenml.model_registries.base_model_registry import ModelRegistryModelMetadat
 
 from smoothkd.config import RunConfig
 from smoothkd.registry.gate import Candidate
-from smoothkd.registry.promote import Registered, register_and_promote
-from smoothkd.stages import model_identity, output_root
+from smoothkd.registry.promote import Registered, champion_reevaluator, register_and_promote
+from smoothkd.stages import model_identity
 
 logger = get_logger(__name__)
 
@@ -73,8 +73,9 @@ def register_students(config: dict, student_summaries: list[dict]) -> Annotated[
     registered = [Registered(Candidate.from_summary(s), s["model_uri"], s["run_id"],
                              model_identity(s["path"])) for s in student_summaries]
     register, set_alias = _stack_registry_hooks(name)
-    records = register_and_promote(mlflow.MlflowClient(), cfg, registered, output_root(cfg) / "registry.lock",
-                                   register, set_alias)
+    store = mlflow.get_tracking_uri()  # the tracker's store: the promotion lock lives with it
+    records = register_and_promote(mlflow.MlflowClient(store), cfg, registered, store, register, set_alias,
+                                   champion_reevaluator(cfg, store))
     _mirror_in_model_control_plane(name, records)
     mlflow.log_dict({"decisions": records}, "gate/decisions.json")
     for record in records:
