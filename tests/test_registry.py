@@ -2,7 +2,9 @@
 
 import json
 import multiprocessing
+import os
 import random
+import time
 
 import mlflow
 import pytest
@@ -358,3 +360,39 @@ def test_a_champion_evaluated_otherwise_is_re_evaluated_on_the_candidates_rows(w
     assert criterion["value"] == pytest.approx(difference) and criterion["detail"].startswith("paired CI")
     tags = client.get_model_version(name, cand.candidate.version).tags
     assert tags["gate.champion_evaluation"] == "re-evaluated (examples (cnndm); scorer (factual_consistency))"
+
+
+# A promoter holding the lock: prints "held" once it has it, then sleeps.
+HOLD_LOCK = """
+import sys, time
+from smoothkd.registry.store import promotion_lock
+with promotion_lock(sys.argv[1], sys.argv[2]):
+    print("held", flush=True)
+    time.sleep(float(sys.argv[3]))
+"""
+
+
+@pytest.mark.skipif(not os.environ.get("SMOOTHKD_TEST_POSTGRES_URI"),
+                    reason="needs a Postgres server (SMOOTHKD_TEST_POSTGRES_URI) and psycopg2")
+def test_the_postgres_advisory_lock_excludes_other_processes_and_dies_with_its_holder():
+    import subprocess
+    import sys
+
+    from smoothkd.registry.store import promotion_lock
+
+    uri = os.environ["SMOOTHKD_TEST_POSTGRES_URI"]
+    with promotion_lock(uri, "pg-warm-up"):  # the driver's import and first connection are not timed
+        pass
+    for kill in (False, True):
+        holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, uri, "pg-model", "60" if kill else "5"],
+                                  stdout=subprocess.PIPE, text=True)
+        assert holder.stdout.readline().strip() == "held"
+        start = time.monotonic()
+        with promotion_lock(uri, "pg-other"):  # another registered model: its own key, no wait
+            assert time.monotonic() - start < 2
+        if kill:
+            holder.kill()  # a promoter that dies mid-promotion: the server drops its session's lock
+        with promotion_lock(uri, "pg-model"):
+            waited = time.monotonic() - start
+        holder.wait(60)
+        assert (waited < 30) if kill else (waited > 3), waited
