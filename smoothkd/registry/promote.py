@@ -148,8 +148,8 @@ class _Journal:
 
     def record(self, decision: Decision, status: str, outcome: str, champion_after: str | None) -> dict:
         record = decision.to_record(
-            status=status, outcome=outcome, registered_model=self.name, champion_before=decision.champion,
-            champion_after=champion_after, written_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            status=status, outcome=outcome, registered_model=self.name, champion_after=champion_after,
+            written_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             promoter=f"{socket.gethostname()}:{os.getpid()}", **self.extra)
         record["record"] = write_record(self.client, self.name, decision.version, record)
         return record

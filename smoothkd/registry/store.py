@@ -276,10 +276,13 @@ def gate_tags(record: dict, record_path: str) -> dict[str, str]:
     """The gate.* tags that index one final decision record."""
     evaluation = record.get("champion_evaluation") or {}
     tags = {"gate.passed": str(record["passed"]).lower(), "gate.outcome": record.get("outcome", ""),
-            "gate.primary": f"{record['primary_metric']}={record['primary_value']}", DECISION_TAG: record_path}
+            "gate.primary": f"{record['primary_metric']}={record['primary_value']}",
+            DECISION_TAG: record_path}
     if evaluation.get("differences"):  # the champion's registry evaluation did not pair: say what was used
-        tags["gate.champion_evaluation"] = (f"{evaluation['source']} ({'; '.join(evaluation['differences'])})"
-                                            f"{': ' + evaluation['error'] if evaluation['error'] else ''}")[:5000]
+        why = f"{evaluation['source']} ({'; '.join(evaluation['differences'])})"
+        if evaluation["error"]:
+            why = f"{why}: {evaluation['error']}"
+        tags["gate.champion_evaluation"] = why[:5000]
     for c in record["criteria"]:
         value = "n/a" if c["value"] is None else f"{c['value']:.3f}"
         tags[f"gate.{c['name']}"[:250]] = f"{c['verdict']}: {value} (threshold {c['threshold']})"[:5000]
