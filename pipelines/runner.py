@@ -98,6 +98,10 @@ def run_distill(cfg: RunConfig) -> dict:
         settings["docker"] = docker_settings(cfg)
         options = {"step_configurations": step_configurations(cfg, distill) or None,
                    "secrets": cfg.orchestration.secrets or None}
+    if cfg.promotion.enabled:  # a store without a promotion lock fails now, not after training
+        from smoothkd.registry.store import promotion_lock
+
+        promotion_lock(uri, cfg.promotion.registered_model_name, cfg.promotion.lock_uri)
     run_name = f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     start = time.perf_counter()
     run = distill.with_options(settings=settings, run_name=run_name, **options)(

@@ -51,6 +51,7 @@ class Evaluation:
     predictions: dict[str, list[str]]
     dir: str = ""
     factual_rate_unreliable: str = ""  # why the detector's rate is unreliable, "" when it is not
+    identity: dict[str, Any] | None = None  # what the scores depend on (smoothkd.registry.identity)
 
 
 @dataclass
@@ -60,12 +61,13 @@ class EvaluatedModel(ModelSummary):
     metrics: dict[str, float] = field(default_factory=dict)
     per_example: dict[str, dict[str, list]] = field(default_factory=dict)
     predictions: dict[str, list[str]] = field(default_factory=dict)
+    identity: dict[str, Any] | None = None  # the evaluation's identity (smoothkd.registry.identity)
 
 
 @dataclass
 class GateDecision:
-    """One student's promotion decision as registered: every criterion with value, threshold and verdict
-    (`smoothkd.registry.gate.Decision.to_record`), the outcome and the champion before it."""
+    """One student's final promotion decision record as registered (`smoothkd.registry.promote`): every
+    criterion with value, threshold and verdict, the outcome, the champion judged against and after."""
 
     candidate: str
     version: str | None
@@ -74,8 +76,15 @@ class GateDecision:
     primary_value: float | None
     criteria: list[dict[str, Any]]
     outcome: str
-    champion_before: str | None
     registered_model: str
+    champion_judged: str | None = None
+    champion_after: str | None = None
+    champion_evaluation: dict[str, Any] | None = None
+    status: str = "final"
+    decision_id: str = ""
+    written_at: str = ""
+    promoter: str = ""
+    record: str = ""  # the immutable record file in the version's run
 
     def to_dict(self) -> dict:
         return asdict(self)

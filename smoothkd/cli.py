@@ -208,14 +208,16 @@ def promote(
     tracking_uri: TrackingOpt = None,
 ) -> None:
     """Re-run the promotion gate for an existing version; move `champion` to it if it passes."""
-    from smoothkd.config import output_root
     from smoothkd.registry.promote import repromote
+    from smoothkd.stages import champion_reevaluator
 
     cfg, client = _registry_client(config, set_, tracking_uri)
     if force and not reason:
         _fail("--force needs --reason: it is recorded on the version")
+    store = client.tracking_uri
     with _registry_errors(f"{name} v{version}"):
-        record = repromote(client, cfg, name, version, output_root(cfg) / "registry.lock", force, reason)
+        record = repromote(client, cfg, name, version, store, force, reason,
+                           champion_reevaluator(cfg, store, name))
     for c in record["criteria"]:
         value = "n/a" if c["value"] is None else f"{c['value']:.2f}"
         typer.echo(f"  {c['verdict']:4}  {c['name']}: {value} (threshold {c['threshold']}) {c['detail']}")

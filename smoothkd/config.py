@@ -322,11 +322,18 @@ class PromotionConfig(_Section):
     −max_regression points and the CI lies entirely below zero), and meets the optional KD-vs-SFT and
     general-capability criteria. Among the passing candidates of a run, the best by `primary_metric` (a
     full name such as `cnndm/factual_consistency`, or a bare name averaged over the evaluation splits)
-    becomes champion.
+    becomes champion. Comparisons with the champion pair only evaluations of the same rows, scorers and
+    settings; otherwise the champion is re-evaluated on the candidate's rows first.
+
+    Promoters sharing an MLflow store serialise on a lock that lives with the store (see
+    `smoothkd.registry.store.promotion_lock`); `lock_uri` names it for a tracking server (`http(s)://`),
+    whose database the client cannot see: the server's Postgres (`postgresql://user@host/db`, password in
+    PGPASSWORD) or a sqlite/file path every promoter reaches.
     """
 
     enabled: bool = True
     registered_model_name: str = "smoothkd-student"
+    lock_uri: str | None = None
     primary_metric: str = "factual_consistency"
     splits: dict[str, SplitGate] = Field(default_factory=dict)
     max_regression: float = Field(default=2.0, ge=0)

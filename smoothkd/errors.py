@@ -55,8 +55,13 @@ class LaunchError(RuntimeError):
     """A multi-process stage failed; the one-line message names the rank, the error and the log."""
 
 
+class RegistryLockError(RuntimeError):
+    """The MLflow store offers no promotion lock, or it cannot be taken; names the store or config key."""
+
+
 USER_ERRORS: tuple[type[BaseException], ...] = (
     ConfigError, DataLoadError, TokenizerMismatchError, NonFiniteLossError, CorruptLabelStoreError,
     TeacherRejectedError, DataValidationError, EvaluationModelError, StackError, LaunchError,
     DetectorError, ModelReferenceError, IncompatibleModelsError,
+    RegistryLockError,
 )

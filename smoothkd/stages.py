@@ -283,10 +283,12 @@ def evaluate_model(cfg: RunConfig, model_path: str | Path, data_dir: str | Path,
                    detector_path: str | Path | None = None, progress: bool = True) -> Evaluation:
     """Evaluate a model (see `smoothkd.evaluation.evaluate`), cached by model, data, eval config, detector.
 
-    The result's `dir` holds `result.json` and the per-split localization tables.
+    The result's `dir` holds `result.json` and the per-split localization tables; its `identity` is what
+    the scores depend on (`smoothkd.registry.identity`), as a dict.
     """
     from smoothkd.evaluation.evaluate import run_evaluation
     from smoothkd.modeling.identity import model_identity
+    from smoothkd.registry.identity import evaluation_identity
 
     key = _key(model_identity(model_path), dataset_key(data_dir), cfg.eval.model_dump_json(),
                str(cfg.student.train.max_prompt_length), cfg.device,
@@ -297,4 +299,37 @@ def evaluate_model(cfg: RunConfig, model_path: str | Path, data_dir: str | Path,
             result = run_evaluation(cfg.eval, cfg.student.train, model_path, data_dir, tmp, detector_path,
                                     device=cfg.device, progress=progress)
             write_json(tmp / "result.json", result)
-    return Evaluation(**read_json(out / "result.json"), dir=str(out))
+    identity = evaluation_identity(cfg.eval, data_dir, cfg.student.train.max_prompt_length, detector_path)
+    return Evaluation(**read_json(out / "result.json"), dir=str(out), identity=identity.to_dict())
+
+
+def champion_reevaluator(cfg: RunConfig, store_uri: str, name: str | None = None):
+    """Evaluate a champion of `name` (default: the configured one), fetched from the store `store_uri`, on
+    a candidate's rows (its dataset directory and detector) with `cfg`'s evaluation settings; cached like
+    any evaluation. The `reevaluate` callable `smoothkd.registry.promote` takes."""
+    from mlflow.exceptions import MlflowException
+
+    from smoothkd.errors import EvaluationModelError
+    from smoothkd.registry.download import resolve_model_ref
+    from smoothkd.registry.gate import Candidate
+    from smoothkd.registry.identity import DETECTOR_METRICS, EvalIdentity
+    from smoothkd.registry.promote import ReevaluationError
+
+    local = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"tracking_uri": store_uri})})
+    name = name or cfg.promotion.registered_model_name
+    needs_detector = any(m in DETECTOR_METRICS for m in cfg.promotion.regression_metrics)
+
+    def reevaluate(champion: Candidate, like: EvalIdentity) -> Candidate:
+        if not (Path(like.data_dir) / "manifest.json").exists():
+            raise ReevaluationError(f"the candidate's dataset {like.data_dir or '(unrecorded)'} is not here")
+        detector = like.detector_path if needs_detector and like.detector_path else None
+        try:
+            model_dir = resolve_model_ref(f"models:/{name}/{champion.version}", store_uri,
+                                          output_root(cfg) / "registry_models")
+            result = evaluate_model(local, model_dir, like.data_dir, detector, progress=False)
+        except (EvaluationModelError, MlflowException, OSError, ValueError, RuntimeError) as err:
+            raise ReevaluationError(f"v{champion.version}: {str(err).splitlines()[0]}") from None
+        return Candidate(champion.name, champion.alpha, result.metrics, result.per_example,
+                         champion.version, EvalIdentity.from_dict(result.identity))
+
+    return reevaluate

@@ -9,6 +9,7 @@ from zenml import log_metadata, step
 
 from smoothkd.artifacts import EvaluatedModel, ModelSummary
 from smoothkd.config import RunConfig
+from smoothkd.registry.identity import IDENTITY_ARTIFACT
 from smoothkd.registry.store import PER_EXAMPLE_ARTIFACT
 from smoothkd.stages import evaluate_model
 from smoothkd.tracking import log_metrics
@@ -31,8 +32,9 @@ def evaluate(config: dict, dataset_dir: str, model_summary: ModelSummary, detect
     log_metrics({**result.metrics, "parameters": model_summary.parameters,
                  "train/seconds": model_summary.train_seconds}, run_id)
     client.log_dict(run_id, result.per_example, PER_EXAMPLE_ARTIFACT)
+    client.log_dict(run_id, result.identity, IDENTITY_ARTIFACT)
     client.log_artifacts(run_id, result.dir, "evaluation")
     log_metadata(metadata={"role": model_summary.role, "evaluation_dir": result.dir,
                            **{k: v for k, v in result.metrics.items() if "_ci_" not in k}})
     return EvaluatedModel(**asdict(model_summary), metrics=result.metrics, per_example=result.per_example,
-                          predictions=result.predictions)
+                          predictions=result.predictions, identity=result.identity)

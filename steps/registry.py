@@ -10,10 +10,11 @@ from zenml.logger import get_logger
 from zenml.model_registries.base_model_registry import ModelRegistryModelMetadata, ModelVersionStage
 
 from smoothkd.artifacts import EvaluatedModel, GateDecision
-from smoothkd.config import RunConfig, output_root
+from smoothkd.config import RunConfig
 from smoothkd.modeling.identity import model_identity
 from smoothkd.registry.gate import Candidate
 from smoothkd.registry.promote import Registered, register_and_promote
+from smoothkd.stages import champion_reevaluator
 
 logger = get_logger(__name__)
 
@@ -75,8 +76,9 @@ def register_students(config: dict, student_summaries: list[EvaluatedModel]
     registered = [Registered(Candidate.from_summary(s), s.model_uri, s.run_id, model_identity(s.path))
                   for s in student_summaries]
     register, set_alias = _stack_registry_hooks(name)
-    records = register_and_promote(mlflow.MlflowClient(), cfg, registered, output_root(cfg) / "registry.lock",
-                                   register, set_alias)
+    store = mlflow.get_tracking_uri()  # the tracker's store: the promotion lock lives with it
+    records = register_and_promote(mlflow.MlflowClient(store), cfg, registered, store, register, set_alias,
+                                   champion_reevaluator(cfg, store))
     decisions = [GateDecision(**record) for record in records]
     _mirror_in_model_control_plane(name, decisions)
     mlflow.log_dict({"decisions": records}, "gate/decisions.json")

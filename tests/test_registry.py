@@ -2,6 +2,9 @@
 
 import json
 import multiprocessing
+import os
+import random
+import time
 from pathlib import Path
 
 import mlflow
@@ -18,14 +21,14 @@ from smoothkd.evaluation.generation import generate
 from smoothkd.modeling.models import build_tiny_llama, load_causal_lm
 from smoothkd.modeling.tokenizer import load_tokenizer
 from smoothkd.registry.gate import Candidate, best_passing, judge
+from smoothkd.registry.identity import IDENTITY_ARTIFACT, EvalIdentity
 from smoothkd.registry.promote import Registered, register_and_promote
 from smoothkd.registry.store import (
     PER_EXAMPLE_ARTIFACT,
     champion_version,
     list_versions,
     log_student_model,
-    promote_guarded,
-    register_version,
+    read_decisions,
 )
 from smoothkd.tracking import ensure_experiment
 
@@ -33,13 +36,17 @@ EVAL = EvalConfig(splits=["cnndm"], bootstrap_samples=500)
 FLOORS = PromotionConfig(splits={"cnndm": SplitGate(min_factual_consistency=80, min_rougeLsum=20)},
                          max_regression=2.0)
 IDS = [f"cnndm-{i:03d}" for i in range(60)]
+# One evaluation identity shared by the hand-made candidates: same rows, scorers, settings and code.
+IDENTITY = EvalIdentity({"cnndm": "rows"}, {"factual_consistency": "fact", "rougeLsum": "rouge"}, "gen",
+                        "code")
 
 
 def candidate(name, fc, rouge=30.0, alpha=0.1, spread=4.0):
     """A candidate whose per-example factual consistency averages `fc` (alternating ± spread)."""
     values = [fc + (spread if i % 2 else -spread) for i in range(len(IDS))]
     return Candidate(name, alpha, {"cnndm/factual_consistency": fc, "cnndm/rougeLsum": rouge},
-                     {"cnndm": {"id": IDS, "factual_consistency": values, "rougeLsum": [rouge] * len(IDS)}})
+                     {"cnndm": {"id": IDS, "factual_consistency": values, "rougeLsum": [rouge] * len(IDS)}},
+                     identity=IDENTITY)
 
 
 def test_gate_floors_regression_and_best_choice():
@@ -67,6 +74,25 @@ def test_gate_floors_regression_and_best_choice():
     assert set(decision.failed_criteria) == {"cnndm/factual_consistency vs sft", "general/nll"}
 
 
+def test_scores_of_other_rows_or_scorers_are_never_paired_by_id():
+    """Same ids, same values: still refused when the rows, the metric's scorer or the code differ."""
+    champion = candidate("sft", 90, alpha=0)
+    champion.version = "1"
+    for change, expected in [({"examples": {"cnndm": "other rows"}}, "examples (cnndm)"),
+                             ({"scorers": {**IDENTITY.scorers, "factual_consistency": "nli"}},
+                              "scorer (factual_consistency)"),
+                             ({"code": "changed"}, "scoring code")]:
+        champion.identity = EvalIdentity(**{**IDENTITY.to_dict(), **change})
+        decision = judge(candidate("kd", 90), FLOORS, EVAL, champion=champion)
+        failed = {c.name: c.detail for c in decision.criteria if c.verdict == "fail"}
+        assert expected in failed["cnndm/factual_consistency vs champion v1"], failed
+        # rougeLsum does not read the consistency scorer: it still pairs when only that differs.
+        assert ("cnndm/rougeLsum vs champion v1" in failed) == (expected != "scorer (factual_consistency)")
+    champion.identity = None  # evaluated before identities were recorded
+    assert "no recorded evaluation identity" in judge(candidate("kd", 90), FLOORS, EVAL,
+                                                      champion=champion).criteria[-1].detail
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("registry")
@@ -78,14 +104,16 @@ def world(tmp_path_factory):
     return {"root": root, "uri": uri, "model_dir": model_dir, "corpus": root / "corpus"}
 
 
-def _logged(world, cand: Candidate) -> Registered:
+def _logged(world, cand: Candidate, model_dir=None) -> Registered:
     mlflow.set_tracking_uri(world["uri"])
     mlflow.set_experiment("registry-test")
     with mlflow.start_run(run_name=cand.name) as run:
         mlflow.log_params({"alpha": cand.alpha})
         mlflow.log_metrics({k.replace("@", "_"): v for k, v in cand.metrics.items()})
         mlflow.log_dict(cand.per_example, PER_EXAMPLE_ARTIFACT)
-        uri = log_student_model(world["model_dir"])
+        if cand.identity is not None:
+            mlflow.log_dict(cand.identity.to_dict(), IDENTITY_ARTIFACT)
+        uri = log_student_model(model_dir or world["model_dir"])
     return Registered(cand, uri, run.info.run_id)
 
 
@@ -98,20 +126,20 @@ def _cfg(world, name, **promotion) -> RunConfig:
 def test_register_gate_promote_refuse_and_force(world):
     client = mlflow.MlflowClient(world["uri"])
     cfg = _cfg(world, "student")
-    lock = world["root"] / "registry.lock"
     first = [_logged(world, candidate("sft", 70, alpha=0)), _logged(world, candidate("kd_a0.1", 88))]
-    records = register_and_promote(client, cfg, first, lock)
+    records = register_and_promote(client, cfg, first, world["uri"])
     assert [r["version"] for r in records] == ["1", "2"]
     assert [r["outcome"] for r in records] == ["failed gate", "champion"]
     assert champion_version(client, "student") == "2"
     version = client.get_model_version("student", "1")
     assert version.tags["gate.passed"] == "false" and version.tags["candidate"] == "sft"
     assert version.tags["gate.cnndm/factual_consistency"].startswith("fail: 70.000")
-    record = mlflow.artifacts.load_dict(f"runs:/{version.run_id}/gate/decision_v1.json")
+    record = mlflow.artifacts.load_dict(f"runs:/{version.run_id}/{version.tags['gate.decision']}")
+    assert {**record, "record": version.tags["gate.decision"]} == records[0] and record["status"] == "final"
     assert record["criteria"][0] == {"name": "cnndm/factual_consistency", "value": 70.0, "threshold": 80.0,
                                      "verdict": "fail", "detail": ">="}
     # A later candidate above the floors but clearly worse than the champion is refused.
-    records = register_and_promote(client, cfg, [_logged(world, candidate("kd_a1", 82))], lock)
+    records = register_and_promote(client, cfg, [_logged(world, candidate("kd_a1", 82))], world["uri"])
     assert records[0]["outcome"] == "failed gate" and champion_version(client, "student") == "2"
     assert "cnndm/factual_consistency vs champion v2" in [c["name"] for c in records[0]["criteria"]
                                                           if c["verdict"] == "fail"]
@@ -139,7 +167,7 @@ def test_register_gate_promote_refuse_and_force(world):
 def test_champion_loads_back_and_generates_the_same_summary(world):
     client = mlflow.MlflowClient(world["uri"])
     records = register_and_promote(client, _cfg(world, "loadback"),
-                                   [_logged(world, candidate("kd_a0.1", 90))], world["root"] / "lb.lock")
+                                   [_logged(world, candidate("kd_a0.1", 90))], world["uri"])
     assert records[0]["outcome"] == "champion"
     article = read_jsonl(world["corpus"] / "cnndm.jsonl")[0]["article"]
     prompts = [eval_prompt("cnndm", article)]
@@ -156,46 +184,222 @@ def test_champion_loads_back_and_generates_the_same_summary(world):
     assert after == before and before[0]
 
 
-def _race(uri, lock, jobs, barrier, results):
-    """One racer: for each (name, version, passes) wait for the other racer, then try to promote."""
+def _promoter(uri, output_dir, name, seed, rounds, model_uri, barrier):
+    """One promoter process with its own output directory: each round it logs and offers one candidate."""
     client = mlflow.MlflowClient(uri)
-    for name, version, passes in jobs:
-        cand = candidate(f"v{version}", 90 if passes else 50)
-        barrier.wait()
-        outcome, _ = promote_guarded(client, name, version, lock,
-                                     lambda current, c=cand: judge(c, FLOORS, EVAL))
-        results.put((name, version, outcome.status))
+    cfg = RunConfig(output_dir=str(output_dir), eval=EVAL,
+                    promotion=FLOORS.model_copy(update={"registered_model_name": name}),
+                    tracking={"tracking_uri": uri, "experiment_name": "registry-test"})
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment("registry-test")
+    rng = random.Random(seed)
+    try:
+        for r in range(rounds):
+            cand = candidate(f"p{seed}-r{r}", rng.choice([84, 88, 92, 96]))
+            with mlflow.start_run(run_name=cand.name) as run:
+                mlflow.log_dict(cand.per_example, PER_EXAMPLE_ARTIFACT)
+                mlflow.log_dict(cand.identity.to_dict(), IDENTITY_ARTIFACT)
+            barrier.wait()
+            register_and_promote(client, cfg, [Registered(cand, model_uri, run.info.run_id)], uri)
+    except BaseException:
+        barrier.abort()  # the other promoter stops too instead of waiting forever
+        raise
 
 
-def test_concurrent_promotions_leave_the_alias_on_the_right_version(world):
-    """Two processes race each round: pass/fail (either order), then pass/pass (newest must win)."""
+def test_promoters_with_different_output_dirs_share_the_store_lock(world):
+    """Two processes, 20 rounds: every move of the alias was judged against the champion it replaced."""
     client = mlflow.MlflowClient(world["uri"])
     source = _logged(world, candidate("racer", 90))
-    rounds = 20
-    plan = {}
-    for r in range(rounds):
-        for kind in ("mixed", "both"):
-            name = f"race-{kind}-{r}"
-            for _ in range(2):
-                register_version(client, name, source.model_uri, source.run_id)
-            older_passes = kind == "both" or r % 2 == 0
-            newer_passes = kind == "both" or r % 2 == 1
-            plan[name] = ((name, "1", older_passes), (name, "2", newer_passes))
+    name, rounds = "race", 20
     ctx = multiprocessing.get_context("spawn")
-    barrier, results = ctx.Barrier(2), ctx.Queue()
-    lock = world["root"] / "race.lock"
-    racers = [ctx.Process(target=_race, args=(world["uri"], lock, [jobs[i] for jobs in plan.values()],
-                                              barrier, results)) for i in (0, 1)]
+    barrier = ctx.Barrier(2, timeout=120)
+    racers = [ctx.Process(target=_promoter, args=(world["uri"], world["root"] / f"promoter-{i}", name, i,
+                                                  rounds, source.model_uri, barrier)) for i in (0, 1)]
     for p in racers:
         p.start()
     for p in racers:
-        p.join(timeout=300)
+        p.join(timeout=600)
         assert p.exitcode == 0
-    statuses = [results.get(timeout=5) for _ in range(2 * len(plan))]
-    assert len(statuses) == 4 * rounds
-    for name, (_, newer) in plan.items():
-        expected = "2" if newer[2] else "1"
-        assert champion_version(client, name) == expected, (name, statuses)
+    records = [r for mv in client.search_model_versions(f"name = '{name}'")
+               for r in read_decisions(client, name, str(mv.version))]
+    assert len(records) == 2 * rounds and all(r["status"] == "final" for r in records)
+    promoted = {r["champion_judged"]: r for r in records if r["outcome"] == "champion"}
+    # No two moves started from one champion, and the moves chain from "no champion" to today's.
+    assert len(promoted) == sum(r["outcome"] == "champion" for r in records) >= 2
+    chain, current = [], None
+    while current in promoted:
+        record = promoted.pop(current)
+        judged = [c for c in record["criteria"] if "vs champion" in c["name"]]
+        assert all(c["verdict"] == "pass" for c in judged)
+        assert len(judged) == (2 if current else 0) and all(c["name"].endswith(f"v{current}") for c in judged)
+        chain.append(current := record["version"])
+    assert not promoted and chain[-1] == champion_version(client, name)
+
+
+class Crash(Exception):
+    pass
+
+
+def test_an_interrupted_promotion_leaves_a_record_and_tags_are_replaced_whole(world):
+    client = mlflow.MlflowClient(world["uri"])
+    cfg, uri, name = _cfg(world, "crash"), world["uri"], "crash"
+    register_and_promote(client, cfg, [_logged(world, candidate("kd_a0.1", 88))], uri)
+
+    def crash_before_move(version):
+        raise Crash
+
+    def crash_after_move(version):
+        client.set_registered_model_alias(name, "champion", version)
+        raise Crash
+
+    with pytest.raises(Crash):
+        register_and_promote(client, cfg, [_logged(world, candidate("kd_a1", 92))], uri,
+                             set_alias=crash_before_move)
+    assert champion_version(client, name) == "1"
+    [record] = read_decisions(client, name, "2")
+    assert record["status"] == "interrupted" and record["outcome"] == "moving champion from v1 to v2"
+    assert not any(key.startswith("gate.") for key in client.get_model_version(name, "2").tags)
+    with pytest.raises(Crash):
+        register_and_promote(client, cfg, [_logged(world, candidate("kd_a2", 96))], uri,
+                             set_alias=crash_after_move)
+    [record] = read_decisions(client, name, "3")
+    assert champion_version(client, name) == "3" and record["outcome"] == "moving champion from v1 to v3"
+    # A candidate refused against v3; after v2 is forced to champion, its re-judgement against v2 leaves
+    # no tag of the v3 judgement behind, and both decisions keep their own record file.
+    refused = register_and_promote(client, cfg, [_logged(world, candidate("kd_a3", 82))], uri)[0]
+    assert refused["outcome"] == "failed gate" and refused["champion_judged"] == "3"
+    from smoothkd.registry.promote import repromote
+
+    forced = repromote(client, cfg, name, "2", uri, force=True, reason="rollback")
+    assert forced["outcome"] == "champion (forced)" and champion_version(client, name) == "2"
+    assert [r["status"] for r in read_decisions(client, name, "2")] == ["interrupted", "final"]
+    again = repromote(client, cfg, name, "4", uri)
+    tags = client.get_model_version(name, "4").tags
+    gate_keys = {k for k in tags if "vs champion" in k}
+    assert gate_keys == {f"gate.cnndm/{m} vs champion v2" for m in ("factual_consistency", "rougeLsum")}
+    assert tags["gate.decision"] == again["record"] and again["champion_judged"] == "2"
+    history = read_decisions(client, name, "4")
+    assert [r["champion_judged"] for r in history] == ["3", "2"]
+    assert len({r["record"] for r in history}) == 2
+
+
+def test_the_promotion_lock_lives_with_the_store(tmp_path):
+    from smoothkd.errors import RegistryLockError
+    from smoothkd.registry.store import LOCK_FILE, advisory_key, promotion_lock
+
+    with promotion_lock(f"sqlite:///{tmp_path}/store/mlflow.db", "m"):
+        assert (tmp_path / "store" / f"mlflow.db.{LOCK_FILE}").exists()
+    with promotion_lock((tmp_path / "mlruns").as_uri(), "m"):
+        assert (tmp_path / "mlruns" / LOCK_FILE).exists()
+    with pytest.raises(RegistryLockError, match="promotion.lock_uri"):
+        promotion_lock("http://mlflow.example:5000", "m")
+    with promotion_lock("https://mlflow.example", "m", lock_uri=f"sqlite:///{tmp_path}/shared.db"):
+        assert (tmp_path / f"shared.db.{LOCK_FILE}").exists()
+    with pytest.raises(RegistryLockError, match="in-memory"):
+        promotion_lock("sqlite://", "m")
+    keys = {advisory_key(n) for n in ("a", "b", "smoothkd-student")}
+    assert len(keys) == 3 and all(-2**63 <= k < 2**63 for k in keys)
+
+
+def test_a_champion_evaluated_otherwise_is_re_evaluated_on_the_candidates_rows(world):
+    """data.seed and eval.consistency change between two runs: the ids still match (they are positional),
+    yet the gate does not pair by id; it re-evaluates the champion, fetched from the registry, on the
+    candidate's rows with the candidate's scorer, and the record says so."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from smoothkd.registry.promote import repromote
+    from smoothkd.stages import champion_reevaluator, evaluate_model, prepare_data
+
+    root, uri, name = world["root"], world["uri"], "reeval"
+    tokenizer = load_tokenizer(str(world["model_dir"]))
+    torch.manual_seed(0)  # a tiny random NLI model on the students' tokenizer
+    labels = {0: "entailment", 1: "neutral", 2: "contradiction"}
+    BertForSequenceClassification(BertConfig(
+        vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=32, max_position_embeddings=512, id2label=labels,
+        label2id={v: k for k, v in labels.items()})).save_pretrained(root / "nli")
+    tokenizer.save_pretrained(root / "nli")
+    shape = TinyModelConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+    other = build_tiny_llama(tokenizer, shape, root / "model-b", seed=2)
+
+    def run_cfg(seed: int, **eval_) -> RunConfig:
+        return RunConfig(output_dir=str(root / "reeval"),
+                         data={"seed": seed, "embedded": {"n_instruction": 40, "n_cnndm": 6, "n_xsum": 2}},
+                         eval=EVAL.model_copy(update={"max_new_tokens": 8, "batch_size": 6, **eval_}),
+                         promotion=PromotionConfig(registered_model_name=name, max_regression=2.0,
+                                                   regression_metrics=["factual_consistency"]),
+                         tracking={"tracking_uri": uri, "experiment_name": "registry-test"})
+
+    def evaluated(cfg: RunConfig, model_dir, label: str) -> tuple[Registered, dict]:
+        result = evaluate_model(cfg, model_dir, prepare_data(cfg), progress=False)
+        cand = Candidate(label, 0.1, result.metrics, result.per_example,
+                         identity=EvalIdentity.from_dict(result.identity))
+        return _logged(world, cand, model_dir), result
+
+    client = mlflow.MlflowClient(uri)
+    first = run_cfg(1)
+    champion, _ = evaluated(first, world["model_dir"], "kd_a0.1")
+    assert register_and_promote(client, first, [champion], uri)[0]["outcome"] == "champion"
+    second = run_cfg(2, consistency="nli", consistency_model=str(root / "nli"))
+    cand, result = evaluated(second, other, "kd_a1")
+    assert cand.candidate.per_example["cnndm"]["id"] == champion.candidate.per_example["cnndm"]["id"]
+    expected_differences = ["examples (cnndm)", "scorer (factual_consistency)"]
+    # Without a way to re-evaluate, the comparison fails instead of pairing other articles by id.
+    vs_champion = "cnndm/factual_consistency vs champion v1"
+    [refused] = register_and_promote(client, second, [cand], uri)
+    criterion = next(c for c in refused["criteria"] if c["name"] == vs_champion)
+    assert criterion["verdict"] == "fail" and criterion["value"] is None
+    assert criterion["detail"] == "not comparable: " + ", ".join(expected_differences)
+    assert refused["champion_evaluation"]["source"] == "registry" and refused["outcome"] == "failed gate"
+    # With it, the champion (from the registry) is scored on the candidate's rows by the candidate's scorer.
+    record = repromote(client, second, name, cand.candidate.version, uri,
+                       reevaluate=champion_reevaluator(second, uri))
+    assert record["champion_evaluation"] == {"version": "1", "source": "re-evaluated",
+                                             "differences": expected_differences, "error": ""}
+    again = evaluate_model(second, world["model_dir"], prepare_data(second), progress=False)
+    assert again.identity == result.identity
+    difference = (sum(result.per_example["cnndm"]["factual_consistency"])
+                  - sum(again.per_example["cnndm"]["factual_consistency"])) / 6
+    criterion = next(c for c in record["criteria"] if c["name"] == vs_champion)
+    assert criterion["value"] == pytest.approx(difference) and criterion["detail"].startswith("paired CI")
+    tags = client.get_model_version(name, cand.candidate.version).tags
+    assert tags["gate.champion_evaluation"] == "re-evaluated (examples (cnndm); scorer (factual_consistency))"
+
+
+# A promoter holding the lock: prints "held" once it has it, then sleeps.
+HOLD_LOCK = """
+import sys, time
+from smoothkd.registry.store import promotion_lock
+with promotion_lock(sys.argv[1], sys.argv[2]):
+    print("held", flush=True)
+    time.sleep(float(sys.argv[3]))
+"""
+
+
+@pytest.mark.skipif(not os.environ.get("SMOOTHKD_TEST_POSTGRES_URI"),
+                    reason="needs a Postgres server (SMOOTHKD_TEST_POSTGRES_URI) and psycopg2")
+def test_the_postgres_advisory_lock_excludes_other_processes_and_dies_with_its_holder():
+    import subprocess
+    import sys
+
+    from smoothkd.registry.store import promotion_lock
+
+    uri = os.environ["SMOOTHKD_TEST_POSTGRES_URI"]
+    with promotion_lock(uri, "pg-warm-up"):  # the driver's import and first connection are not timed
+        pass
+    for kill in (False, True):
+        holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, uri, "pg-model", "60" if kill else "5"],
+                                  stdout=subprocess.PIPE, text=True)
+        assert holder.stdout.readline().strip() == "held"
+        start = time.monotonic()
+        with promotion_lock(uri, "pg-other"):  # another registered model: its own key, no wait
+            assert time.monotonic() - start < 2
+        if kill:
+            holder.kill()  # a promoter that dies mid-promotion: the server drops its session's lock
+        with promotion_lock(uri, "pg-model"):
+            waited = time.monotonic() - start
+        holder.wait(60)
+        assert (waited < 30) if kill else (waited > 3), waited
 
 
 @pytest.mark.parametrize("config", sorted(Path(__file__).resolve().parents[1].glob("configs/paper/*.yaml")),

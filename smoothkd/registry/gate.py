@@ -2,35 +2,68 @@
 
 A pure function of the candidates' metrics and per-example scores, so the same judgement runs in the
 pipeline, in `smoothkd promote` and in tests. Comparisons with another model (the champion, the SFT
-baseline) are paired: both models' per-example scores on the same example ids, bootstrapped together.
+baseline) are paired: both models' per-example scores on the same example ids, bootstrapped together, and
+only when both evaluations have one identity (`smoothkd.registry.identity`): the same rows, scorers,
+settings and scoring code. A comparison without it fails, naming what differs.
 """
 
 from __future__ import annotations
 
+import time
+import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from smoothkd.artifacts import EvaluatedModel
 from smoothkd.config import UNRELIABLE_SUFFIX, EvalConfig, PromotionConfig
+from smoothkd.registry.identity import EvalIdentity
 
 PASS, FAIL = "pass", "fail"
 
 
 @dataclass
 class Candidate:
-    """One evaluated model: flat metrics and, per split, per-example scores in `id` order."""
+    """One evaluated model: flat metrics and, per split, per-example scores in `id` order, with the
+    identity of the evaluation that produced them (None: unknown, comparable with nothing)."""
 
     name: str
     alpha: float
     metrics: dict[str, float]
     per_example: dict[str, dict[str, list]] = field(default_factory=dict)
     version: str | None = None
+    identity: EvalIdentity | None = None
 
     @classmethod
     def from_summary(cls, summary: EvaluatedModel) -> Candidate:
         """The candidate an evaluated model summary (a pipeline step's output) describes."""
         return cls(summary.role.removeprefix("student_"), summary.alpha or 0.0, summary.metrics,
-                   summary.per_example)
+                   summary.per_example, identity=EvalIdentity.from_dict(summary.identity))
+
+    def differences(self, other: Candidate, splits: list[str], metrics: list[str]) -> list[str]:
+        """What keeps this evaluation from being paired with `other`'s on these splits and metrics."""
+        if self.identity is None:
+            return ["no recorded evaluation identity"]
+        found = [d for split in splits for metric in metrics
+                 for d in self.identity.differences(other.identity, split, metric)]
+        return list(dict.fromkeys(found))
+
+
+@dataclass
+class ChampionEvaluation:
+    """Which evaluation of the champion a decision was judged on: its own from the registry (`registry`),
+    or a fresh one on the candidate's rows with its scorers (`re-evaluated`), and why."""
+
+    version: str
+    source: str
+    differences: list[str] = field(default_factory=list)
+    error: str = ""
+
+
+def new_decision_id() -> str:
+    """Unique and sortable by time: names the decision's immutable record files."""
+    now = time.time()
+    stamp = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime(now))}.{int(now % 1 * 1e6):06d}Z"
+    return f"{stamp}-{uuid.uuid4().hex[:12]}"
 
 
 @dataclass
@@ -49,6 +82,9 @@ class Decision:
     primary_metric: str
     primary_value: float | None
     version: str | None = None
+    champion: str | None = None  # the champion version judged against (None: there was none)
+    champion_evaluation: ChampionEvaluation | None = None
+    decision_id: str = field(default_factory=new_decision_id)
 
     @property
     def passed(self) -> bool:
@@ -60,8 +96,10 @@ class Decision:
 
     def to_record(self, **extra: Any) -> dict[str, Any]:
         """The JSON decision record: every criterion with its value, threshold and verdict."""
-        return {"candidate": self.candidate, "version": self.version, "passed": self.passed,
-                "primary_metric": self.primary_metric, "primary_value": self.primary_value,
+        return {"decision_id": self.decision_id, "candidate": self.candidate, "version": self.version,
+                "passed": self.passed, "primary_metric": self.primary_metric,
+                "primary_value": self.primary_value, "champion_judged": self.champion,
+                "champion_evaluation": asdict(self.champion_evaluation) if self.champion_evaluation else None,
                 "criteria": [asdict(c) for c in self.criteria], **extra}
 
 
@@ -96,6 +134,15 @@ def paired_difference(a: Candidate, b: Candidate, split: str, metric: str, eval_
         return None
     return paired_bootstrap_ci([x for x, _ in pairs], [y for _, y in pairs], eval_cfg.bootstrap_samples,
                                eval_cfg.confidence, eval_cfg.bootstrap_seed)
+
+
+def _paired(name: str, a: Candidate, b: Candidate, split: str, metric: str, eval_cfg: EvalConfig,
+            tolerance: float) -> Criterion:
+    """The paired comparison of `a` with `b`, or a failure naming why their evaluations do not pair."""
+    differences = a.differences(b, [split], [metric])
+    if differences:
+        return Criterion(name, None, -tolerance, FAIL, "not comparable: " + ", ".join(differences))
+    return _comparison(name, paired_difference(a, b, split, metric, eval_cfg), tolerance)
 
 
 def _comparison(name: str, ci, tolerance: float) -> Criterion:
@@ -138,20 +185,20 @@ def judge(candidate: Candidate, promotion: PromotionConfig, eval_cfg: EvalConfig
                 # A rate from a detector below its AUROC floor judges nothing (smoothkd.config).
                 if any(f"{split}/{metric}{UNRELIABLE_SUFFIX}" in c.metrics for c in (candidate, champion)):
                     continue
-                ci = paired_difference(candidate, champion, split, metric, eval_cfg)
-                criteria.append(_comparison(f"{split}/{metric} vs champion v{champion.version}", ci,
-                                            promotion.max_regression))
+                criteria.append(_paired(f"{split}/{metric} vs champion v{champion.version}", candidate,
+                                        champion, split, metric, eval_cfg, promotion.max_regression))
     if promotion.kd_not_worse_than_sft and sft is not None and candidate.alpha > 0:
         for split in eval_cfg.splits:
-            ci = paired_difference(candidate, sft, split, "factual_consistency", eval_cfg)
-            criteria.append(_comparison(f"{split}/factual_consistency vs sft", ci, 0.0))
+            criteria.append(_paired(f"{split}/factual_consistency vs sft", candidate, sft, split,
+                                    "factual_consistency", eval_cfg, 0.0))
     if promotion.min_general_rougeL is not None:
         criteria.append(_floor("general/rougeL", m.get("general/rougeL"), promotion.min_general_rougeL))
     if promotion.max_general_nll is not None:
         criteria.append(_floor("general/nll", m.get("general/nll"), promotion.max_general_nll,
                                at_least=False))
     return Decision(candidate.name, criteria, promotion.primary_metric,
-                    primary_value(m, promotion.primary_metric, eval_cfg.splits), candidate.version)
+                    primary_value(m, promotion.primary_metric, eval_cfg.splits), candidate.version,
+                    champion.version if champion is not None else None)
 
 
 def best_passing(decisions: list[Decision]) -> Decision | None:

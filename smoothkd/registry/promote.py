@@ -1,27 +1,46 @@
 """Register a run's candidates, judge them, and promote at most one: the flow behind the pipeline's last
-step and `smoothkd promote`."""
+step and `smoothkd promote`.
+
+Order of writes for each decision: its record first (a `pending` record before an alias move, the
+`final` one after it), then the alias, then the version's gate.* tags as one set. A champion whose
+registry evaluation does not pair with the candidate's (other rows, scorers or settings) is re-evaluated
+on the candidate's rows before the candidate is judged against it; the record says which was used.
+"""
 
 from __future__ import annotations
 
+import os
+import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from mlflow import MlflowClient
 
 from smoothkd.config import RunConfig
-from smoothkd.registry.gate import Candidate, Decision, best_passing, judge
+from smoothkd.registry.gate import Candidate, ChampionEvaluation, Decision, best_passing, judge
+from smoothkd.registry.identity import EvalIdentity
 from smoothkd.registry.store import (
-    CHAMPION,
     WEIGHTS_TAG,
+    Outcome,
     champion_version,
+    forced_tags,
+    gate_tags,
     load_candidate,
     promote_guarded,
-    record_decision,
-    record_forced,
+    promotion_lock,
     register_version,
+    replace_gate_tags,
     version_with_weights,
+    write_record,
 )
+
+# (champion as registered, the candidate's evaluation identity) -> the champion evaluated like the candidate
+Reevaluate = Callable[[Candidate, EvalIdentity], Candidate]
+
+
+class ReevaluationError(RuntimeError):
+    """The champion cannot be evaluated on the candidate's rows (they are gone, the model fails, ...)."""
 
 
 @dataclass
@@ -34,90 +53,154 @@ class Registered:
     weights: str = ""
 
 
-def _champion(client: MlflowClient, name: str, version: str | None) -> Candidate | None:
-    return load_candidate(client, name, version) if version else None
+class _Champions:
+    """The champions judged against, each loaded from the registry once and, where its evaluation does
+    not pair with a candidate's, re-evaluated once per candidate evaluation identity."""
+
+    def __init__(self, client: MlflowClient, cfg: RunConfig, reevaluate: Reevaluate | None) -> None:
+        self.client, self.cfg, self.reevaluate = client, cfg, reevaluate
+        self.registered: dict[str, Candidate] = {}
+        self.comparable: dict[tuple, tuple[Candidate, ChampionEvaluation]] = {}
+
+    def judge(self, candidate: Candidate, version: str | None, sft: Candidate | None) -> Decision:
+        """`candidate` judged against champion `version` (None: no champion), evaluated like it."""
+        champion, evaluation = self._like(candidate, version) if version else (None, None)
+        decision = judge(candidate, self.cfg.promotion, self.cfg.eval, champion, sft)
+        decision.champion_evaluation = evaluation
+        return decision
+
+    def _like(self, candidate: Candidate, version: str) -> tuple[Candidate, ChampionEvaluation | None]:
+        if version not in self.registered:
+            self.registered[version] = load_candidate(self.client, self.cfg.promotion.registered_model_name,
+                                                      version)
+        champion = self.registered[version]
+        if version == candidate.version:  # no comparison with itself is made
+            return champion, None
+        differences = candidate.differences(champion, self.cfg.eval.splits,
+                                            self.cfg.promotion.regression_metrics)
+        if not differences:
+            return champion, ChampionEvaluation(version, "registry")
+        key = (version, repr(candidate.identity))
+        if key not in self.comparable:
+            self.comparable[key] = self._reevaluated(champion, candidate.identity, differences)
+        return self.comparable[key]
+
+    def _reevaluated(self, champion: Candidate, like: EvalIdentity | None, differences: list[str]
+                     ) -> tuple[Candidate, ChampionEvaluation]:
+        version = champion.version
+        if like is None:
+            return champion, ChampionEvaluation(version, "registry", differences,
+                                                "the candidate's evaluation has no identity")
+        if self.reevaluate is None:
+            return champion, ChampionEvaluation(version, "registry", differences, "no re-evaluation here")
+        try:
+            return self.reevaluate(champion, like), ChampionEvaluation(version, "re-evaluated", differences)
+        except ReevaluationError as err:
+            return champion, ChampionEvaluation(version, "registry", differences,
+                                                f"re-evaluation failed: {err}")
 
 
-def _outcome(decision: Decision, promoted: str | None, best: Decision | None, detail: str) -> str:
-    if decision.version == promoted:
-        return "champion"
-    if not decision.passed:
+def _outcome(decision: Decision, result: Outcome | None) -> str:
+    """The outcome line of a decision; `result` is the alias outcome of the one candidate promoted."""
+    if result is None:
+        return "passed, not best" if decision.passed else "failed gate"
+    if result.status in ("promoted", "unchanged"):
+        return "champion (forced)" if result.detail == "forced" else "champion"
+    if result.status == "refused":
         return "failed gate"
-    if best is not None and decision is best:
-        return f"passed, not promoted: {detail}"
-    return "passed, not best"
+    return f"passed, not promoted: {result.detail}"
 
 
-def register_and_promote(client: MlflowClient, cfg: RunConfig, registered: list[Registered],
-                         lock_path: str | Path,
+class _Journal:
+    """Writes a run's decision records and tags in the order the module docstring gives."""
+
+    def __init__(self, client: MlflowClient, name: str, **extra) -> None:
+        self.client, self.name, self.extra = client, name, extra
+
+    def record(self, decision: Decision, status: str, outcome: str, champion_after: str | None) -> dict:
+        record = decision.to_record(
+            status=status, outcome=outcome, registered_model=self.name, champion_after=champion_after,
+            written_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            promoter=f"{socket.gethostname()}:{os.getpid()}", **self.extra)
+        record["record"] = write_record(self.client, self.name, decision.version, record)
+        return record
+
+    def pending(self, decision: Decision, current: str | None) -> None:
+        self.record(decision, "pending", f"moving champion from {_v(current)} to v{decision.version}",
+                    current)
+
+    def tags(self, record: dict, extra: dict[str, str] | None = None) -> None:
+        replace_gate_tags(self.client, self.name, record["version"], gate_tags(record, record["record"]))
+        for key, value in (extra or {}).items():
+            self.client.set_model_version_tag(self.name, record["version"], key, value)
+
+
+def _v(version: str | None) -> str:
+    return f"v{version}" if version else "none"
+
+
+def register_and_promote(client: MlflowClient, cfg: RunConfig, registered: list[Registered], store_uri: str,
                          register: Callable[[str, str, str, dict[str, str]], str] | None = None,
-                         set_alias: Callable[[str], None] | None = None) -> list[dict]:
-    """Register every candidate, judge each, promote the best passing one; return the decision records.
+                         set_alias: Callable[[str], None] | None = None,
+                         reevaluate: Reevaluate | None = None) -> list[dict]:
+    """Register every candidate, judge each, promote the best passing one; return the final records.
 
-    `register(name, model_uri, run_id, tags) -> version` and `set_alias(version)` default to plain MLflow;
-    the pipeline passes ZenML's MLflow model registry so the stack's registry component does both.
+    `store_uri` is the MLflow store `client` talks to (its promotion lock lives there);
+    `register(name, model_uri, run_id, tags) -> version` and `set_alias(version)` default to plain MLflow
+    (the pipeline passes ZenML's MLflow model registry); `reevaluate` evaluates a champion like a candidate
+    (`champion_reevaluator`; None: an incomparable champion fails the comparison instead).
     """
     name = cfg.promotion.registered_model_name
+    lock = promotion_lock(store_uri, name, cfg.promotion.lock_uri)  # a store without a lock fails here
     register = register or (lambda n, uri, run, tags: register_version(client, n, uri, run, tags))
     for r in registered:
         # Identical weights (a rerun on cached students) keep their version instead of piling up copies.
         r.candidate.version = version_with_weights(client, name, r.weights) or register(
             name, r.model_uri, r.run_id,
             {"candidate": r.candidate.name, "alpha": f"{r.candidate.alpha:g}", WEIGHTS_TAG: r.weights})
+    champions = _Champions(client, cfg, reevaluate)
     before = champion_version(client, name)
-    champions = {before: _champion(client, name, before)}
     sft = next((r.candidate for r in registered if r.candidate.alpha == 0), None)
-    decisions = [judge(r.candidate, cfg.promotion, cfg.eval, champions[before], sft) for r in registered]
+    decisions = [champions.judge(r.candidate, before, sft) for r in registered]
     best = best_passing(decisions)
-    promoted, detail = None, ""
+    journal = _Journal(client, name)
+    # Decisions that move nothing are recorded at once; the best one's record waits for the alias.
+    records = {id(d): journal.record(d, "final", _outcome(d, None), before)
+               for d in decisions if d is not best}
     if best is not None:
         chosen = next(r.candidate for r in registered if r.candidate.version == best.version)
-
-        def rejudge(current: str | None) -> Decision:
-            # Only a champion that changed since `before` is loaded again (its run and per-example scores).
-            if current not in champions:
-                champions[current] = _champion(client, name, current)
-            return judge(chosen, cfg.promotion, cfg.eval, champions[current], sft)
-
-        outcome, rejudged = promote_guarded(client, name, best.version, lock_path, rejudge, set_alias)
-        if rejudged is not None:  # the judgement made under the lock is the one on record
-            decisions[decisions.index(best)] = best = rejudged
-        promoted = best.version if outcome.status in ("promoted", "unchanged") else None
-        detail = outcome.detail
-    records = []
-    for decision in decisions:
-        record = decision.to_record(outcome=_outcome(decision, promoted, best, detail),
-                                    champion_before=before, registered_model=name)
-        record_decision(client, name, decision.version, record)
-        records.append(record)
-    return records
+        result, rejudged = promote_guarded(client, name, best.version, lock,
+                                           lambda current: champions.judge(chosen, current, sft),
+                                           journal.pending, set_alias)
+        final = rejudged or best  # the judgement made under the lock is the one on record
+        records[id(best)] = journal.record(final, "final", _outcome(final, result), result.champion_after)
+    ordered = [records[id(d)] for d in decisions]
+    for record in ordered:
+        journal.tags(record)
+    return ordered
 
 
-def repromote(client: MlflowClient, cfg: RunConfig, name: str, version: str, lock_path: str | Path,
-              force: bool = False, reason: str = "") -> dict:
-    """Re-run the gate for an existing version against today's champion; `force` promotes regardless."""
+def repromote(client: MlflowClient, cfg: RunConfig, name: str, version: str, store_uri: str,
+              force: bool = False, reason: str = "", reevaluate: Reevaluate | None = None) -> dict:
+    """Re-run the gate for an existing version against today's champion; `force` promotes regardless.
+
+    Returns the final decision record.
+    """
+    lock = promotion_lock(store_uri, name, cfg.promotion.lock_uri)
     candidate = load_candidate(client, name, version)
     sft = None
     if cfg.promotion.kd_not_worse_than_sft and candidate.alpha > 0:
         sft = _sibling_sft(client, name, version)
-
-    def rejudge(current: str | None) -> Decision:
-        return judge(candidate, cfg.promotion, cfg.eval, _champion(client, name, current), sft)
-
-    before = champion_version(client, name)
-    if force:
-        decision = rejudge(before)
-        client.set_registered_model_alias(name, CHAMPION, version)
-        record_forced(client, name, version, reason)
-        outcome = "champion (forced)"
-    else:
-        result, rejudged = promote_guarded(client, name, version, lock_path, rejudge)
-        decision = rejudged or rejudge(before)
-        outcome = {"promoted": "champion", "refused": "failed gate"}.get(result.status,
-                                                                          f"{result.status}: {result.detail}")
-    record = decision.to_record(outcome=outcome, champion_before=before, registered_model=name,
-                                forced=force, reason=reason)
-    record_decision(client, name, version, record)
+    promotion = cfg.model_copy(update={"promotion": cfg.promotion.model_copy(
+        update={"registered_model_name": name})})
+    champions = _Champions(client, promotion, reevaluate)
+    journal = _Journal(client, name, forced=force, reason=reason)
+    result, decision = promote_guarded(client, name, version, lock,
+                                       lambda current: champions.judge(candidate, current, sft),
+                                       journal.pending, force=force)
+    decision = decision or champions.judge(candidate, result.champion_before, sft)
+    record = journal.record(decision, "final", _outcome(decision, result), result.champion_after)
+    journal.tags(record, forced_tags(reason) if force and result.promoted else None)
     return record
 
 

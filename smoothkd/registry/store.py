@@ -1,35 +1,52 @@
 """MLflow side of the registry: log and register students, guard the `champion` alias, keep records.
 
-The alias update is the one place two pipeline runs can race. `promote_guarded` serialises it with an
-exclusive file lock and, inside the lock, re-reads the current champion and re-judges the candidate
-against it (compare-and-set): the alias never moves to a version that failed against the champion it
-replaces, nor back to a version older than the current champion. The lock file covers every process that
-shares the lock path (one host, or a shared filesystem); the re-check keeps the order rule without it.
+The alias update is the one place two promoters can race, on one host or on many. `promote_guarded`
+serialises it with a lock that lives with the MLflow store (`promotion_lock`: a file beside a sqlite
+database or in a file store, a Postgres advisory lock in a Postgres store), so every process that shares
+the store shares the lock, whatever its output directory. Inside the lock it re-reads the champion,
+re-judges the candidate against it, and moves the alias only if the champion is still the one judged
+against (compare-and-set), then reads the alias back: the alias never moves to a version that was not
+judged against the champion it replaces, nor back to a version older than the current champion.
+
+Every decision leaves immutable records (`write_record`, one file per record, never overwritten): a
+`pending` record before the alias moves, saying what is about to happen, and a `final` one after. Tags are
+only an index of the latest final record (`replace_gate_tags`); the records are the history.
 """
 
 from __future__ import annotations
 
 import fcntl
 import getpass
+import hashlib
 import json
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from smoothkd.errors import RegistryLockError
 from smoothkd.registry.gate import Candidate, Decision
+from smoothkd.registry.identity import IDENTITY_ARTIFACT, EvalIdentity
 
 CHAMPION = "champion"
 # Per-example scores stored with each model's run, so later gates can pair against that model.
 PER_EXAMPLE_ARTIFACT = "evaluation/per_example.json"
 MODEL_ARTIFACT = "model"
 WEIGHTS_TAG = "weights_sha256"
+DECISIONS_DIR = "gate/decisions"
+GATE_PREFIX = "gate."
+# The tag naming the record the gate.* tags index; written last, so it changes only once the set is whole.
+DECISION_TAG = "gate.decision"
+LOCK_FILE = "smoothkd-promotion.lock"
+# Tries of the compare-and-set when a writer outside the lock keeps moving the alias under a judgement.
+CAS_TRIES = 3
 
 
 def pip_requirements() -> list[str]:
@@ -63,7 +80,11 @@ def register_version(client: MlflowClient, name: str, model_uri: str, run_id: st
     try:
         client.get_registered_model(name)
     except MlflowException:
-        client.create_registered_model(name)
+        try:
+            client.create_registered_model(name)
+        except MlflowException as err:  # another promoter created it between the two calls
+            if err.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
     return str(client.create_model_version(name, model_uri, run_id=run_id, tags=tags or {}).version)
 
 
@@ -92,16 +113,29 @@ def load_candidate(client: MlflowClient, name: str, version: str) -> Candidate:
     with tempfile.TemporaryDirectory() as tmp:  # through this client's store, not the process-wide URI
         per_example = json.loads(Path(client.download_artifacts(mv.run_id, PER_EXAMPLE_ARTIFACT, tmp))
                                  .read_text(encoding="utf-8"))
+        identity = _run_identity(client, mv.run_id, tmp)
     alpha = float(run.data.params.get("alpha", mv.tags.get("alpha", 0.0)))
     candidate_name = mv.tags.get("candidate", run.data.tags.get("mlflow.runName", f"v{version}"))
-    return Candidate(candidate_name, alpha, dict(run.data.metrics), per_example, version)
+    return Candidate(candidate_name, alpha, dict(run.data.metrics), per_example, version, identity)
+
+
+def _run_identity(client: MlflowClient, run_id: str, tmp: str) -> EvalIdentity | None:
+    """The evaluation identity logged with a run; None for runs evaluated before identities were kept."""
+    folder, _, file = IDENTITY_ARTIFACT.rpartition("/")
+    if file not in {Path(a.path).name for a in client.list_artifacts(run_id, folder)}:
+        return None
+    path = Path(client.download_artifacts(run_id, IDENTITY_ARTIFACT, tmp))
+    return EvalIdentity.from_dict(json.loads(path.read_text(encoding="utf-8")))
 
 
 @contextmanager
-def exclusive_lock(path: str | Path) -> Iterator[None]:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as handle:
+def _file_lock(path: Path) -> Iterator[None]:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(path, "a+")
+    except OSError as err:
+        raise RegistryLockError(f"promotion lock {path}: {err.strerror or err}") from None
+    with handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
@@ -109,61 +143,188 @@ def exclusive_lock(path: str | Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def advisory_key(name: str) -> int:
+    """The Postgres advisory-lock key (signed 64 bit) for promotions of registered model `name`."""
+    return int.from_bytes(hashlib.sha256(f"smoothkd-promotion:{name}".encode()).digest()[:8], "big",
+                          signed=True)
+
+
+@contextmanager
+def _postgres_lock(uri: str, name: str) -> Iterator[None]:
+    """A session advisory lock on the store's database: the server drops it if the promoter dies."""
+    import sqlalchemy
+
+    shown = sqlalchemy.engine.make_url(uri).render_as_string(hide_password=True)
+    try:
+        engine = sqlalchemy.create_engine(uri, poolclass=sqlalchemy.pool.NullPool,
+                                          isolation_level="AUTOCOMMIT")
+        connection = engine.connect()
+    except ModuleNotFoundError as err:
+        raise RegistryLockError(f"promotion lock on {shown}: no Postgres driver ({err.name}); install "
+                                f"psycopg2-binary") from None
+    except sqlalchemy.exc.SQLAlchemyError as err:
+        raise RegistryLockError(f"promotion lock on {shown}: {str(err).splitlines()[0]}") from None
+    key = advisory_key(name)
+    try:
+        connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": key})
+        try:
+            yield
+        finally:
+            connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+    finally:
+        connection.close()
+        engine.dispose()
+
+
+def promotion_lock(store_uri: str, name: str, lock_uri: str | None = None) -> AbstractContextManager[None]:
+    """The lock every promoter of `name` on the MLflow store `store_uri` takes, living with the store.
+
+    `sqlite:///path/db` locks a file beside the database (every process that can open it can take it);
+    a file store (`file://` or a path) a file in the store's directory; `postgresql://` takes a Postgres
+    advisory lock in that database. A tracking server (`http(s)://`) hides its database: `lock_uri`
+    (`promotion.lock_uri`) names a lock of the kinds above that every promoter reaches, e.g. the server's
+    Postgres. Raises RegistryLockError, one line, when the store has no lock to offer.
+    """
+    uri = lock_uri or store_uri
+    parts = urlsplit(uri)
+    scheme = parts.scheme.split("+")[0]
+    if scheme == "sqlite":
+        database = uri.split("://", 1)[1].removeprefix("/").split("?")[0]
+        if not database or database == ":memory:":
+            raise RegistryLockError(f"promotion lock: {uri} is an in-memory sqlite store, shared by no one")
+        return _file_lock(Path(unquote(database)).with_name(f"{Path(database).name}.{LOCK_FILE}"))
+    if scheme in ("", "file"):
+        return _file_lock(Path(unquote(parts.path if scheme else uri)) / LOCK_FILE)
+    if scheme in ("postgresql", "postgres"):
+        return _postgres_lock(uri.replace("postgres://", "postgresql://", 1), name)
+    where = "promotion.lock_uri" if lock_uri else f"MLflow store {parts.scheme}://{parts.hostname or ''}"
+    raise RegistryLockError(f"{where}: no promotion lock for '{parts.scheme}' URIs; set promotion.lock_uri "
+                            f"to the store's Postgres database (postgresql://...) or a shared sqlite:// or "
+                            f"file:// path that every promoter reaches")
+
+
 @dataclass
 class Outcome:
-    """What happened to the alias for one candidate: `promoted`, `refused`, `superseded` or `unchanged`."""
+    """What happened to the alias for one candidate: `promoted`, `refused`, `superseded`, `unchanged`,
+    `lost` (another writer moved the alias right after this one) or `conflict` (it kept moving)."""
 
     status: str
     version: str
     champion_before: str | None
     detail: str = ""
+    champion_after: str | None = None
 
     @property
     def promoted(self) -> bool:
         return self.status == "promoted"
 
 
-def promote_guarded(client: MlflowClient, name: str, version: str, lock_path: str | Path,
+def promote_guarded(client: MlflowClient, name: str, version: str, lock: AbstractContextManager[None],
                     rejudge: Callable[[str | None], Decision],
-                    set_alias: Callable[[str], None] | None = None) -> tuple[Outcome, Decision | None]:
-    """Move `champion` to `version` if it still passes against whatever is champion now.
+                    before_move: Callable[[Decision, str | None], None],
+                    set_alias: Callable[[str], None] | None = None,
+                    force: bool = False) -> tuple[Outcome, Decision | None]:
+    """Move `champion` to `version` if it passes against whatever is champion now (`force`: regardless).
 
-    `rejudge(current_champion_version)` recomputes the gate decision inside the lock; `set_alias(version)`
-    defaults to MLflow's alias update (the pipeline passes ZenML's model registry instead).
+    Under `lock` (`promotion_lock`): `rejudge(current_champion_version)` recomputes the decision;
+    `before_move(decision, current)` writes the pending record; `set_alias(version)` defaults to MLflow's
+    alias update (the pipeline passes ZenML's model registry). Returns the outcome and the decision made
+    under the lock (None when no judgement was needed).
     """
-    with exclusive_lock(lock_path):
-        current = champion_version(client, name)
-        if current == version:
-            return Outcome("unchanged", version, current, "already champion"), None
-        if current is not None and int(current) > int(version):
-            return Outcome("superseded", version, current, f"newer champion v{current}"), None
-        decision = rejudge(current)
-        if not decision.passed:
-            return Outcome("refused", version, current, ", ".join(decision.failed_criteria)), decision
-        (set_alias or (lambda v: client.set_registered_model_alias(name, CHAMPION, v)))(version)
-        if champion_version(client, name) != version:
-            raise RuntimeError(f"alias {CHAMPION} of {name} did not move to v{version}")
-        return Outcome("promoted", version, current), decision
+    move = set_alias or (lambda v: client.set_registered_model_alias(name, CHAMPION, v))
+    with lock:
+        decision = None
+        for _ in range(CAS_TRIES):
+            current = champion_version(client, name)
+            if current == version and not force:
+                return Outcome("unchanged", version, current, "already champion", current), decision
+            if current is not None and int(current) > int(version) and not force:
+                return (Outcome("superseded", version, current, f"newer champion v{current}", current),
+                        decision)
+            decision = rejudge(current)
+            if not decision.passed and not force:
+                return (Outcome("refused", version, current, ", ".join(decision.failed_criteria), current),
+                        decision)
+            # Compare-and-set: a writer that does not take this lock (a manual alias move, another tool) may
+            # have moved the alias while the judgement ran; then judge again against the new champion.
+            if champion_version(client, name) != current:
+                continue
+            before_move(decision, current)
+            move(version)
+            after = champion_version(client, name)
+            if after != version:
+                return (Outcome("lost", version, current, f"alias moved on to v{after} by another writer",
+                                after), decision)
+            return Outcome("promoted", version, current, "forced" if force else "", version), decision
+        after = champion_version(client, name)
+        return Outcome("conflict", version, after, f"champion changed {CAS_TRIES} times under the judgement",
+                       after), decision
 
 
-def record_decision(client: MlflowClient, name: str, version: str, record: dict) -> None:
-    """The decision as tags on the model version and as JSON in the version's run."""
+def write_record(client: MlflowClient, name: str, version: str, record: dict) -> str:
+    """Write one decision record into the version's run, under a name no other record has; return its path.
+
+    `record` carries `decision_id` and `status` (`pending` or `final`): the pair names the file, so a
+    record is never overwritten, and a pending record without its final one marks an interrupted decision.
+    """
+    path = f"{DECISIONS_DIR}/{record['decision_id']}.{record['status']}.json"
+    client.log_dict(client.get_model_version(name, version).run_id, record, path)
+    return path
+
+
+def gate_tags(record: dict, record_path: str) -> dict[str, str]:
+    """The gate.* tags that index one final decision record."""
+    evaluation = record.get("champion_evaluation") or {}
     tags = {"gate.passed": str(record["passed"]).lower(), "gate.outcome": record.get("outcome", ""),
-            "gate.primary": f"{record['primary_metric']}={record['primary_value']}"}
+            "gate.primary": f"{record['primary_metric']}={record['primary_value']}",
+            DECISION_TAG: record_path}
+    if evaluation.get("differences"):  # the champion's registry evaluation did not pair: say what was used
+        why = f"{evaluation['source']} ({'; '.join(evaluation['differences'])})"
+        if evaluation["error"]:
+            why = f"{why}: {evaluation['error']}"
+        tags["gate.champion_evaluation"] = why[:5000]
     for c in record["criteria"]:
         value = "n/a" if c["value"] is None else f"{c['value']:.3f}"
         tags[f"gate.{c['name']}"[:250]] = f"{c['verdict']}: {value} (threshold {c['threshold']})"[:5000]
-    for key, value in tags.items():
-        client.set_model_version_tag(name, version, key, value)
+    return tags
+
+
+def replace_gate_tags(client: MlflowClient, name: str, version: str, tags: dict[str, str]) -> None:
+    """Make `tags` the version's whole gate.* set: stale gate.* tags removed first, DECISION_TAG set last.
+
+    MLflow sets tags one call at a time; this order keeps a reader from mistaking a half-replaced set for
+    a whole one: DECISION_TAG names the record of the set only once that set is complete.
+    """
+    existing = client.get_model_version(name, version).tags
+    for key in existing:
+        if key.startswith(GATE_PREFIX) and key not in tags:
+            client.delete_model_version_tag(name, version, key)
+    for key, value in sorted(tags.items(), key=lambda kv: kv[0] == DECISION_TAG):
+        if existing.get(key) != value or key == DECISION_TAG:
+            client.set_model_version_tag(name, version, key, value)
+
+
+def forced_tags(reason: str) -> dict[str, str]:
+    """Who forced a promotion, when and why."""
+    return {"promotion.forced_by": getpass.getuser(), "promotion.reason": reason,
+            "promotion.forced_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+def read_decisions(client: MlflowClient, name: str, version: str) -> list[dict]:
+    """Every decision recorded for a version, oldest first: its final record, or its pending one with
+    status `interrupted` when the decision never completed (the alias tells whether it had moved)."""
     run_id = client.get_model_version(name, version).run_id
-    client.log_dict(run_id, record, f"gate/decision_v{version}.json")
-
-
-def record_forced(client: MlflowClient, name: str, version: str, reason: str) -> None:
-    """Who forced a promotion, when and why, as tags on the version."""
-    for key, value in {"promotion.forced_by": getpass.getuser(), "promotion.reason": reason,
-                       "promotion.forced_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}.items():
-        client.set_model_version_tag(name, version, key, value)
+    records: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for artifact in client.list_artifacts(run_id, DECISIONS_DIR):
+            record = json.loads(Path(client.download_artifacts(run_id, artifact.path, tmp))
+                                .read_text(encoding="utf-8"))
+            if record["version"] != version or record["registered_model"] != name:
+                continue
+            if record["status"] == "final" or record["decision_id"] not in records:
+                records[record["decision_id"]] = {**record, "record": artifact.path}
+    return [r if r["status"] == "final" else {**r, "status": "interrupted"}
+            for _, r in sorted(records.items())]
 
 
 def list_versions(client: MlflowClient, name: str | None = None) -> list[dict]:
