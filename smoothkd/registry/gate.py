@@ -164,6 +164,13 @@ def judge(candidate: Candidate, promotion: PromotionConfig, eval_cfg: EvalConfig
     """Judge one candidate against the configured floors, the current champion and the SFT baseline."""
     criteria: list[Criterion] = []
     m = candidate.metrics
+    for split, floors in sorted(promotion.splits.items()):
+        if floors.min_factual_consistency is not None:
+            name = f"{split}/factual_consistency"
+            criteria.append(_floor(name, m.get(name), floors.min_factual_consistency))
+        if floors.min_rougeLsum is not None:
+            name = f"{split}/rougeLsum"
+            criteria.append(_floor(name, m.get(name), floors.min_rougeLsum))
     for split in eval_cfg.splits:
         # Whatever the floors: a student whose summaries share no word with any reference says nothing,
         # and must not win on a consistency score that an empty summary cannot contradict. (The name is
@@ -172,13 +179,6 @@ def judge(candidate: Candidate, promotion: PromotionConfig, eval_cfg: EvalConfig
         value = m.get(name)
         criteria.append(Criterion(f"{name} above 0", value, 0.0, PASS if value else FAIL,
                                   "metric missing" if value is None else ">"))
-    for split, floors in sorted(promotion.splits.items()):
-        if floors.min_factual_consistency is not None:
-            name = f"{split}/factual_consistency"
-            criteria.append(_floor(name, m.get(name), floors.min_factual_consistency))
-        if floors.min_rougeLsum is not None:
-            name = f"{split}/rougeLsum"
-            criteria.append(_floor(name, m.get(name), floors.min_rougeLsum))
     if champion is not None and champion.version != candidate.version:
         for split in eval_cfg.splits:
             for metric in promotion.regression_metrics:
