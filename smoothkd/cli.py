@@ -117,6 +117,7 @@ def sweep(
 ) -> None:
     """The α ablation: KD − SFT per α and split, mean over seeds, CI over seeds and examples."""
     cfg = _load(config, set_)
+    kd_alphas = _parse_alphas(alphas)
     import json
 
     from rich.console import Console
@@ -124,7 +125,6 @@ def sweep(
     from pipelines.sweep import run_sweep
     from smoothkd.evaluation.sweep import differences_table
 
-    kd_alphas = _parse_alphas(alphas)
     # With --json, stdout carries the JSON alone: progress and the libraries' chatter go to stderr.
     quiet = contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext()
     with _one_line_errors(), quiet:

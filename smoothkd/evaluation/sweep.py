@@ -159,7 +159,8 @@ def conclusions(differences: list[Difference], confidence: float) -> dict[str, d
 
 
 def differences_table(summary: SweepSummary):
-    """One row per (split, α): each compared metric's KD − SFT mean (CI); a seeds-only CI is marked †."""
+    """One row per (split, α): each compared metric's KD − SFT mean (CI), a seeds-only CI marked †, and
+    every seed's own consistency difference."""
     from rich.table import Table
 
     present = [(m, label) for m, label in COMPARED if any(d.metric == m for d in summary.differences)]
@@ -169,6 +170,7 @@ def differences_table(summary: SweepSummary):
     table.add_column("α", justify="right")
     for _, label in present:
         table.add_column(label, justify="right", overflow="fold")
+    table.add_column("consistency, each seed", justify="right", overflow="fold")
     cells = {(d.split, d.alpha, d.metric): d for d in summary.differences}
     splits = list(dict.fromkeys(d.split for d in summary.differences))
     for split in splits:
@@ -179,5 +181,7 @@ def differences_table(summary: SweepSummary):
                 d = cells.get((split, alpha, metric))
                 row.append("-" if d is None else f"{d.mean:+.2f} ({d.low:+.2f}–{d.high:+.2f})"
                            + ("†" if d.covers == SEEDS_ONLY else ""))
-            table.add_row(split, f"{alpha:g}", *row, end_section=i == len(alphas) - 1)
+            consistency = cells.get((split, alpha, CONSISTENCY))
+            each = ", ".join(f"{v:+.2f}" for v in consistency.per_seed.values()) if consistency else "-"
+            table.add_row(split, f"{alpha:g}", *row, each, end_section=i == len(alphas) - 1)
     return table
