@@ -75,10 +75,11 @@ def _tracking(uri: str) -> Iterator[None]:
         mlflow.set_tracking_uri(previous)
 
 
-def _log_model(name: str, artifact: ModelArtifact, alpha: float | None, seed: int | None,
+def _log_model(experiment: str, name: str, artifact: ModelArtifact, alpha: float | None, seed: int | None,
                evaluation: Evaluation) -> str:
     """One child run: what trained the model, its loss curve, evaluation metrics, per-example scores."""
-    with mlflow.start_run(run_name=name, nested=True) as run:
+    # A nested run lands in the active experiment, not its parent's, unless told.
+    with mlflow.start_run(experiment_id=experiment, run_name=name, nested=True) as run:
         log_training({"role": artifact.role, "alpha": "" if alpha is None else alpha,
                       "seed": "" if seed is None else seed, "path": artifact.path, "cached": artifact.cached},
                      artifact.loss_history)
@@ -132,7 +133,7 @@ def run_sweep(cfg: RunConfig, n_seeds: int, alphas: list[float], echo: Callable[
 
         def done(name: str, artifact: ModelArtifact, alpha: float | None, seed: int | None,
                  evaluation: Evaluation, seconds: float) -> None:
-            run_id = _log_model(name, artifact, alpha, seed, evaluation)
+            run_id = _log_model(experiment, name, artifact, alpha, seed, evaluation)
             models.append(SweepModel(name, alpha, seed, artifact.path, run_id, artifact.cached,
                                      {k: v for k, v in evaluation.metrics.items() if "_ci_" not in k}))
             trained = "cached" if artifact.cached else f"trained in {artifact.train_seconds:.1f} s"

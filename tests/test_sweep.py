@@ -186,7 +186,7 @@ def test_sweep_logs_one_parent_run_with_a_child_per_model_and_the_chart(tiny_swe
     parent = client.get_run(summary["run_id"])
     assert parent.info.run_name == summary["run_name"] and parent.data.tags["smoothkd.sweep"] == "true"
     children = client.search_runs([parent.info.experiment_id],
-                                  f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+                                  f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
     assert sorted(r.info.run_name for r in children) == sorted(m["name"] for m in summary["models"])
     assert {m["run_id"] for m in summary["models"]} == {r.info.run_id for r in children}
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "sweep")}
