@@ -120,6 +120,58 @@ def run(config: ConfigArg, set_: SetOpt = None, verbose: VerboseOpt = False) -> 
                   soft_wrap=True)
 
 
+def _parse_alphas(text: str) -> list[float]:
+    """`0,0.1,0.5,1.0` as floats in [0, 1], at least one of them a KD weight (> 0)."""
+    try:
+        alphas = [float(a) for a in text.split(",") if a.strip()]
+    except ValueError:
+        _fail(f"--alphas {text!r}: expected comma-separated numbers, e.g. 0,0.1,0.5,1.0")
+    bad = [a for a in alphas if not 0 <= a <= 1]
+    if bad:
+        _fail(f"--alphas: {bad[0]:g} is outside [0, 1] (α weighs the KD term; 0 is the SFT baseline)")
+    if not any(alphas):
+        _fail("--alphas: give at least one KD weight > 0 to compare with the SFT baseline (α = 0)")
+    return alphas
+
+
+@app.command()
+def sweep(
+    config: ConfigArg,
+    seeds: Annotated[int, typer.Option(min=1, help="Student seeds: student.train.seed and the next N-1")],
+    alphas: Annotated[str, typer.Option(help="KD weights, comma-separated; the SFT baseline (0) always runs")
+                      ] = "0,0.1,0.5,1.0",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON (progress on stderr)")
+                       ] = False,
+    set_: SetOpt = None,
+) -> None:
+    """The α ablation: KD − SFT per α and split, mean over seeds, CI over seeds and examples."""
+    cfg = _load(config, set_)
+    kd_alphas = _parse_alphas(alphas)
+    import json
+
+    from rich.console import Console
+
+    from pipelines.sweep import run_sweep
+    from smoothkd.evaluation.sweep import differences_table
+
+    # With --json, stdout carries the JSON alone: progress and the libraries' chatter go to stderr.
+    quiet = contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext()
+    with _one_line_errors(), quiet:
+        summary = run_sweep(cfg, seeds, kd_alphas, echo=lambda line: typer.echo(line, err=as_json))
+    if as_json:
+        typer.echo(json.dumps(summary.to_dict(), indent=1))
+        return
+    console = Console(soft_wrap=True)
+    console.print(differences_table(summary))
+    for kd, per_split in summary.conclusions.items():
+        for split, text in per_split.items():
+            console.print(f"{kd} {split}: {text}", highlight=False)
+    console.print(f"chart: {summary.chart}\nsummary: {summary.summary_file}", highlight=False)
+    ui_cmd = "smoothkd ui" if config == DEFAULT_CONFIG else f"smoothkd ui --config {config}"
+    console.print(f"sweep wall time: {summary.seconds:.1f} s; MLflow run {summary.run_name}: {ui_cmd}",
+                  highlight=False)
+
+
 @app.command()
 def ui(
     config: Annotated[Path, typer.Option(help="Config whose MLflow store to serve")] = DEFAULT_CONFIG,
@@ -195,6 +247,48 @@ def models(
     for row in rows:
         table.add_row(*[", ".join(row[c]) if c == "aliases" else str(row[c]) for c in columns])
     Console().print(table)
+
+
+@app.command()
+def results(
+    as_json: Annotated[bool, typer.Option("--json", help="{run, models: {NAME: {SPLIT: {METRIC: mean}}}}")
+                       ] = False,
+    config: ConfigOpt = DEFAULT_CONFIG,
+    set_: SetOpt = None,
+    tracking_uri: TrackingOpt = None,
+) -> None:
+    """The latest finished pipeline run's summary, read back from the config's MLflow store."""
+    import json
+
+    from rich.console import Console
+
+    from smoothkd.config import tracking_uri as store_of
+    from smoothkd.report import decisions_table, deltas_table, general_table, means_by_split, results_table
+    from smoothkd.tracking import latest_results
+
+    cfg = _load(config if config.exists() else None, set_)
+    uri = tracking_uri or store_of(cfg)
+    with _registry_errors("results"):
+        found = latest_results(uri, cfg.tracking.experiment_name)
+    if found is None:
+        _fail(f"no finished pipeline run in experiment {cfg.tracking.experiment_name} of {uri}: "
+              f"run `smoothkd run {config}` first", code=1)
+    run_name, record = found
+    if as_json:
+        typer.echo(json.dumps({"run": run_name, "models": means_by_split(record)}, indent=1, sort_keys=True))
+        return
+    splits = cfg.eval.splits
+    console = Console()
+    console.print(f"run {run_name} (MLflow store {uri})", highlight=False, soft_wrap=True)
+    console.print(results_table(record, splits))
+    console.print(general_table(record))
+    if record["deltas"]:
+        console.print(deltas_table(record, splits))
+    if record["decisions"]:
+        console.print(decisions_table(record))
+    champion = record["champion"]
+    console.print(f"champion: {champion['name']} v{champion['version']} ({champion['candidate']})" if champion
+                  else "champion: unchanged (no candidate of this run was promoted)", highlight=False)
 
 
 @app.command()

@@ -170,3 +170,15 @@ def metrics_table(metrics: dict[str, float], title: str):
     for name in sorted(n for n in metrics if not n.endswith(("_ci_low", "_ci_high"))):
         table.add_row(name, _cell(metrics, name))
     return table
+
+
+def means_by_split(results: dict[str, Any]) -> dict[str, dict[str, dict[str, float]]]:
+    """{model name (teacher, sft, kd_a0.1, ...): {split: {metric: mean}}} from a results record."""
+    models: dict[str, dict[str, dict[str, float]]] = {}
+    for model in results["models"]:
+        by_split = models.setdefault(model["role"].removeprefix("student_"), {})
+        for name, value in model["metrics"].items():
+            split, _, metric = name.partition("/")
+            if metric and not metric.endswith(("_ci_low", "_ci_high")):
+                by_split.setdefault(split, {})[metric] = value
+    return models

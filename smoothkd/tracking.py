@@ -48,3 +48,27 @@ def log_metrics(metrics: dict[str, float], run_id: str | None = None) -> None:
     else:
         mlflow.MlflowClient().log_batch(run_id, metrics=[Metric(k, v, int(time.time() * 1000), 0)
                                                          for k, v in clean.items()])
+
+
+def latest_results(uri: str, experiment_name: str) -> tuple[str, dict] | None:
+    """(pipeline run name, results record) of the newest finished `distill` run in the experiment: the
+    `results.json` its report step logged. None when no run got that far."""
+    import json
+    import tempfile
+
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name(experiment_name)
+    if experiment is None:
+        return None
+    # The report step is the pipeline's last: its run exists only for a run that reached the end.
+    runs = client.search_runs([experiment.experiment_id],
+                              "attributes.run_name = 'report' and attributes.status = 'FINISHED'",
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    if not runs:
+        return None
+    report = runs[0]
+    parent = report.data.tags.get("mlflow.parentRunId")
+    name = client.get_run(parent).info.run_name if parent else report.info.run_name
+    with tempfile.TemporaryDirectory() as tmp:
+        path = client.download_artifacts(report.info.run_id, "results.json", tmp)
+        return name, json.loads(Path(path).read_text(encoding="utf-8"))

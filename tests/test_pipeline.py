@@ -120,6 +120,31 @@ def test_teacher_passes_the_calibration_gate_before_any_student(tiny_run):
         "calibration/reliability.png", "calibration/calibration.json"}
 
 
+def test_results_cli_reads_the_latest_run_back_from_the_store(tiny_run, tmp_path):
+    from typer.testing import CliRunner
+
+    from smoothkd.cli import app
+
+    cfg, results = tiny_run
+    args = ["--config", str(ROOT / "configs/test/tiny.yaml"), "--set", f"output_dir={cfg.output_dir}"]
+    shown = CliRunner().invoke(app, ["results", "--json", *args])
+    assert shown.exit_code == 0, shown.output
+    summary = json.loads(shown.stdout)
+    assert summary["run"] == results["run_name"]
+    assert set(summary["models"]) == {"teacher", "sft", "kd_a0.5"}
+    for model in results["models"]:
+        by_split = summary["models"][model["role"].removeprefix("student_")]
+        assert set(by_split) == {"cnndm", "xsum", "general"}
+        for split in ("cnndm", "xsum"):
+            for metric in ("factual_consistency", "rougeLsum", "hallucinated_facts_per_summary"):
+                assert by_split[split][metric] == pytest.approx(model["metrics"][f"{split}/{metric}"])
+            assert not any(name.endswith(("_ci_low", "_ci_high")) for name in by_split[split])
+    table = CliRunner().invoke(app, ["results", *args])
+    assert table.exit_code == 0 and results["run_name"] in table.output and "kd_a0.5" in table.output
+    empty = CliRunner().invoke(app, ["results", "--json", *args[:2], "--set", f"output_dir={tmp_path}"])
+    assert empty.exit_code == 1 and "no finished pipeline run" in empty.output
+
+
 def test_second_run_reuses_the_cached_teacher(tiny_run):
     from pipelines.runner import run_distill
 
