@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import string
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,6 +57,7 @@ from smoothkd.data.corpus_tables import (
     YEARS,
 )
 from smoothkd.data.prompts import CNNDM_INSTRUCTION, XSUM_INSTRUCTION
+from smoothkd.io import atomic_write_bytes, sha256_file
 
 GENERATOR_VERSION = 2
 FILES = ("instruction.jsonl", "cnndm.jsonl", "xsum.jsonl", "lexicon.json")
@@ -374,24 +373,6 @@ def _jsonl(rows: list[dict[str, Any]]) -> bytes:
     return "".join(json.dumps(row, sort_keys=True, ensure_ascii=False) + "\n" for row in rows).encode()
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; the corpus is ordinary readable data
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def generate_corpus(
     out_dir: str | Path,
     seed: int = 10,
@@ -421,7 +402,7 @@ def generate_corpus(
         ).encode(),
     }
     for name, data in contents.items():
-        _write_atomic(out / name, data)
+        atomic_write_bytes(out / name, data)
     manifest = {
         "seed": seed,
         "trap_rate": trap_rate,
@@ -430,7 +411,7 @@ def generate_corpus(
         "files": {name: hashlib.sha256(data).hexdigest() for name, data in contents.items()},
         "generator_version": GENERATOR_VERSION,
     }
-    _write_atomic(out / MANIFEST, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
+    atomic_write_bytes(out / MANIFEST, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
     return manifest
 
 
@@ -443,7 +424,7 @@ def corpus_is_complete(out_dir: str | Path) -> bool:
         return False
     if not isinstance(files, dict) or set(files) != set(FILES):
         return False
-    return all((out / name).is_file() and _sha256(out / name) == digest for name, digest in files.items())
+    return all((out / name).is_file() and sha256_file(out / name) == digest for name, digest in files.items())
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
