@@ -29,3 +29,15 @@ def interleaved_times(variants: dict[str, Callable[[], object]], repeats: int,
         for name, fn in variants.items():
             times[name].append(timed(fn, device))
     return times
+
+
+def training_step(trainer, model, batch) -> Callable[[], None]:
+    """One optimiser step of `trainer`'s loss on `batch` (AdamW, gradients cleared), as a callable."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def step():
+        loss = trainer.compute_loss(model, batch)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return step

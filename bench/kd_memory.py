@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from _timing import interleaved_times
+from _timing import interleaved_times, training_step
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -71,15 +71,7 @@ def make_step(name: str, device: torch.device, work: Path):
     trainer = DistillTrainer(model=model, args=training_arguments(TrainConfig(batch_size=BATCH), work,
                                                                   device.type),
                              distill=DistillConfig(chunk_tokens=CHUNK), alpha=alpha, fused_loss=fused)
-    inputs = batch(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-
-    def step():
-        loss = trainer.compute_loss(model, inputs)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    return step, trainer
+    return training_step(trainer, model, batch(device)), trainer
 
 
 def rss_bytes() -> int:

@@ -9,7 +9,7 @@ import statistics
 
 import torch
 from _kd_world import demo_world
-from _timing import interleaved_times
+from _timing import interleaved_times, training_step
 
 from smoothkd.config import DistillConfig, TrainConfig
 from smoothkd.distill.labels import LabelSpec, LabelStore, precompute_labels
@@ -18,16 +18,6 @@ from smoothkd.modeling.models import load_causal_lm, resolve_device
 
 REPEATS = 30
 
-
-def make_step(trainer, model, batch):
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-
-    def step():
-        loss = trainer.compute_loss(model, batch)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    return step
 
 
 def saved_bytes(trainer, model, batch) -> int:
@@ -63,7 +53,7 @@ def main() -> None:
                                  teacher=teacher,
                                  data_collator=DistillCollator(tokenizer.pad_token_id, store_))
         batch = {k: v.to(device) for k, v in trainer.data_collator(features).items()}
-        variants[name] = (make_step(trainer, model, batch), trainer, model, batch)
+        variants[name] = (training_step(trainer, model, batch), trainer, model, batch)
 
     for _ in range(3):  # warm-up
         for step, *_ in variants.values():
