@@ -339,7 +339,12 @@ def test_a_champion_evaluated_otherwise_is_re_evaluated_on_the_candidates_rows(w
     client = mlflow.MlflowClient(uri)
     first = run_cfg(1)
     champion, _ = evaluated(first, world["model_dir"], "kd_a0.1")
-    assert register_and_promote(client, first, [champion], uri)[0]["outcome"] == "champion"
+    register_and_promote(client, first, [champion], uri)
+    # A random tiny model's summaries share no word with the references (ROUGE-Lsum 0 fails the gate):
+    # the champion this test needs is forced, which the gate records as such.
+    forced = repromote(client, first, name, champion.candidate.version, uri, force=True,
+                       reason="test champion")
+    assert forced["outcome"].startswith("champion")
     second = run_cfg(2, consistency="nli", consistency_model=str(root / "nli"))
     cand, result = evaluated(second, other, "kd_a1")
     assert cand.candidate.per_example["cnndm"]["id"] == champion.candidate.per_example["cnndm"]["id"]
