@@ -207,8 +207,8 @@ class DistillConfig(_Section):
     precompute_batch_size: int = Field(default=16, gt=0)
     chunk_tokens: int = Field(default=1024, gt=0)
     # `sampled`: `samples` draws per token from the teacher instead of its top-k, an unbiased estimate of
-    # the full forward-KL gradient (smoothkd.distill.sampled); at 16-bit ids 24 draws cost
-    # 48 B/token, compact top-16 49.
+    # the full forward-KL gradient (smoothkd.distill.sampled); S draws cost S·⌈log2 V⌉/8 bytes a token
+    # (24 draws at V = 1,024: 30 B; compact top-16: 37 B).
     labels: Literal["topk", "sampled"] = "topk"
     samples: int = Field(default=24, gt=0)
 

@@ -50,7 +50,7 @@ from smoothkd.distill import sampled
 from smoothkd.distill.losses import log1mexp
 from smoothkd.distill.runtime import rank_and_world
 from smoothkd.errors import CorruptLabelStoreError
-from smoothkd.io import content_hash, read_json, sha256_file, write_json
+from smoothkd.io import atomic_write_bytes, content_hash, read_json, sha256_file, write_json
 from smoothkd.modeling.models import response_logits
 
 LOGP_STEP = 1.0 / 16.0
@@ -309,9 +309,7 @@ def precompute_labels(model, examples: list[dict], root: str | Path, spec: Label
         buffer = BytesIO()
         np.savez(buffer, **arrays)
         data = buffer.getvalue()  # hashed here, not read back from disk
-        tmp = out / f".{name}.tmp"
-        tmp.write_bytes(data)
-        tmp.replace(file)
+        atomic_write_bytes(file, data)
         write_json(record, {"file": name, "sha256": hashlib.sha256(data).hexdigest(),
                             "tokens": int(arrays["lengths"].sum()),
                             "topk_mass_sum": float(labels.logp.double().exp().sum())})
@@ -339,5 +337,6 @@ def precompute_labels(model, examples: list[dict], root: str | Path, spec: Label
             record.unlink()
     if world > 1:
         dist.barrier()  # the manifest exists before any rank returns
-    topk_mass = read_json(out / "manifest.json")["topk_mass"]
+    # Rank 0 holds the manifest it wrote; the other ranks read it once it exists.
+    topk_mass = manifest["topk_mass"] if rank == 0 else read_json(out / "manifest.json")["topk_mass"]
     return PrecomputeResult(str(out), key, passes, seconds, total_tokens, per_token, topk_mass, reused=False)

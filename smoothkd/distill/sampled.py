@@ -19,7 +19,8 @@ loss value is the cross-entropy estimate, so it sits above a KL by the teacher's
 Only forward KL: reverse KL and JSD weigh the teacher's log-probabilities by the student's own
 probabilities over every token, which no sample of the teacher estimates without bias.
 
-Size: S ids per token, S · (id bytes) — S = 24 draws with 16-bit ids cost the 48 B of compact top-16.
+Size: S ids per token, bit-packed like top-k ids: S · ⌈log2 V⌉ / 8 bytes (24 draws at V = 1,024: 30 B;
+compact top-16 with its values and tail: 37 B).
 A shard's draws come from a generator seeded by the store key, the shard and the batch, so recomputing a
 shard (a resumed precompute) draws the same tokens for the same batch size.
 """

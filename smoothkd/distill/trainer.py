@@ -339,7 +339,8 @@ def finetune(model, tokenizer, examples: list[dict], cfg: TrainConfig, output_di
     """
     if alpha > 0 and label_store is None and teacher is None:
         raise ValueError("alpha > 0 needs stored teacher labels or an online teacher")
-    kind = (distill or DistillConfig()).labels
+    distill = distill or DistillConfig()
+    kind = distill.labels
     if label_store is not None and label_store.sampled != (kind == "sampled"):
         raise ValueError(f"distill.labels is {kind} but the label store {label_store.path} holds "
                          f"{'sampled' if label_store.sampled else 'top-k'} labels")
