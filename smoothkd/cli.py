@@ -180,8 +180,6 @@ def ui(
                     ] = "127.0.0.1",
 ) -> None:
     """Serve the MLflow UI on the store the pipeline wrote to."""
-    import os
-
     from smoothkd.config import output_root, tracking_uri
 
     cfg = _load(config if config.exists() else None, None)

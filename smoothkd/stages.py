@@ -103,9 +103,9 @@ def prepare_tokenizer(cfg: RunConfig, data_dir: str | Path) -> Path | str:
     configured = cfg.tokenizer.name_or_path or cfg.teacher.name_or_path
     if configured:
         return configured
-    embedded = read_json(Path(data_dir) / "manifest.json").get("embedded_corpus")
-    whole = entity_tokens() if cfg.tokenizer.entity_tokens and embedded else []
-    key = _key(dataset_key(data_dir), str(cfg.tokenizer.vocab_size), *whole)
+    manifest = read_json(Path(data_dir) / "manifest.json")  # read once: the dataset key is in it too
+    whole = entity_tokens() if cfg.tokenizer.entity_tokens and manifest.get("embedded_corpus") else []
+    key = _key(manifest["key"], str(cfg.tokenizer.vocab_size), *whole)
     out = output_root(cfg) / "tokenizers" / key
     if not out.exists():
         rows = read_split(data_dir, "train")

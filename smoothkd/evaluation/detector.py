@@ -68,9 +68,10 @@ class Detector:
 
     def unreliable_reason(self, min_auroc: float) -> str | None:
         """Why the factual rate this detector gives is not to be trusted (one line), or None."""
-        if self.auroc < min_auroc:
+        # Written as "not above" so that a NaN (no resample held both classes) counts as unreliable too.
+        if not self.auroc >= min_auroc:
             return f"held-out AUROC {self.auroc:.3f} is below eval.detector_min_auroc {min_auroc:g}"
-        if self.auroc_ci_low <= 0.5:
+        if not self.auroc_ci_low > 0.5:
             return (f"held-out AUROC CI [{self.auroc_ci_low:.3f}, {self.auroc_ci_high:.3f}] reaches chance "
                     f"(0.5)")
         return None

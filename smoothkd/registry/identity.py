@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from smoothkd.config import EvalConfig
-from smoothkd.io import read_json, sha256_file
+from smoothkd.io import content_hash, read_json, sha256_file
 
 # Logged in each evaluated model's run, beside its per-example scores.
 IDENTITY_ARTIFACT = "evaluation/identity.json"
@@ -62,8 +62,6 @@ class EvalIdentity:
 
 
 def _digest(value: object) -> str:
-    from smoothkd.io import content_hash
-
     return content_hash(value)[:16]
 
 
