@@ -6,14 +6,14 @@ log-probabilities, their token ids, and the tail bucket log(1 − Σ p_topk), co
 log-softmax (not as 1 − Σ, which cancels catastrophically on confident tokens) and stored explicitly.
 
 Encodings:
-- `compact` (default): per token, the ids bit-packed at ⌈log2 V⌉ bits each (11 bits at the demo's
-  V = 1,248 with its whole-entity tokens, 18 at Qwen's 151,936); the top-k log-probs *relative to the
-  top-1* quantised to uint8 in 1/16-nat steps (k − 1 bytes: the top-1 itself is implied); the tail
-  log-mass in float16. Every small mass thus keeps relative precision (≤ 3.2 % per top-k entry, ≤ 0.4 % for a tail ≥ 1e-4), and the top-1
-  follows from normalisation: p_1 = (1 − tail) / Σ_i exp(r_i). On a confident token the stored target
+- `compact` (default): per token, the ids bit-packed at ⌈log2 V⌉ bits each (11 bits at the demo's V = 1,248
+  with its whole-entity tokens, 18 at Qwen's 151,936); the top-k log-probs *relative to the top-1* quantised
+  to uint8 in 1/16-nat steps (k − 1 bytes: the top-1 itself is implied); the tail log-mass in float16. Every
+  small mass thus keeps relative precision (≤ 3.2 % per top-k entry, ≤ 0.4 % for a tail ≥ 1e-4), and the
+  top-1 follows from normalisation: p_1 = (1 − tail) / Σ_i exp(r_i). On a confident token the stored target
   keeps the teacher's tail instead of rounding log p_1 to 0, which would make it sharper than the teacher
-  (the bug of format 2, where absolute log-probs were quantised). k = 16 costs 2·bits + 17 bytes/token:
-  39 at the demo's V = 1,248, 53 at 151,936.
+  (the bug of format 2, where absolute log-probs were quantised). k = 16 costs 2·bits + 17 bytes/token: 39
+  at the demo's V = 1,248, 53 at 151,936.
 - `exact`: int32 ids and float32 log-probs and tail, for tests against dense references.
 
 With `labels="sampled"` a token's label is instead S draws from the taught distribution, ids only, packed
