@@ -63,6 +63,8 @@ def _silence_library_handlers() -> None:
     os.environ["MLFLOW_CONFIGURE_LOGGING"] = "false"  # mlflow imported later keeps its hands off
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    # One "Downloading artifacts" bar per registry read (results, identities, champion weights): noise.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_default_handler()

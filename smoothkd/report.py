@@ -54,12 +54,17 @@ def build_results(teacher: EvaluatedModel, students: list[EvaluatedModel], decis
                          "candidate": champion.candidate} if champion else None}
 
 
+# Marks a number measured by a detector below its AUROC floor; the table's caption says what it means (a
+# word in every cell would widen the column until rows wrap on an 80-column console).
+UNRELIABLE_MARK = "†"
+
+
 def _cell(metrics: dict[str, float], name: str) -> str:
     """`mean (low–high)`, marked when measured by an unreliable detector, or `-` for a metric the model
     does not have."""
     if name not in metrics:
         unreliable = f"{name}{UNRELIABLE_SUFFIX}"
-        return f"{_cell(metrics, unreliable)} unreliable" if unreliable in metrics else "-"
+        return f"{_cell(metrics, unreliable)}{UNRELIABLE_MARK}" if unreliable in metrics else "-"
     low, high = metrics.get(f"{name}_ci_low"), metrics.get(f"{name}_ci_high")
     digits = 2 if abs(metrics[name]) < 10 else 1
     ci = f" ({low:.{digits}f}–{high:.{digits}f})" if low is not None and high is not None else ""
@@ -82,8 +87,10 @@ def _headline_table(title: str, key: str, groups: list[list[tuple[str, str, dict
         table.add_column(label, justify="right", overflow="fold")
     for group in groups:
         for i, (split, name, metrics) in enumerate(group):
-            table.add_row(split, name, *[_cell(metrics, f"{split}/{metric}") for metric, _ in HEADLINE],
-                          end_section=i == len(group) - 1)
+            cells = [_cell(metrics, f"{split}/{metric}") for metric, _ in HEADLINE]
+            table.add_row(split, name, *cells, end_section=i == len(group) - 1)
+            if any(cell.endswith(UNRELIABLE_MARK) for cell in cells):
+                table.caption = f"{UNRELIABLE_MARK} unreliable: detector AUROC below eval.detector_min_auroc"
     return table
 
 
