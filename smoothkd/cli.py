@@ -308,7 +308,7 @@ def promote(
         _fail("--force needs --reason: it is recorded on the version")
     store = client.tracking_uri
     with _registry_errors(f"{name} v{version}"):
-        record = repromote(client, cfg, name, version, store, force, reason,
+        record = repromote(client, cfg.promotion, cfg.eval, name, version, store, force, reason,
                            champion_reevaluator(cfg, store, name))
     for c in record["criteria"]:
         value = "n/a" if c["value"] is None else f"{c['value']:.2f}"
