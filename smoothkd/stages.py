@@ -137,7 +137,8 @@ def validate_dataset(cfg: RunConfig, dataset_dir: str | Path, docs_dir: str | Pa
     if docs_dir is None:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         docs_dir = output_root(cfg) / "data_docs" / f"{Path(dataset_dir).name}-{stamp}"
-    return validate_splits(cfg, dataset_splits(dataset_dir), run_tokens(cfg, dataset_dir), docs_dir)
+    return validate_splits(cfg.validation, (cfg.teacher.train, cfg.student.train),
+                           dataset_splits(dataset_dir), run_tokens(cfg, dataset_dir), docs_dir)
 
 
 # ---- teacher, calibration, labels, students ----
