@@ -10,7 +10,6 @@ a complete one.
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from pathlib import Path
@@ -28,7 +27,7 @@ from smoothkd.data.dataset import (
 )
 from smoothkd.data.loaders import load_split
 from smoothkd.data.prompts import build_prompt, response_text
-from smoothkd.io import atomic_dir, content_hash, read_json, sha256_file, write_json
+from smoothkd.io import atomic_dir, content_hash, jsonl_text, read_json, sha256_file, write_json
 
 if TYPE_CHECKING:
     from smoothkd.calibration.gate import CalibrationReport
@@ -78,8 +77,7 @@ def prepare_data(cfg: RunConfig) -> Path:
     splits["validation"] = [rows[i] for i in sorted(order[:n_val])]
     splits["train"] = [rows[i] for i in sorted(order[n_val:])]
 
-    texts = {name: "".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in split)
-             for name, split in sorted(splits.items())}
+    texts = {name: jsonl_text(split) for name, split in sorted(splits.items())}
     key = _key(*(f"{name}:{_key(text)}" for name, text in texts.items()))
     out = output_root(cfg) / "datasets" / key
     if not (out / "manifest.json").exists():

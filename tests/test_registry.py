@@ -15,9 +15,9 @@ from typer.testing import CliRunner
 
 from smoothkd.cli import app
 from smoothkd.config import EvalConfig, PromotionConfig, RunConfig, SplitGate, TinyModelConfig
-from smoothkd.data.corpus import read_jsonl
 from smoothkd.data.prompts import eval_prompt
 from smoothkd.evaluation.generation import generate
+from smoothkd.io import read_jsonl
 from smoothkd.modeling.models import build_tiny_llama, load_causal_lm
 from smoothkd.modeling.tokenizer import load_tokenizer
 from smoothkd.registry.gate import Candidate, best_passing, judge
