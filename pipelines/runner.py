@@ -71,7 +71,7 @@ def run_distill(cfg: RunConfig) -> dict:
     if cfg.orchestration.stack == "local":
         from smoothkd.modeling.compat import preflight
 
-        preflight(cfg)
+        preflight(tokenizer_cfg=cfg.tokenizer, teacher=cfg.teacher, student=cfg.student, eval_cfg=cfg.eval)
     configure_zenml_env(cfg)
     from zenml.integrations.mlflow.flavors.mlflow_experiment_tracker_flavor import (
         MLFlowExperimentTrackerSettings,

@@ -2,7 +2,8 @@
 
 Dependency rule (checked by tests/test_layers.py over every import, function-local ones included): a
 module imports only its own layer and the layers below it, never in a circle, and no private (`_x`) name
-of another module.
+of another module. Below the stage layer a function takes the config sections it reads, never the
+whole `RunConfig`.
 
     smoothkd.cli, bench/       the command and the benchmark scripts
     pipelines/                 the `distill` pipeline, its runner, stack registration

@@ -308,7 +308,7 @@ def promote(
         _fail("--force needs --reason: it is recorded on the version")
     store = client.tracking_uri
     with _registry_errors(f"{name} v{version}"):
-        record = repromote(client, cfg, name, version, store, force, reason,
+        record = repromote(client, cfg.promotion, cfg.eval, name, version, store, force, reason,
                            champion_reevaluator(cfg, store, name))
     for c in record["criteria"]:
         value = "n/a" if c["value"] is None else f"{c['value']:.2f}"
@@ -379,7 +379,8 @@ def data_validate(config: ConfigArg, set_: SetOpt = None, verbose: VerboseOpt = 
         from smoothkd.stages import prepare_data, validate_dataset
         from smoothkd.validation.report import validation_table
 
-        preflight(cfg)  # token counts use the run's tokenizer: the teacher's, when configured
+        # Token counts use the run's tokenizer (the teacher's, when configured): check it first.
+        preflight(tokenizer_cfg=cfg.tokenizer, teacher=cfg.teacher, student=cfg.student, eval_cfg=cfg.eval)
         report = validate_dataset(cfg, prepare_data(cfg))
     console = Console()
     console.print(validation_table(report))
@@ -401,11 +402,14 @@ def teacher_check(config: ConfigArg, set_: SetOpt = None, verbose: VerboseOpt = 
         from smoothkd.modeling.compat import check_run_models, preflight
         from smoothkd.stages import check_teacher, prepare_data, prepare_teacher, prepare_tokenizer
 
-        checked = preflight(cfg)  # model references and compatibility, from configs, in seconds
+        # Model references and compatibility, from configs, in seconds.
+        checked = preflight(tokenizer_cfg=cfg.tokenizer, teacher=cfg.teacher, student=cfg.student,
+                            eval_cfg=cfg.eval)
         data_dir = prepare_data(cfg)
         tokenizer = prepare_tokenizer(cfg, data_dir)
         if checked is None:  # a tokenizer trained on the data: checked once built, before the teacher trains
-            check_run_models(cfg, tokenizer)
+            check_run_models(tokenizer, tokenizer_cfg=cfg.tokenizer, teacher=cfg.teacher, student=cfg.student,
+                             eval_cfg=cfg.eval)
         teacher = prepare_teacher(cfg, data_dir, tokenizer)
         out_dir = output_root(cfg) / "calibration" / Path(teacher.path).name
         report = check_teacher(cfg, data_dir, teacher.path, out_dir)

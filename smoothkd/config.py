@@ -304,6 +304,11 @@ class CalibrationConfig(_Section):
             raise ValueError("calibration.temperature is given and fit_temperature is on: set one of them")
         return self
 
+    def taught_temperature(self, gate_temperature: float | None = None) -> float:
+        """T_cal the student is taught at: the one the gate passed (`gate_temperature`, the fitted T with
+        `fit_temperature`), or `temperature` when none is given."""
+        return gate_temperature or self.temperature
+
 
 class SplitGate(_Section):
     """Absolute floors for one evaluation split (values in %, as the metrics are reported)."""

@@ -1,5 +1,5 @@
-"""Small file helpers: atomic writes so an interrupted run never leaves a half-written artifact, and the
-project's one content hasher (cache keys, label store keys, model identities)."""
+"""Small file helpers: atomic writes so an interrupted run never leaves a half-written artifact, JSON and
+JSON-lines files, and the project's one content hasher (cache keys, label store keys, model identities)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +60,17 @@ def write_json(path: str | Path, obj: Any) -> Path:
 
 def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def jsonl_text(rows: Iterable[dict]) -> str:
+    """Rows as JSON lines, keys sorted and text unescaped: the same rows give the same bytes (and hash)."""
+    return "".join(json.dumps(row, sort_keys=True, ensure_ascii=False) + "\n" for row in rows)
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """All rows of a JSON-lines file (blank lines skipped)."""
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
 
 
 def sha256_file(path: str | Path) -> str:

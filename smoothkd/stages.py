@@ -10,7 +10,6 @@ a complete one.
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from pathlib import Path
@@ -28,7 +27,7 @@ from smoothkd.data.dataset import (
 )
 from smoothkd.data.loaders import load_split
 from smoothkd.data.prompts import build_prompt, response_text
-from smoothkd.io import atomic_dir, content_hash, read_json, sha256_file, write_json
+from smoothkd.io import atomic_dir, content_hash, jsonl_text, read_json, sha256_file, write_json
 
 if TYPE_CHECKING:
     from smoothkd.calibration.gate import CalibrationReport
@@ -78,8 +77,7 @@ def prepare_data(cfg: RunConfig) -> Path:
     splits["validation"] = [rows[i] for i in sorted(order[:n_val])]
     splits["train"] = [rows[i] for i in sorted(order[n_val:])]
 
-    texts = {name: "".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in split)
-             for name, split in sorted(splits.items())}
+    texts = {name: jsonl_text(split) for name, split in sorted(splits.items())}
     key = _key(*(f"{name}:{_key(text)}" for name, text in texts.items()))
     out = output_root(cfg) / "datasets" / key
     if not (out / "manifest.json").exists():
@@ -137,7 +135,8 @@ def validate_dataset(cfg: RunConfig, dataset_dir: str | Path, docs_dir: str | Pa
     if docs_dir is None:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         docs_dir = output_root(cfg) / "data_docs" / f"{Path(dataset_dir).name}-{stamp}"
-    return validate_splits(cfg, dataset_splits(dataset_dir), run_tokens(cfg, dataset_dir), docs_dir)
+    return validate_splits(cfg.validation, (cfg.teacher.train, cfg.student.train),
+                           dataset_splits(dataset_dir), run_tokens(cfg, dataset_dir), docs_dir)
 
 
 # ---- teacher, calibration, labels, students ----
@@ -150,17 +149,19 @@ def _train(cfg: RunConfig, section: str, role: str, tokenizer_ref, data_dir, out
     from smoothkd.distill.jobs import train_model
     from smoothkd.distill.runtime import mixed_precision, world_size
 
-    train_cfg = getattr(cfg, section).train
+    model_cfg = getattr(cfg, section)
+    sections = {"model_cfg": model_cfg, "teacher_cfg": cfg.teacher, "distill": cfg.distill,
+                "calibration": cfg.calibration}
+    args = {"role": role, "tokenizer_ref": str(tokenizer_ref), "data_dir": str(data_dir), "out": str(out),
+            "root": str(output_root(cfg)), "device": cfg.device, **job}
+    train_cfg = model_cfg.train
     if train_cfg.num_processes > 1 and world_size() == 1:
         from smoothkd.distill.launch import launch
 
-        spec = {"kind": "finetune", "section": section, "role": role, "tokenizer_ref": str(tokenizer_ref),
-                "data_dir": str(data_dir), "out": str(out), "alpha": 0.0, "labels_dir": None,
-                "teacher_path": None, "calibration_temperature": None, "work_key": "", **job}
-        return ModelArtifact(**launch(cfg, spec, train_cfg.num_processes,
+        return ModelArtifact(**launch("finetune", args, sections, train_cfg.num_processes,
                                       output_root(cfg) / "launch" / _key(role, str(out)),
                                       mixed_precision(train_cfg, cfg.device), label=role))
-    return train_model(cfg, section, role, tokenizer_ref, data_dir, out, **job)
+    return train_model(**sections, **args)
 
 
 def prepare_teacher(cfg: RunConfig, data_dir: str | Path, tokenizer_ref: str | Path) -> ModelArtifact:
@@ -205,18 +206,19 @@ def teacher_labels(cfg: RunConfig, data_dir: str | Path, tokenizer_ref: str | Pa
     from smoothkd.distill.labels import PrecomputeResult
     from smoothkd.distill.runtime import world_size
 
+    sections = {"teacher": cfg.teacher, "student": cfg.student, "distill": cfg.distill,
+                "calibration": cfg.calibration}
+    args = {"data_dir": str(data_dir), "tokenizer_ref": str(tokenizer_ref), "teacher_path": str(teacher_path),
+            "root": str(output_root(cfg)), "device": cfg.device,
+            "calibration_temperature": calibration_temperature, "progress": progress}
     n = cfg.student.train.num_processes
     if n > 1 and world_size() == 1:
         from smoothkd.distill.launch import launch
 
-        shared_tokenizer(cfg, tokenizer_ref)  # a mismatch fails here, before any process starts
-        job = {"kind": "labels", "data_dir": str(data_dir), "tokenizer_ref": str(tokenizer_ref),
-               "teacher_path": str(teacher_path), "calibration_temperature": calibration_temperature,
-               "progress": progress}
+        shared_tokenizer(tokenizer_ref, cfg.teacher, cfg.student)  # a mismatch fails before processes start
         job_dir = output_root(cfg) / "launch" / _key("labels", str(data_dir), str(teacher_path))
-        return PrecomputeResult(**launch(cfg, job, n, job_dir, label="teacher_labels"))
-    return precompute_teacher_labels(cfg, data_dir, tokenizer_ref, teacher_path, calibration_temperature,
-                                     progress)
+        return PrecomputeResult(**launch("labels", args, sections, n, job_dir, label="teacher_labels"))
+    return precompute_teacher_labels(**sections, **args)
 
 
 def student_name(alpha: float) -> str:
@@ -235,7 +237,7 @@ def train_student(cfg: RunConfig, data_dir: str | Path, tokenizer_ref: str | Pat
     name = student_name(alpha)
     # What the student is taught: the label store (keyed by its calibration temperature), or the online
     # teacher with its calibration.
-    calibration = (calibration_temperature or cfg.calibration.temperature, cfg.calibration.logit_scale)
+    calibration = (cfg.calibration.taught_temperature(calibration_temperature), cfg.calibration.logit_scale)
     online = cfg.distill.mode == "online"
     teacher_ref = (f"{teacher_path}@{calibration}" if online else str(labels_dir)) if alpha else ""
     key = _key(name, dataset_key(data_dir), str(tokenizer_ref), cfg.student.model_dump_json(), cfg.device,

@@ -77,8 +77,8 @@ def register_students(config: dict, student_summaries: list[EvaluatedModel]
                   for s in student_summaries]
     register, set_alias = _stack_registry_hooks(name)
     store = mlflow.get_tracking_uri()  # the tracker's store: the promotion lock lives with it
-    records = register_and_promote(mlflow.MlflowClient(store), cfg, registered, store, register, set_alias,
-                                   champion_reevaluator(cfg, store))
+    records = register_and_promote(mlflow.MlflowClient(store), cfg.promotion, cfg.eval, registered, store,
+                                   register, set_alias, champion_reevaluator(cfg, store))
     decisions = [GateDecision(**record) for record in records]
     _mirror_in_model_control_plane(name, decisions)
     mlflow.log_dict({"decisions": records}, "gate/decisions.json")

@@ -15,5 +15,7 @@ def build_tokenizer(config: dict, dataset_dir: str) -> Annotated[str, "tokenizer
     here, before the teacher trains."""
     cfg = RunConfig.model_validate(config)
     tokenizer = prepare_tokenizer(cfg, dataset_dir)
-    log_metadata(metadata={"compatibility": check_run_models(cfg, tokenizer).describe()})
+    compatibility = check_run_models(tokenizer, tokenizer_cfg=cfg.tokenizer, teacher=cfg.teacher,
+                                     student=cfg.student, eval_cfg=cfg.eval)
+    log_metadata(metadata={"compatibility": compatibility.describe()})
     return str(tokenizer)

@@ -30,8 +30,9 @@ def corpus_and_tokenizer(root: Path, seed: int, n_instruction: int, vocab_size: 
     None). Returns (all instruction rows, tokenizer). Heavy imports stay inside: this module sets the
     environment before anything reads it.
     """
-    from smoothkd.data.corpus import generate_corpus, read_jsonl
+    from smoothkd.data.corpus import generate_corpus
     from smoothkd.data.prompts import build_prompt, response_text
+    from smoothkd.io import read_jsonl
     from smoothkd.modeling.tokenizer import load_tokenizer, train_bpe_tokenizer
 
     generate_corpus(root / "corpus", seed=seed, n_instruction=n_instruction, n_cnndm=n_eval, n_xsum=n_eval)

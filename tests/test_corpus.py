@@ -11,10 +11,10 @@ from smoothkd.data.corpus import (
     entity_tokens,
     generate_corpus,
     load_lexicon,
-    read_jsonl,
 )
 from smoothkd.data.prompts import CNNDM_INSTRUCTION, XSUM_INSTRUCTION
 from smoothkd.data.schema import COLUMNS, DOLLY_CATEGORIES
+from smoothkd.io import read_jsonl
 
 SIZES = {"n_instruction": 300, "n_cnndm": 60, "n_xsum": 60, "trap_rate": 0.25}
 ALL_FILES = (*FILES, "manifest.json")

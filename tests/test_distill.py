@@ -14,7 +14,6 @@ from conftest import corpus_and_tokenizer
 from transformers import TrainerCallback
 
 from smoothkd.config import DistillConfig, LoraSettings, TinyModelConfig, TrainConfig
-from smoothkd.data.corpus import read_jsonl
 from smoothkd.data.tokenize import IGNORE_INDEX, encode_instruction_rows
 from smoothkd.distill.labels import LabelSpec, LabelStore, precompute_labels
 from smoothkd.distill.trainer import (
@@ -25,6 +24,7 @@ from smoothkd.distill.trainer import (
     training_arguments,
 )
 from smoothkd.errors import CorruptLabelStoreError, NonFiniteLossError, TokenizerMismatchError
+from smoothkd.io import read_jsonl
 from smoothkd.modeling.models import build_tiny_llama, load_causal_lm
 from smoothkd.modeling.tokenizer import load_tokenizer, train_bpe_tokenizer
 
@@ -177,7 +177,7 @@ KILL_SCRIPT = textwrap.dedent("""
     import os, signal, sys
     from transformers import TrainerCallback
     from smoothkd.config import DistillConfig, TrainConfig
-    from smoothkd.data.corpus import read_jsonl
+    from smoothkd.io import read_jsonl
     from smoothkd.data.tokenize import IGNORE_INDEX, encode_instruction_rows
     from smoothkd.distill.labels import LabelStore
     from smoothkd.distill.trainer import finetune

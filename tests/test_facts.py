@@ -3,8 +3,9 @@ generated corpus, real-data (no gold) normalisation of numbers, dates and names,
 
 import pytest
 
-from smoothkd.data.corpus import generate_corpus, load_lexicon, read_jsonl
+from smoothkd.data.corpus import generate_corpus, load_lexicon
 from smoothkd.evaluation.facts import FactCheck, score_facts, sentence_spans, split_sentences
+from smoothkd.io import read_jsonl
 
 ARTICLE = (
     "On 3 March 2026, Evergreen Logistics opened a new research centre in Ghent after two years of "

@@ -157,6 +157,39 @@ def test_project_keeps_the_dependency_rule():
     assert violations(ROOT, ["smoothkd", "steps", "pipelines"], LAYERS) == []
 
 
+# The names that are, or read, the whole run. Below the stage layer a function takes the config sections
+# it reads (e.g. `registry.gate.judge` takes PromotionConfig and EvalConfig), never the run.
+RUN_WIDE = ("RunConfig", "output_root", "tracking_uri")
+
+
+def run_wide_uses(root: Path, packages: list[str], layers: dict[str, int], below: int) -> list[str]:
+    """Each place a module under layer `below` imports or reaches a `RUN_WIDE` name."""
+    found = []
+    files = (file for pkg in packages for file in sorted((root / pkg).rglob("*.py")))
+    for name, file in ((module_name(root, f), f) for f in files):
+        rank = layer(name, layers)
+        if rank is None or rank >= below or name == "smoothkd.config":
+            continue
+        for node in ast.walk(ast.parse(file.read_text(encoding="utf-8"), str(file))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.ImportFrom)
+                     else [node.attr] if isinstance(node, ast.Attribute) else [])
+            found += [f"{name}:{node.lineno} uses {n}" for n in names if n in RUN_WIDE]
+    return found
+
+
+def test_no_domain_function_takes_the_whole_run():
+    assert run_wide_uses(ROOT, ["smoothkd"], LAYERS, LAYERS["smoothkd.stages"]) == []
+
+
+def test_the_run_wide_check_finds_an_import_and_an_attribute(tmp_path):
+    root = _package(tmp_path, {
+        "pkg/__init__.py": "", "pkg/low.py": "from smoothkd.config import RunConfig\n",
+        "pkg/high.py": "import smoothkd.config as c\ndef f(cfg):\n    c.output_root(cfg)\n"})
+    assert run_wide_uses(root, ["pkg"], {"pkg": 0, "pkg.high": 1}, 2) == ["pkg.high:3 uses output_root",
+                                                                        "pkg.low:1 uses RunConfig"]
+    assert run_wide_uses(root, ["pkg"], {"pkg": 0, "pkg.high": 1}, 1) == ["pkg.low:1 uses RunConfig"]
+
+
 def test_every_layer_is_present():
     # The map names real modules: a renamed package would otherwise leave its rule checking nothing.
     modules = collect(ROOT, ["smoothkd", "steps", "pipelines"])

@@ -9,7 +9,6 @@ import torch
 from conftest import corpus_and_tokenizer
 
 from smoothkd.config import TinyModelConfig, TrainConfig
-from smoothkd.data.corpus import read_jsonl
 from smoothkd.data.prompts import build_prompt, eval_prompt
 from smoothkd.data.tokenize import encode_instruction_rows
 from smoothkd.distill.trainer import finetune
@@ -24,7 +23,7 @@ from smoothkd.evaluation.detector import (
 from smoothkd.evaluation.facts import sentence_spans
 from smoothkd.evaluation.generation import Generation, generate, generate_with_lookback
 from smoothkd.evaluation.lookback import span_tokens, token_offsets
-from smoothkd.io import read_json
+from smoothkd.io import read_json, read_jsonl
 from smoothkd.modeling.models import build_tiny_llama, load_causal_lm
 
 SHAPE = TinyModelConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,

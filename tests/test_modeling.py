@@ -6,11 +6,12 @@ import pytest
 import torch
 
 from smoothkd.config import ModelConfig, TinyModelConfig, TrainConfig
-from smoothkd.data.corpus import generate_corpus, read_jsonl
+from smoothkd.data.corpus import generate_corpus
 from smoothkd.data.prompts import build_prompt, eval_prompt, response_text
 from smoothkd.data.tokenize import IGNORE_INDEX, encode_instruction_rows, encode_pair, encode_prompt
 from smoothkd.distill.trainer import finetune as train_sft
 from smoothkd.evaluation.generation import generate
+from smoothkd.io import read_jsonl
 from smoothkd.modeling.models import build_tiny_llama, load_causal_lm
 from smoothkd.modeling.tokenizer import load_tokenizer, train_bpe_tokenizer
 

@@ -42,6 +42,12 @@ def tiny(out: Path, *overrides: str):
     return load_config(TINY, [f"output_dir={out}", *overrides])
 
 
+def sections(cfg) -> dict:
+    """The config sections the compatibility checks take."""
+    return {"tokenizer_cfg": cfg.tokenizer, "teacher": cfg.teacher, "student": cfg.student,
+            "eval_cfg": cfg.eval}
+
+
 @pytest.mark.parametrize(("mode", "student"), [("stored", "gpt2"), ("online", "mistral")])
 def test_padded_qwen2_teacher_distils_into_another_architecture(models, tmp_path, mode, student):
     from pipelines.runner import run_distill
@@ -67,14 +73,14 @@ def test_padded_qwen2_teacher_distils_into_another_architecture(models, tmp_path
 
 def test_compatibility_is_read_from_configs(models, tmp_path):
     cfg = tiny(tmp_path, f"teacher.name_or_path={models['qwen2']}", f"student.name_or_path={models['gpt2']}")
-    compat = preflight(cfg)
+    compat = preflight(**sections(cfg))
     assert compat.vocab_size == models["vocab"]
     assert (compat.teacher.embedding_rows, compat.student.embedding_rows) == (models["vocab"] + PAD,
                                                                               models["vocab"])
     assert f"{PAD} padding rows, logits cut to {models['vocab']}" in compat.describe()
     # A trained tokenizer for a configured student cannot be the student's: said before any data is read.
     with pytest.raises(IncompatibleModelsError, match=r"student\.name_or_path is set.*tokenizer\.name_or"):
-        preflight(tiny(tmp_path, f"student.name_or_path={models['gpt2']}"))
+        preflight(**sections(tiny(tmp_path, f"student.name_or_path={models['gpt2']}")))
 
 
 def test_each_incompatibility_names_its_config_key(models, tmp_path):
@@ -84,7 +90,8 @@ def test_each_incompatibility_names_its_config_key(models, tmp_path):
     small = save_tiny_causal_lm("mistral", tokenizer, tmp_path / "short", 16, 1, max_positions=128)
     with pytest.raises(IncompatibleModelsError, match=r"^student\.name_or_path takes at most 128 positions, "
                                                       r"but student\.train\.max_length is 160"):
-        preflight(tiny(tmp_path, f"teacher.name_or_path={models['qwen2']}", f"student.name_or_path={small}"))
+        preflight(**sections(tiny(tmp_path, f"teacher.name_or_path={models['qwen2']}",
+                                  f"student.name_or_path={small}")))
     # Fewer embedding rows than tokens: ids past them could not be embedded.
     config = json.loads((models["gpt2"] / "config.json").read_text())
     narrow = tmp_path / "narrow"
@@ -92,7 +99,8 @@ def test_each_incompatibility_names_its_config_key(models, tmp_path):
     (narrow / "config.json").write_text(json.dumps({**config, "vocab_size": models["vocab"] - 8}))
     with pytest.raises(IncompatibleModelsError, match=rf"^student\.name_or_path has {models['vocab'] - 8} "
                                                       "embedding rows, fewer than"):
-        preflight(tiny(tmp_path, f"teacher.name_or_path={models['qwen2']}", f"student.name_or_path={narrow}"))
+        preflight(**sections(tiny(tmp_path, f"teacher.name_or_path={models['qwen2']}",
+                                  f"student.name_or_path={narrow}")))
     from smoothkd.modeling.tokenizer import train_bpe_tokenizer
 
     other = tmp_path / "other"
@@ -101,9 +109,11 @@ def test_each_incompatibility_names_its_config_key(models, tmp_path):
     for name in ("tokenizer.json", "tokenizer_config.json"):
         (other / name).write_bytes((tmp_path / "tok2" / name).read_bytes())
     with pytest.raises(TokenizerMismatchError, match=r"^student\.name_or_path's tokenizer differs"):
-        preflight(tiny(tmp_path, f"teacher.name_or_path={models['qwen2']}", f"student.name_or_path={other}"))
+        preflight(**sections(tiny(tmp_path, f"teacher.name_or_path={models['qwen2']}",
+                                  f"student.name_or_path={other}")))
     # The pipeline's tokenizer step runs the same checks on the tokenizer it built.
-    assert check_run_models(tiny(tmp_path), models["tokenizer"]).student.embedding_rows == models["vocab"]
+    compat = check_run_models(models["tokenizer"], **sections(tiny(tmp_path)))
+    assert compat.student.embedding_rows == models["vocab"]
 
 
 def test_bad_model_references_name_the_key_and_the_fix(models, tmp_path):
@@ -124,7 +134,7 @@ def test_bad_model_references_name_the_key_and_the_fix(models, tmp_path):
     }
     for ref, message in cases.items():
         with pytest.raises(ModelReferenceError, match=message):
-            preflight(tiny(tmp_path, f"teacher.name_or_path={ref}"))
+            preflight(**sections(tiny(tmp_path, f"teacher.name_or_path={ref}")))
 
 
 @pytest.mark.parametrize("command", [["run"], ["data", "validate"], ["teacher", "check"]])

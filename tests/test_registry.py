@@ -15,9 +15,9 @@ from typer.testing import CliRunner
 
 from smoothkd.cli import app
 from smoothkd.config import EvalConfig, PromotionConfig, RunConfig, SplitGate, TinyModelConfig
-from smoothkd.data.corpus import read_jsonl
 from smoothkd.data.prompts import eval_prompt
 from smoothkd.evaluation.generation import generate
+from smoothkd.io import read_jsonl
 from smoothkd.modeling.models import build_tiny_llama, load_causal_lm
 from smoothkd.modeling.tokenizer import load_tokenizer
 from smoothkd.registry.gate import Candidate, best_passing, judge
@@ -127,7 +127,7 @@ def test_register_gate_promote_refuse_and_force(world):
     client = mlflow.MlflowClient(world["uri"])
     cfg = _cfg(world, "student")
     first = [_logged(world, candidate("sft", 70, alpha=0)), _logged(world, candidate("kd_a0.1", 88))]
-    records = register_and_promote(client, cfg, first, world["uri"])
+    records = register_and_promote(client, cfg.promotion, cfg.eval, first, world["uri"])
     assert [r["version"] for r in records] == ["1", "2"]
     assert [r["outcome"] for r in records] == ["failed gate", "champion"]
     assert champion_version(client, "student") == "2"
@@ -139,7 +139,8 @@ def test_register_gate_promote_refuse_and_force(world):
     assert record["criteria"][0] == {"name": "cnndm/factual_consistency", "value": 70.0, "threshold": 80.0,
                                      "verdict": "fail", "detail": ">="}
     # A later candidate above the floors but clearly worse than the champion is refused.
-    records = register_and_promote(client, cfg, [_logged(world, candidate("kd_a1", 82))], world["uri"])
+    records = register_and_promote(client, cfg.promotion, cfg.eval, [_logged(world, candidate("kd_a1", 82))],
+                                   world["uri"])
     assert records[0]["outcome"] == "failed gate" and champion_version(client, "student") == "2"
     assert "cnndm/factual_consistency vs champion v2" in [c["name"] for c in records[0]["criteria"]
                                                           if c["verdict"] == "fail"]
@@ -166,7 +167,8 @@ def test_register_gate_promote_refuse_and_force(world):
 
 def test_champion_loads_back_and_generates_the_same_summary(world):
     client = mlflow.MlflowClient(world["uri"])
-    records = register_and_promote(client, _cfg(world, "loadback"),
+    cfg = _cfg(world, "loadback")
+    records = register_and_promote(client, cfg.promotion, cfg.eval,
                                    [_logged(world, candidate("kd_a0.1", 90))], world["uri"])
     assert records[0]["outcome"] == "champion"
     article = read_jsonl(world["corpus"] / "cnndm.jsonl")[0]["article"]
@@ -200,7 +202,8 @@ def _promoter(uri, output_dir, name, seed, rounds, model_uri, barrier):
                 mlflow.log_dict(cand.per_example, PER_EXAMPLE_ARTIFACT)
                 mlflow.log_dict(cand.identity.to_dict(), IDENTITY_ARTIFACT)
             barrier.wait()
-            register_and_promote(client, cfg, [Registered(cand, model_uri, run.info.run_id)], uri)
+            register_and_promote(client, cfg.promotion, cfg.eval,
+                                 [Registered(cand, model_uri, run.info.run_id)], uri)
     except BaseException:
         barrier.abort()  # the other promoter stops too instead of waiting forever
         raise
@@ -243,7 +246,7 @@ class Crash(Exception):
 def test_an_interrupted_promotion_leaves_a_record_and_tags_are_replaced_whole(world):
     client = mlflow.MlflowClient(world["uri"])
     cfg, uri, name = _cfg(world, "crash"), world["uri"], "crash"
-    register_and_promote(client, cfg, [_logged(world, candidate("kd_a0.1", 88))], uri)
+    register_and_promote(client, cfg.promotion, cfg.eval, [_logged(world, candidate("kd_a0.1", 88))], uri)
 
     def crash_before_move(version):
         raise Crash
@@ -253,27 +256,28 @@ def test_an_interrupted_promotion_leaves_a_record_and_tags_are_replaced_whole(wo
         raise Crash
 
     with pytest.raises(Crash):
-        register_and_promote(client, cfg, [_logged(world, candidate("kd_a1", 92))], uri,
-                             set_alias=crash_before_move)
+        register_and_promote(client, cfg.promotion, cfg.eval, [_logged(world, candidate("kd_a1", 92))],
+                             uri, set_alias=crash_before_move)
     assert champion_version(client, name) == "1"
     [record] = read_decisions(client, name, "2")
     assert record["status"] == "interrupted" and record["outcome"] == "moving champion from v1 to v2"
     assert not any(key.startswith("gate.") for key in client.get_model_version(name, "2").tags)
     with pytest.raises(Crash):
-        register_and_promote(client, cfg, [_logged(world, candidate("kd_a2", 96))], uri,
-                             set_alias=crash_after_move)
+        register_and_promote(client, cfg.promotion, cfg.eval, [_logged(world, candidate("kd_a2", 96))],
+                             uri, set_alias=crash_after_move)
     [record] = read_decisions(client, name, "3")
     assert champion_version(client, name) == "3" and record["outcome"] == "moving champion from v1 to v3"
     # A candidate refused against v3; after v2 is forced to champion, its re-judgement against v2 leaves
     # no tag of the v3 judgement behind, and both decisions keep their own record file.
-    refused = register_and_promote(client, cfg, [_logged(world, candidate("kd_a3", 82))], uri)[0]
+    refused = register_and_promote(client, cfg.promotion, cfg.eval,
+                                   [_logged(world, candidate("kd_a3", 82))], uri)[0]
     assert refused["outcome"] == "failed gate" and refused["champion_judged"] == "3"
     from smoothkd.registry.promote import repromote
 
-    forced = repromote(client, cfg, name, "2", uri, force=True, reason="rollback")
+    forced = repromote(client, cfg.promotion, cfg.eval, name, "2", uri, force=True, reason="rollback")
     assert forced["outcome"] == "champion (forced)" and champion_version(client, name) == "2"
     assert [r["status"] for r in read_decisions(client, name, "2")] == ["interrupted", "final"]
-    again = repromote(client, cfg, name, "4", uri)
+    again = repromote(client, cfg.promotion, cfg.eval, name, "4", uri)
     tags = client.get_model_version(name, "4").tags
     gate_keys = {k for k in tags if "vs champion" in k}
     assert gate_keys == {f"gate.cnndm/{m} vs champion v2" for m in ("factual_consistency", "rougeLsum")}
@@ -339,11 +343,11 @@ def test_a_champion_evaluated_otherwise_is_re_evaluated_on_the_candidates_rows(w
     client = mlflow.MlflowClient(uri)
     first = run_cfg(1)
     champion, _ = evaluated(first, world["model_dir"], "kd_a0.1")
-    register_and_promote(client, first, [champion], uri)
+    register_and_promote(client, first.promotion, first.eval, [champion], uri)
     # A random tiny model's summaries share no word with the references (ROUGE-Lsum 0 fails the gate):
     # the champion this test needs is forced, which the gate records as such.
-    forced = repromote(client, first, name, champion.candidate.version, uri, force=True,
-                       reason="test champion")
+    forced = repromote(client, first.promotion, first.eval, name, champion.candidate.version, uri,
+                       force=True, reason="test champion")
     assert forced["outcome"].startswith("champion")
     second = run_cfg(2, consistency="nli", consistency_model=str(root / "nli"))
     cand, result = evaluated(second, other, "kd_a1")
@@ -351,13 +355,13 @@ def test_a_champion_evaluated_otherwise_is_re_evaluated_on_the_candidates_rows(w
     expected_differences = ["examples (cnndm)", "scorer (factual_consistency)"]
     # Without a way to re-evaluate, the comparison fails instead of pairing other articles by id.
     vs_champion = "cnndm/factual_consistency vs champion v1"
-    [refused] = register_and_promote(client, second, [cand], uri)
+    [refused] = register_and_promote(client, second.promotion, second.eval, [cand], uri)
     criterion = next(c for c in refused["criteria"] if c["name"] == vs_champion)
     assert criterion["verdict"] == "fail" and criterion["value"] is None
     assert criterion["detail"] == "not comparable: " + ", ".join(expected_differences)
     assert refused["champion_evaluation"]["source"] == "registry" and refused["outcome"] == "failed gate"
     # With it, the champion (from the registry) is scored on the candidate's rows by the candidate's scorer.
-    record = repromote(client, second, name, cand.candidate.version, uri,
+    record = repromote(client, second.promotion, second.eval, name, cand.candidate.version, uri,
                        reevaluate=champion_reevaluator(second, uri))
     assert record["champion_evaluation"] == {"version": "1", "source": "re-evaluated",
                                              "differences": expected_differences, "error": ""}

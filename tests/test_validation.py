@@ -43,7 +43,8 @@ def _validate(base, mutate, overrides=()):
     splits = copy.deepcopy(base["splits"])
     mutate(splits)
     cfg = load_config(None, [f"output_dir={base['out']}", *SMALL, *overrides])
-    return validate_splits(cfg, splits, base["tokens"], base["out"] / "docs")
+    return validate_splits(cfg.validation, (cfg.teacher.train, cfg.student.train), splits, base["tokens"],
+                           base["out"] / "docs")
 
 
 def test_embedded_corpus_passes_every_expectation_and_writes_data_docs(base):

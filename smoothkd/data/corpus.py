@@ -57,7 +57,7 @@ from smoothkd.data.corpus_tables import (
     YEARS,
 )
 from smoothkd.data.prompts import CNNDM_INSTRUCTION, XSUM_INSTRUCTION
-from smoothkd.io import atomic_write_bytes, sha256_file
+from smoothkd.io import atomic_write_bytes, jsonl_text, read_json, sha256_file, write_json
 
 GENERATOR_VERSION = 2
 FILES = ("instruction.jsonl", "cnndm.jsonl", "xsum.jsonl", "lexicon.json")
@@ -369,10 +369,6 @@ def _lexicon() -> dict[str, list[str]]:
     return {"person": sorted(_all_people()), "org": sorted(ORGS), "place": sorted(CITIES)}
 
 
-def _jsonl(rows: list[dict[str, Any]]) -> bytes:
-    return "".join(json.dumps(row, sort_keys=True, ensure_ascii=False) + "\n" for row in rows).encode()
-
-
 def generate_corpus(
     out_dir: str | Path,
     seed: int = 10,
@@ -394,9 +390,9 @@ def generate_corpus(
     world = _world(seed, distractor_rate)
     seen: set[str] = set()
     contents = {
-        "instruction.jsonl": _jsonl(_instruction_split(seed, n_instruction, world, seen)),
-        "cnndm.jsonl": _jsonl(_eval_split("cnndm", seed, n_cnndm, trap_rate, world, seen)),
-        "xsum.jsonl": _jsonl(_eval_split("xsum", seed, n_xsum, trap_rate, world, seen)),
+        "instruction.jsonl": jsonl_text(_instruction_split(seed, n_instruction, world, seen)).encode(),
+        "cnndm.jsonl": jsonl_text(_eval_split("cnndm", seed, n_cnndm, trap_rate, world, seen)).encode(),
+        "xsum.jsonl": jsonl_text(_eval_split("xsum", seed, n_xsum, trap_rate, world, seen)).encode(),
         "lexicon.json": (
             json.dumps(_lexicon(), indent=1, sort_keys=True, ensure_ascii=False) + "\n"
         ).encode(),
@@ -411,7 +407,7 @@ def generate_corpus(
         "files": {name: hashlib.sha256(data).hexdigest() for name, data in contents.items()},
         "generator_version": GENERATOR_VERSION,
     }
-    atomic_write_bytes(out / MANIFEST, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
+    write_json(out / MANIFEST, manifest)
     return manifest
 
 
@@ -419,7 +415,7 @@ def corpus_is_complete(out_dir: str | Path) -> bool:
     """True when the manifest exists and every corpus file is present with its recorded sha256."""
     out = Path(out_dir)
     try:
-        files = json.loads((out / MANIFEST).read_text())["files"]
+        files = read_json(out / MANIFEST)["files"]
     except (OSError, ValueError, KeyError, TypeError):
         return False
     if not isinstance(files, dict) or set(files) != set(FILES):
@@ -427,12 +423,6 @@ def corpus_is_complete(out_dir: str | Path) -> bool:
     return all((out / name).is_file() and sha256_file(out / name) == digest for name, digest in files.items())
 
 
-def read_jsonl(path: str | Path) -> list[dict]:
-    """All rows of a JSON-lines file."""
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
 def load_lexicon(out_dir: str | Path) -> dict[str, list[str]]:
     """Entity strings by type (`person`, `org`, `place`) from a generated corpus."""
-    return json.loads((Path(out_dir) / "lexicon.json").read_text(encoding="utf-8"))
+    return read_json(Path(out_dir) / "lexicon.json")

@@ -6,9 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from smoothkd.config import DataConfig, TrainConfig
-from smoothkd.data.corpus import corpus_is_complete, generate_corpus, load_lexicon, read_jsonl
+from smoothkd.data.corpus import corpus_is_complete, generate_corpus, load_lexicon
 from smoothkd.data.tokenize import encode_instruction_rows
-from smoothkd.io import read_json
+from smoothkd.io import read_json, read_jsonl
 
 EVAL_KINDS = ("cnndm", "xsum")
 

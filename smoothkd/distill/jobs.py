@@ -1,7 +1,10 @@
 """The in-process training and label jobs: what one process (or each rank of a launched world) runs.
 
 `smoothkd.stages` calls these directly in a plain process, or through `smoothkd.distill.launch` on N
-processes, whose workers call the same functions; neither knows about caching, which the stages own.
+processes, whose workers call the same functions with the same arguments; neither knows about caching,
+which the stages own. Each job takes the config sections it reads as keyword arguments, and plain values
+(paths as text, the device, the run's output root `root`) besides, so that a launched job is those
+sections and values written to JSON.
 """
 
 from __future__ import annotations
@@ -9,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from smoothkd.artifacts import TRAIN_RECORD, ModelArtifact
-from smoothkd.config import RunConfig, output_root
+from smoothkd.config import CalibrationConfig, DistillConfig, ModelConfig, StudentConfig, TeacherConfig
 from smoothkd.data.dataset import dataset_key, train_examples
 from smoothkd.distill.labels import LabelSpec, LabelStore, PrecomputeResult, precompute_labels
 from smoothkd.distill.runtime import main_process_first
@@ -20,41 +23,40 @@ from smoothkd.modeling.models import count_parameters, initial_model, load_causa
 from smoothkd.modeling.tokenizer import check_tokenizers_agree, load_run_tokenizer
 
 
-def train_model(cfg: RunConfig, section: str, role: str, tokenizer_ref: str | Path, data_dir: str | Path,
-                out: str | Path, alpha: float = 0.0, labels_dir: str | None = None,
-                teacher_path: str | None = None, calibration_temperature: float | None = None,
-                work_key: str = ""
-                ) -> ModelArtifact:
-    """Train `cfg.<section>` (teacher or student) into `out` in this process (or as this rank).
+def train_model(role: str, tokenizer_ref: str | Path, data_dir: str | Path, out: str | Path, *,
+                model_cfg: TeacherConfig | StudentConfig, teacher_cfg: ModelConfig, distill: DistillConfig,
+                calibration: CalibrationConfig, root: str | Path, device: str, alpha: float = 0.0,
+                labels_dir: str | None = None, teacher_path: str | None = None,
+                calibration_temperature: float | None = None, work_key: str = "") -> ModelArtifact:
+    """Train the model `model_cfg` describes (teacher or student) into `out` in this process (or as this
+    rank); its initial tiny model and its checkpoints live under the run's output root `root`.
 
     α > 0 distils from the label store at `labels_dir` or, in online mode, the teacher at `teacher_path`
-    (its logits × logit_scale ÷ the calibration temperature being the taught ones).
-    Rank 0 writes `out/smoothkd_train.json`, the record the stages' cache reads back.
+    (loaded with `teacher_cfg`; its logits × logit_scale ÷ the calibration temperature being the taught
+    ones). Rank 0 writes `out/smoothkd_train.json`, the record the stages' cache reads back.
     """
-    out = Path(out)
-    model_cfg = getattr(cfg, section)
+    out, root = Path(out), Path(root)
     train_cfg = model_cfg.train
     store = teacher = None
-    if alpha > 0 and cfg.distill.mode == "online":
-        teacher = load_causal_lm(teacher_path, cfg.teacher)
+    if alpha > 0 and distill.mode == "online":
+        teacher = load_causal_lm(teacher_path, teacher_cfg)
     elif alpha > 0:
         store = LabelStore(labels_dir)
     tokenizer = load_run_tokenizer(tokenizer_ref, model_cfg)
     init_key = content_hash(str(tokenizer_ref), model_cfg.model_dump_json(), str(train_cfg.seed))[:16]
     with main_process_first():  # a tiny model is built once, by rank 0, and loaded by every rank
-        model = initial_model(model_cfg, tokenizer, output_root(cfg) / "init" / init_key, train_cfg.seed)
-    distill = cfg.distill
+        model = initial_model(model_cfg, tokenizer, root / "init" / init_key, train_cfg.seed)
     # Checkpoints are keyed by everything that shapes the run, so rerunning an interrupted one resumes it
     # (`work_key` names the teacher labels: the store, or the online teacher at its calibration).
-    work_dir = output_root(cfg) / "checkpoints" / content_hash(
+    work_dir = root / "checkpoints" / content_hash(
         role, init_key, dataset_key(data_dir), train_cfg.model_dump_json(), str(alpha),
         distill.model_dump_json() if alpha else "", work_key)[:16]
     parameters = count_parameters(model)  # before LoRA adds adapters or FSDP shards the weights
     result = finetune(model, tokenizer, train_examples(tokenizer, data_dir, train_cfg), train_cfg, out,
-                      device=cfg.device, alpha=alpha, distill=distill, label_store=store, teacher=teacher,
+                      device=device, alpha=alpha, distill=distill, label_store=store, teacher=teacher,
                       work_dir=work_dir, lora=model_cfg.lora,
-                      teacher_scale=cfg.calibration.logit_scale / (calibration_temperature
-                                                                   or cfg.calibration.temperature),
+                      teacher_scale=calibration.logit_scale / calibration.taught_temperature(
+                          calibration_temperature),
                       desc=f"train {role}")
     artifact = ModelArtifact(
         path=str(out), role=role, parameters=parameters, train_steps=result.steps,
@@ -66,31 +68,33 @@ def train_model(cfg: RunConfig, section: str, role: str, tokenizer_ref: str | Pa
     return artifact
 
 
-def shared_tokenizer(cfg: RunConfig, tokenizer_ref: str | Path):
+def shared_tokenizer(tokenizer_ref: str | Path, teacher: ModelConfig, student: ModelConfig):
     """The teacher's tokenizer, after checking that the student's is the same (TokenizerMismatchError)."""
-    tokenizer = load_run_tokenizer(tokenizer_ref, cfg.teacher)
-    student = load_run_tokenizer(cfg.student.name_or_path or tokenizer_ref, cfg.student)
-    check_tokenizers_agree(tokenizer, student)
+    tokenizer = load_run_tokenizer(tokenizer_ref, teacher)
+    other = load_run_tokenizer(student.name_or_path or tokenizer_ref, student)
+    check_tokenizers_agree(tokenizer, other)
     return tokenizer
 
 
-def precompute_teacher_labels(cfg: RunConfig, data_dir: str | Path, tokenizer_ref: str | Path,
-                              teacher_path: str, calibration_temperature: float | None = None,
-                              progress: bool = True
+def precompute_teacher_labels(data_dir: str | Path, tokenizer_ref: str | Path, teacher_path: str, *,
+                              teacher: TeacherConfig, student: StudentConfig, distill: DistillConfig,
+                              calibration: CalibrationConfig, root: str | Path, device: str,
+                              calibration_temperature: float | None = None, progress: bool = True
                               ) -> PrecomputeResult:
-    """The teacher's top-k labels on the training split, stored under `<output_dir>/labels` (reused when
-    an identical store exists); inside a launched world every rank computes its share of the shards."""
-    d = cfg.distill
-    tokenizer = shared_tokenizer(cfg, tokenizer_ref)
-    spec = LabelSpec(top_k=d.top_k, calibration_temperature=calibration_temperature
-                     or cfg.calibration.temperature, logit_scale=cfg.calibration.logit_scale,
+    """The teacher's top-k labels on the training split (encoded as the student trains on it), stored
+    under `<root>/labels` (reused when an identical store exists); inside a launched world every rank
+    computes its share of the shards."""
+    d = distill
+    tokenizer = shared_tokenizer(tokenizer_ref, teacher, student)
+    spec = LabelSpec(top_k=d.top_k, calibration_temperature=calibration.taught_temperature(
+                         calibration_temperature), logit_scale=calibration.logit_scale,
                      encoding=d.encoding, shard_size=d.shard_size, labels=d.labels, samples=d.samples)
     identity = {
         "teacher": model_identity(teacher_path),
         "tokenizer": directory_identity(tokenizer_ref, ("tokenizer.json", "tokenizer_config.json")),
         "vocab_size": len(tokenizer),  # teacher logits cut to the shared vocabulary
     }
-    model = load_causal_lm(teacher_path, cfg.teacher).to(resolve_device(cfg.device))
-    examples = train_examples(tokenizer, data_dir, cfg.student.train)
-    return precompute_labels(model, examples, output_root(cfg) / "labels", spec, identity,
+    model = load_causal_lm(teacher_path, teacher).to(resolve_device(device))
+    examples = train_examples(tokenizer, data_dir, student.train)
+    return precompute_labels(model, examples, Path(root) / "labels", spec, identity,
                              tokenizer.pad_token_id, d.precompute_batch_size, progress, len(tokenizer))

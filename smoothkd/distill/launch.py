@@ -1,12 +1,12 @@
 """Multi-process stages through `accelerate launch`: the parent writes a job, N workers run it.
 
-`launch` writes `job.json` (the run config plus the stage's arguments) and an accelerate config into a job
-directory, starts `python -m accelerate.commands.launch --config_file … -m smoothkd.distill.launch job.json`
-and waits, copying the workers' output to its own stderr (prefixed) and to `launch.log`. Each worker
-rebuilds its inputs from the job (config, data, tokenizer, model and label paths) and calls the same job
-function (`smoothkd.distill.jobs`) a single process would. Rank 0 writes `result.json`; a failing rank
-writes `error-<rank>.json`, which the parent turns into one exception (the worker's own user-error type
-when it is one, otherwise `LaunchError`).
+`launch` writes `job.json` (the job function's name, its config sections and its plain arguments) and an
+accelerate config into a job directory, starts `python -m accelerate.commands.launch --config_file … -m
+smoothkd.distill.launch job.json` and waits, copying the workers' output to its own stderr (prefixed) and
+to `launch.log`. Each worker validates the sections back into their config types and calls the same job
+function (`smoothkd.distill.jobs`) with the same arguments a single process would. Rank 0 writes
+`result.json`; a failing rank writes `error-<rank>.json`, which the parent turns into one exception (the
+worker's own user-error type when it is one, otherwise `LaunchError`).
 
 The accelerate config names `MULTI_GPU`: that is accelerate's torch.distributed.run launcher, the one
 that starts N local processes. Without CUDA the workers come up as `MULTI_CPU` with gloo, because the
@@ -26,8 +26,9 @@ from pathlib import Path
 
 import torch
 import yaml
+from pydantic import BaseModel
 
-from smoothkd.config import RunConfig
+from smoothkd import config
 from smoothkd.distill.jobs import precompute_teacher_labels, train_model
 from smoothkd.distill.runtime import on_cpu
 from smoothkd.errors import USER_ERRORS, LaunchError
@@ -47,25 +48,34 @@ def accelerate_config(num_processes: int, mixed_precision: str) -> dict:
     }
 
 
-def launch(cfg: RunConfig, job: dict, num_processes: int, job_dir: str | Path, mixed_precision: str = "no",
-           label: str = "launch") -> dict:
-    """Run `job` on `num_processes` processes and return what rank 0 reported.
+# The job functions a launched world can run, by the `kind` its job names.
+JOBS = {"finetune": train_model, "labels": precompute_teacher_labels}
 
-    `job` holds a `kind` (`finetune` or `labels`) and that stage's arguments. `job_dir` keeps the job, the
-    accelerate config and `launch.log`; it is removed after a success and kept after a failure.
+
+def launch(kind: str, args: dict, sections: dict[str, BaseModel], num_processes: int, job_dir: str | Path,
+           mixed_precision: str = "no", label: str = "launch") -> dict:
+    """Run job `kind` (a key of `JOBS`) on `num_processes` processes and return what rank 0 reported.
+
+    Every worker calls the job function with `sections` (config sections, by the parameter that takes
+    each) and `args` (JSON values: paths as text; `device` among them, which every job takes). `job_dir`
+    keeps the job, the accelerate config and `launch.log`; it is removed after a success and kept after a
+    failure.
     """
     job_dir = Path(job_dir)
     job_dir.mkdir(parents=True, exist_ok=True)
     for stale in (*job_dir.glob("error-*.json"), job_dir / "result.json"):
         stale.unlink(missing_ok=True)
-    write_json(job_dir / "job.json", {**job, "config": cfg.model_dump(mode="json")})
+    # Each section goes with its class name: a worker validates it back into the same type, so a teacher
+    # section stays a TeacherConfig (its dump, which keys the caches, stays the same).
+    typed = {name: [type(s).__name__, s.model_dump(mode="json")] for name, s in sections.items()}
+    write_json(job_dir / "job.json", {"kind": kind, "args": args, "sections": typed})
     config_file = atomic_write_text(job_dir / "accelerate.yaml",
                                     yaml.safe_dump(accelerate_config(num_processes, mixed_precision)))
     command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config_file),
                "-m", "smoothkd.distill.launch", str(job_dir / "job.json")]
     # Progress bars redraw with carriage returns, which would arrive here as a line per redraw.
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TQDM_DISABLE": "1"}
-    if on_cpu(cfg.device):  # the same rule that sets the workers' Trainer `use_cpu`
+    if on_cpu(args["device"]):  # the same rule that sets the workers' Trainer `use_cpu`
         env["ACCELERATE_USE_CPU"] = "true"
     log_file, tail = job_dir / "launch.log", deque(maxlen=20)
     with open(log_file, "w", encoding="utf-8") as log, subprocess.Popen(
@@ -102,16 +112,19 @@ def _worker_error(errors: list[dict], label: str, log_file: Path) -> Exception:
                        f"log: {log_file}")
 
 
-def run_job(job: dict, cfg: RunConfig) -> dict:
+def _section(type_name: str, dump: dict) -> BaseModel:
+    cls = getattr(config, type_name, None)
+    if not (isinstance(cls, type) and issubclass(cls, BaseModel)):
+        raise ValueError(f"job section of unknown type {type_name!r}")
+    return cls.model_validate(dump)
+
+
+def run_job(job: dict) -> dict:
     """One worker's share of a job: the job function a single process would call, run in place."""
-    if job["kind"] == "finetune":
-        args = {k: job[k] for k in ("section", "role", "tokenizer_ref", "data_dir", "alpha", "labels_dir",
-                                    "teacher_path", "calibration_temperature", "work_key")}
-        return train_model(cfg, out=Path(job["out"]), **args).to_dict()
-    if job["kind"] == "labels":
-        return precompute_teacher_labels(cfg, job["data_dir"], job["tokenizer_ref"], job["teacher_path"],
-                                         job["calibration_temperature"], progress=job["progress"]).to_dict()
-    raise ValueError(f"unknown job kind {job['kind']!r}")
+    if job["kind"] not in JOBS:
+        raise ValueError(f"unknown job kind {job['kind']!r}")
+    sections = {name: _section(*typed) for name, typed in job["sections"].items()}
+    return JOBS[job["kind"]](**sections, **job["args"]).to_dict()
 
 
 def main(job_file: str) -> None:
@@ -120,11 +133,10 @@ def main(job_file: str) -> None:
     job_dir = Path(job_file).parent
     job = read_json(job_file)
     rank = int(os.environ.get("RANK", "0"))
-    cfg = RunConfig.model_validate(job["config"])
     # The process group comes up here: the label worker needs it for its shard split and barrier.
-    PartialState(cpu=on_cpu(cfg.device))
+    PartialState(cpu=on_cpu(job["args"]["device"]))
     try:
-        result = run_job(job, cfg)
+        result = run_job(job)
     except BaseException as exc:
         write_json(job_dir / f"error-{rank}.json",
                    {"rank": rank, "type": type(exc).__name__, "message": str(exc), "time": time.time()})

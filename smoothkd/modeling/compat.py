@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from smoothkd.config import ModelConfig, RunConfig
+from smoothkd.config import EvalConfig, ModelConfig, StudentConfig, TeacherConfig, TokenizerConfig
 from smoothkd.errors import IncompatibleModelsError, ModelReferenceError, TokenizerMismatchError
 
 # A hub id: `name` or `namespace/name` (letters, digits, `-`, `_`, `.`); anything else is taken for a path.
@@ -183,31 +183,26 @@ class Compatibility:
                 f"{one(self.student)}")
 
 
-def _vocab_differs(a, b) -> str | None:
-    va, vb = a.get_vocab(), b.get_vocab()
-    if va == vb:
-        return None
-    differing = sorted(set(va.items()) ^ set(vb.items()))[:3]
-    return f"{len(va)} vs {len(vb)} tokens, e.g. {differing}"
-
-
-def check_compatibility(cfg: RunConfig, tokenizer, tokenizer_key: str) -> Compatibility:
-    """Check teacher, student and the run's tokenizer against each other (configs only).
+def check_compatibility(tokenizer, tokenizer_key: str, *, teacher: TeacherConfig, student: StudentConfig,
+                        eval_cfg: EvalConfig) -> Compatibility:
+    """Check teacher, student and the run's tokenizer against each other (configs only); `eval_cfg` gives
+    the generation length both models must fit.
 
     `tokenizer_key` names where the run's tokenizer comes from (e.g. `tokenizer.name_or_path`). Raises
     TokenizerMismatchError or IncompatibleModelsError (one line naming the config keys) on the first problem.
     """
+    from smoothkd.modeling.tokenizer import vocab_difference
+
     vocab = shared_vocab_size(tokenizer)
     for token in ("eos", "pad"):
         if getattr(tokenizer, f"{token}_token_id") is None:
             raise IncompatibleModelsError(f"the run's tokenizer ({tokenizer_key}) has no {token} token: "
                                           "training ends each response with eos and pads batches; use a "
                                           "tokenizer that defines one")
-    teacher = model_shape("teacher", cfg.teacher, vocab)
-    student = model_shape("student", cfg.student, vocab)
-    for shape in (teacher, student):
+    shapes = model_shape("teacher", teacher, vocab), model_shape("student", student, vocab)
+    for shape in shapes:
         if shape.tokenizer is not None:
-            differs = _vocab_differs(tokenizer, shape.tokenizer)
+            differs = vocab_difference(tokenizer, shape.tokenizer)
             if differs:
                 raise TokenizerMismatchError(
                     f"{shape.key}'s tokenizer differs from the run's ({tokenizer_key}): {differs}; KD needs "
@@ -217,14 +212,14 @@ def check_compatibility(cfg: RunConfig, tokenizer, tokenizer_key: str) -> Compat
                 f"{shape.key} has {shape.embedding_rows} embedding rows, fewer than the {vocab} tokens of "
                 f"{tokenizer_key}: ids >= {shape.embedding_rows} cannot be embedded; use the model's own "
                 "tokenizer")
-    s, e = cfg.student.train, cfg.eval
+    s, e = student.train, eval_cfg
     # The teacher reads the students' examples too (labels, online KD), and both generate in evaluation.
     needs = {"student": [("student.train.max_length", s.max_length),
                          ("student.train.max_prompt_length + eval.max_new_tokens",
                           s.max_prompt_length + e.max_new_tokens)]}
-    needs["teacher"] = [*needs["student"], *([("teacher.train.max_length", cfg.teacher.train.max_length)]
-                                             if cfg.teacher.finetune or not cfg.teacher.name_or_path else [])]
-    for shape in (teacher, student):
+    needs["teacher"] = [*needs["student"], *([("teacher.train.max_length", teacher.train.max_length)]
+                                             if teacher.finetune or not teacher.name_or_path else [])]
+    for shape in shapes:
         if shape.max_positions is None:
             continue
         for what, length in needs[shape.section]:
@@ -232,42 +227,45 @@ def check_compatibility(cfg: RunConfig, tokenizer, tokenizer_key: str) -> Compat
                 raise IncompatibleModelsError(
                     f"{shape.key} takes at most {shape.max_positions} positions, but {what} is {length}: "
                     f"lower it to {shape.max_positions} or pick a model with a longer context")
-    return Compatibility(vocab, teacher, student)
+    return Compatibility(vocab, *shapes)
 
 
-def tokenizer_source(cfg: RunConfig) -> tuple[str, str] | None:
+def tokenizer_source(tokenizer_cfg: TokenizerConfig, teacher: ModelConfig) -> tuple[str, str] | None:
     """(config key, reference) of a tokenizer known before the data is read; None when one is trained."""
-    if cfg.tokenizer.name_or_path:
-        return "tokenizer.name_or_path", cfg.tokenizer.name_or_path
-    if cfg.teacher.name_or_path:
-        return "teacher.name_or_path", cfg.teacher.name_or_path
+    if tokenizer_cfg.name_or_path:
+        return "tokenizer.name_or_path", tokenizer_cfg.name_or_path
+    if teacher.name_or_path:
+        return "teacher.name_or_path", teacher.name_or_path
     return None
 
 
-def check_run_models(cfg: RunConfig, tokenizer_ref: str | Path) -> Compatibility:
+def check_run_models(tokenizer_ref: str | Path, *, tokenizer_cfg: TokenizerConfig, teacher: TeacherConfig,
+                     student: StudentConfig, eval_cfg: EvalConfig) -> Compatibility:
     """`check_compatibility` for the run's tokenizer at `tokenizer_ref` (loaded as the run loads it)."""
-    source = tokenizer_source(cfg)
+    source = tokenizer_source(tokenizer_cfg, teacher)
     key = source[0] if source else "the tokenizer trained on the data"
-    t = cfg.teacher
     tokenizer = load_checked_tokenizer(source[0] if source else "tokenizer", str(tokenizer_ref),
-                                       t.revision if t.name_or_path else None, t.trust_remote_code, "teacher")
-    return check_compatibility(cfg, tokenizer, key)
+                                       teacher.revision if teacher.name_or_path else None,
+                                       teacher.trust_remote_code, "teacher")
+    return check_compatibility(tokenizer, key, teacher=teacher, student=student, eval_cfg=eval_cfg)
 
 
-def preflight(cfg: RunConfig) -> Compatibility | None:
+def preflight(*, tokenizer_cfg: TokenizerConfig, teacher: TeacherConfig, student: StudentConfig,
+              eval_cfg: EvalConfig) -> Compatibility | None:
     """Every model reference and, when the tokenizer is known up front, every compatibility check.
 
     Run before the pipeline starts, in seconds. A tokenizer trained from the data is checked by the
     pipeline's tokenizer step instead, still before the teacher trains; None is returned then.
     """
-    for section in ("teacher", "student"):  # the references first: a bad one is the first thing to fix
-        if getattr(cfg, section).name_or_path:
-            model_config(section, getattr(cfg, section))
-    source = tokenizer_source(cfg)
+    for section, model in (("teacher", teacher), ("student", student)):
+        if model.name_or_path:  # the references first: a bad one is the first thing to fix
+            model_config(section, model)
+    source = tokenizer_source(tokenizer_cfg, teacher)
     if source is not None:
-        return check_run_models(cfg, source[1])
-    if cfg.student.name_or_path:
+        return check_run_models(source[1], tokenizer_cfg=tokenizer_cfg, teacher=teacher, student=student,
+                                eval_cfg=eval_cfg)
+    if student.name_or_path:
         raise IncompatibleModelsError(
             "student.name_or_path is set but the teacher is built from scratch on a tokenizer trained on the "
-            f"data: set tokenizer.name_or_path to {cfg.student.name_or_path} (the student's tokenizer)")
+            f"data: set tokenizer.name_or_path to {student.name_or_path} (the student's tokenizer)")
     return None

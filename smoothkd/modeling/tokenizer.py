@@ -71,14 +71,22 @@ def load_run_tokenizer(tokenizer_ref: str | Path, model_cfg: ModelConfig) -> Pre
                           trust_remote_code=model_cfg.trust_remote_code)
 
 
+def vocab_difference(a, b) -> str | None:
+    """None when two tokenizers map the same tokens to the same ids; else their sizes and a few of the
+    (token, id) pairs only one of them has."""
+    va, vb = a.get_vocab(), b.get_vocab()
+    if va == vb:
+        return None
+    differing = sorted(set(va.items()) ^ set(vb.items()))[:3]
+    return f"{len(va)} vs {len(vb)} tokens, e.g. {differing}"
+
+
 def check_tokenizers_agree(teacher_tokenizer, student_tokenizer) -> None:
     """Soft labels index the teacher's vocabulary: the student's must be the same token for token."""
-    t_vocab, s_vocab = teacher_tokenizer.get_vocab(), student_tokenizer.get_vocab()
-    if t_vocab != s_vocab:
-        differing = sorted(set(t_vocab.items()) ^ set(s_vocab.items()))[:3]
-        raise TokenizerMismatchError(
-            f"teacher and student tokenizers differ ({len(t_vocab)} vs {len(s_vocab)} tokens; e.g. "
-            f"{differing}); KD needs one shared vocabulary: pick a student of the teacher's family")
+    differs = vocab_difference(teacher_tokenizer, student_tokenizer)
+    if differs:
+        raise TokenizerMismatchError(f"teacher and student tokenizers differ ({differs}); KD needs one "
+                                     "shared vocabulary: pick a student of the teacher's family")
 
 
 def newline_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:

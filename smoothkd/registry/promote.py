@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from mlflow import MlflowClient
 
-from smoothkd.config import RunConfig
+from smoothkd.config import EvalConfig, PromotionConfig
 from smoothkd.registry.gate import Candidate, ChampionEvaluation, Decision, best_passing, judge
 from smoothkd.registry.identity import EvalIdentity
 from smoothkd.registry.store import (
@@ -57,27 +57,27 @@ class _Champions:
     """The champions judged against, each loaded from the registry once and, where its evaluation does
     not pair with a candidate's, re-evaluated once per candidate evaluation identity."""
 
-    def __init__(self, client: MlflowClient, cfg: RunConfig, reevaluate: Reevaluate | None) -> None:
-        self.client, self.cfg, self.reevaluate = client, cfg, reevaluate
+    def __init__(self, client: MlflowClient, promotion: PromotionConfig, eval_cfg: EvalConfig,
+                 reevaluate: Reevaluate | None) -> None:
+        self.client, self.promotion, self.eval_cfg, self.reevaluate = client, promotion, eval_cfg, reevaluate
         self.registered: dict[str, Candidate] = {}
         self.comparable: dict[tuple, tuple[Candidate, ChampionEvaluation]] = {}
 
     def judge(self, candidate: Candidate, version: str | None, sft: Candidate | None) -> Decision:
         """`candidate` judged against champion `version` (None: no champion), evaluated like it."""
         champion, evaluation = self._like(candidate, version) if version else (None, None)
-        decision = judge(candidate, self.cfg.promotion, self.cfg.eval, champion, sft)
+        decision = judge(candidate, self.promotion, self.eval_cfg, champion, sft)
         decision.champion_evaluation = evaluation
         return decision
 
     def _like(self, candidate: Candidate, version: str) -> tuple[Candidate, ChampionEvaluation | None]:
         if version not in self.registered:
-            self.registered[version] = load_candidate(self.client, self.cfg.promotion.registered_model_name,
+            self.registered[version] = load_candidate(self.client, self.promotion.registered_model_name,
                                                       version)
         champion = self.registered[version]
         if version == candidate.version:  # no comparison with itself is made
             return champion, None
-        differences = candidate.differences(champion, self.cfg.eval.splits,
-                                            self.cfg.promotion.regression_metrics)
+        differences = candidate.differences(champion, self.eval_cfg.splits, self.promotion.regression_metrics)
         if not differences:
             return champion, ChampionEvaluation(version, "registry")
         key = (version, repr(candidate.identity))
@@ -139,26 +139,29 @@ def _v(version: str | None) -> str:
     return f"v{version}" if version else "none"
 
 
-def register_and_promote(client: MlflowClient, cfg: RunConfig, registered: list[Registered], store_uri: str,
+def register_and_promote(client: MlflowClient, promotion: PromotionConfig, eval_cfg: EvalConfig,
+                         registered: list[Registered], store_uri: str,
                          register: Callable[[str, str, str, dict[str, str]], str] | None = None,
                          set_alias: Callable[[str], None] | None = None,
                          reevaluate: Reevaluate | None = None) -> list[dict]:
     """Register every candidate, judge each, promote the best passing one; return the final records.
 
+    `promotion` names the registered model and sets the gate; `eval_cfg` gives the splits and the bootstrap
+    the paired comparisons use.
     `store_uri` is the MLflow store `client` talks to (its promotion lock lives there);
     `register(name, model_uri, run_id, tags) -> version` and `set_alias(version)` default to plain MLflow
     (the pipeline passes ZenML's MLflow model registry); `reevaluate` evaluates a champion like a candidate
     (`champion_reevaluator`; None: an incomparable champion fails the comparison instead).
     """
-    name = cfg.promotion.registered_model_name
-    lock = promotion_lock(store_uri, name, cfg.promotion.lock_uri)  # a store without a lock fails here
+    name = promotion.registered_model_name
+    lock = promotion_lock(store_uri, name, promotion.lock_uri)  # a store without a lock fails here
     register = register or (lambda n, uri, run, tags: register_version(client, n, uri, run, tags))
     for r in registered:
         # Identical weights (a rerun on cached students) keep their version instead of piling up copies.
         r.candidate.version = version_with_weights(client, name, r.weights) or register(
             name, r.model_uri, r.run_id,
             {"candidate": r.candidate.name, "alpha": f"{r.candidate.alpha:g}", WEIGHTS_TAG: r.weights})
-    champions = _Champions(client, cfg, reevaluate)
+    champions = _Champions(client, promotion, eval_cfg, reevaluate)
     before = champion_version(client, name)
     sft = next((r.candidate for r in registered if r.candidate.alpha == 0), None)
     decisions = [champions.judge(r.candidate, before, sft) for r in registered]
@@ -180,20 +183,20 @@ def register_and_promote(client: MlflowClient, cfg: RunConfig, registered: list[
     return ordered
 
 
-def repromote(client: MlflowClient, cfg: RunConfig, name: str, version: str, store_uri: str,
-              force: bool = False, reason: str = "", reevaluate: Reevaluate | None = None) -> dict:
+def repromote(client: MlflowClient, promotion: PromotionConfig, eval_cfg: EvalConfig, name: str,
+              version: str, store_uri: str, force: bool = False, reason: str = "",
+              reevaluate: Reevaluate | None = None) -> dict:
     """Re-run the gate for an existing version against today's champion; `force` promotes regardless.
 
-    Returns the final decision record.
+    `name` replaces `promotion.registered_model_name`. Returns the final decision record.
     """
-    lock = promotion_lock(store_uri, name, cfg.promotion.lock_uri)
+    lock = promotion_lock(store_uri, name, promotion.lock_uri)
     candidate = load_candidate(client, name, version)
     sft = None
-    if cfg.promotion.kd_not_worse_than_sft and candidate.alpha > 0:
+    if promotion.kd_not_worse_than_sft and candidate.alpha > 0:
         sft = _sibling_sft(client, name, version)
-    promotion = cfg.model_copy(update={"promotion": cfg.promotion.model_copy(
-        update={"registered_model_name": name})})
-    champions = _Champions(client, promotion, reevaluate)
+    champions = _Champions(client, promotion.model_copy(update={"registered_model_name": name}), eval_cfg,
+                           reevaluate)
     journal = _Journal(client, name, forced=force, reason=reason)
     result, decision = promote_guarded(client, name, version, lock,
                                        lambda current: champions.judge(candidate, current, sft),

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from smoothkd.config import RunConfig
+from smoothkd.config import TrainConfig
 from smoothkd.data.prompts import build_prompt, eval_prompt, response_text
 from smoothkd.data.schema import COLUMNS, REFERENCE_COLUMN, SOURCE_COLUMN
 
@@ -62,9 +62,10 @@ def approximate_counter(reason: str) -> TokenCounter:
     return TokenCounter(count, 1, f"approximate, {CHARS_PER_TOKEN} chars/token ({reason})")
 
 
-def limits(cfg: RunConfig) -> tuple[int, int]:
-    """(max_length, max_prompt_length): the strictest of teacher and student, which both train on the data."""
-    trains = (cfg.teacher.train, cfg.student.train)
+def limits(trains: Iterable[TrainConfig]) -> tuple[int, int]:
+    """(max_length, max_prompt_length): the strictest of the models that train on the data (teacher and
+    student)."""
+    trains = list(trains)
     return min(t.max_length for t in trains), min(t.max_prompt_length for t in trains)
 
 
@@ -75,14 +76,14 @@ def _text(df: pd.DataFrame, column: str) -> list[str]:
     return df[column].fillna("").astype(str).tolist()
 
 
-def instruction_frame(rows: list[dict], cfg: RunConfig, tokens: TokenCounter) -> pd.DataFrame:
+def instruction_frame(rows: list[dict], max_length: int, max_prompt: int, tokens: TokenCounter
+                      ) -> pd.DataFrame:
     """The instruction split with `truncated` and `duplicate_row` helper columns.
 
-    A row is truncated when its prompt exceeds max_prompt_length or prompt + response exceeds max_length,
-    counted the way training encodes it.
+    A row is truncated when its prompt exceeds `max_prompt` or prompt + response exceeds `max_length`
+    (`limits`), counted the way training encodes it.
     """
     df = _frame(rows, "instruction")
-    max_length, max_prompt = limits(cfg)
     instruction, context, category = (_text(df, c) for c in ("instruction", "context", "category"))
     prompts = [build_prompt(i, c, k) for i, c, k in zip(instruction, context, category, strict=True)]
     prompt_tokens = pd.Series(tokens.count(prompts), index=df.index, dtype="int64") + tokens.bos
@@ -93,16 +94,15 @@ def instruction_frame(rows: list[dict], cfg: RunConfig, tokens: TokenCounter) ->
     return df
 
 
-def eval_frame(rows: list[dict], kind: str, cfg: RunConfig, tokens: TokenCounter, train: TrainingContexts
+def eval_frame(rows: list[dict], kind: str, max_prompt: int, tokens: TokenCounter, train: TrainingContexts
                ) -> pd.DataFrame:
     """An evaluation split with truncation, duplicate, length-ratio and leakage helper columns.
 
-    Evaluation prompts are truncated when longer than max_prompt_length (generation cuts the middle out).
+    Evaluation prompts are truncated when longer than `max_prompt` (generation cuts the middle out).
     Leakage compares each source with the training contexts (`source_in_train`: the same text;
     `train_ngram_overlap`: the largest share of its word n-grams found in any one context).
     """
     df = _frame(rows, kind)
-    _, max_prompt = limits(cfg)
     sources, references = _text(df, SOURCE_COLUMN[kind]), _text(df, REFERENCE_COLUMN[kind])
     prompt_tokens = pd.Series(tokens.count([eval_prompt(kind, s) for s in sources]), index=df.index,
                               dtype="int64") + tokens.bos

@@ -7,6 +7,7 @@ and ValidationDefinition per split; results render into a static Data Docs site 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import great_expectations as gx
@@ -16,7 +17,7 @@ from great_expectations.data_context.types.base import (
     ProgressBarsConfig,
 )
 
-from smoothkd.config import ModelConfig, RunConfig
+from smoothkd.config import ModelConfig, TrainConfig, ValidationConfig
 from smoothkd.data.dataset import EVAL_KINDS, read_split
 from smoothkd.modeling.tokenizer import load_run_tokenizer
 from smoothkd.validation.features import (
@@ -26,6 +27,7 @@ from smoothkd.validation.features import (
     approximate_counter,
     eval_frame,
     instruction_frame,
+    limits,
     tokenizer_counter,
 )
 from smoothkd.validation.report import MAX_EXAMPLES, Outcome, ValidationReport
@@ -53,18 +55,24 @@ def token_counter(tokenizer_ref: str | Path, model_cfg: ModelConfig) -> TokenCou
     return tokenizer_counter(tokenizer, str(tokenizer_ref))
 
 
-def validate_splits(cfg: RunConfig, splits: dict[str, list[dict]], tokens: TokenCounter,
-                    docs_dir: str | Path) -> ValidationReport:
-    """Validate `instruction` and each evaluation split given as rows; write Data Docs into `docs_dir`."""
+def validate_splits(validation: ValidationConfig, trains: Iterable[TrainConfig],
+                    splits: dict[str, list[dict]], tokens: TokenCounter, docs_dir: str | Path
+                    ) -> ValidationReport:
+    """Validate `instruction` and each evaluation split given as rows; write Data Docs into `docs_dir`.
+
+    `trains` are the training sections of the models that train on the data (teacher and student): rows
+    are truncated beyond the strictest of their limits.
+    """
     start = time.perf_counter()
     context = _context(Path(docs_dir))  # first: GX suites need an active context to add expectations
+    max_length, max_prompt = limits(trains)
     train = TrainingContexts((str(r.get("context") or "") for r in splits["instruction"]),
-                             cfg.validation.leakage_ngram)
-    frames = {"instruction": instruction_frame(splits["instruction"], cfg, tokens)}
-    suites = {"instruction": instruction_suite(cfg.validation)}
+                             validation.leakage_ngram)
+    frames = {"instruction": instruction_frame(splits["instruction"], max_length, max_prompt, tokens)}
+    suites = {"instruction": instruction_suite(validation)}
     for kind in EVAL_KINDS:
-        frames[kind] = eval_frame(splits[kind], kind, cfg, tokens, train)
-        suites[kind] = eval_suite(kind, cfg.validation)
+        frames[kind] = eval_frame(splits[kind], kind, max_prompt, tokens, train)
+        suites[kind] = eval_suite(kind, validation)
 
     source = context.data_sources.add_pandas("smoothkd")
     outcomes: list[Outcome] = []
