@@ -71,34 +71,50 @@ def _cell(metrics: dict[str, float], name: str) -> str:
     return f"{metrics[name]:.{digits}f}{ci}"
 
 
+# Marks a model reused from the stage cache (a word would widen the model column until rows wrap).
+CACHED_MARK = "*"
+
+
 def _model_label(model: dict) -> str:
-    return model["role"].removeprefix("student_") + (" (cached)" if model.get("cached") else "")
+    return model["role"].removeprefix("student_") + (CACHED_MARK if model.get("cached") else "")
+
+
+def _add_caption(table, line: str) -> None:
+    if line not in (table.caption or ""):
+        table.caption = f"{table.caption}\n{line}" if table.caption else line
 
 
 def _headline_table(title: str, key: str, groups: list[list[tuple[str, str, dict[str, float]]]]):
-    """Rows of (split, name, flat metrics) under the headline columns; a rule after each group."""
+    """Rows of (split, name, flat metrics) under the headline columns; a rule after each group. A column
+    no row has a value for (e.g. the factual rate when no detector ran) is left out."""
     from rich.table import Table
 
+    rows = [[(split, name, [_cell(metrics, f"{split}/{metric}") for metric, _ in HEADLINE])
+             for split, name, metrics in group] for group in groups]
+    shown = [j for j in range(len(HEADLINE)) if any(cells[j] != "-" for group in rows for *_, cells in group)]
     table = Table(title=title)
     table.add_column("split")
     table.add_column(key)
-    for _, label in HEADLINE:
+    for j in shown:
         # Fold, never truncate: on a narrow terminal a CI wraps onto a second line instead of losing digits.
-        table.add_column(label, justify="right", overflow="fold")
-    for group in groups:
-        for i, (split, name, metrics) in enumerate(group):
-            cells = [_cell(metrics, f"{split}/{metric}") for metric, _ in HEADLINE]
-            table.add_row(split, name, *cells, end_section=i == len(group) - 1)
-            if any(cell.endswith(UNRELIABLE_MARK) for cell in cells):
-                table.caption = f"{UNRELIABLE_MARK} unreliable: detector AUROC below eval.detector_min_auroc"
+        table.add_column(HEADLINE[j][1], justify="right", overflow="fold")
+    for group in rows:
+        for i, (split, name, cells) in enumerate(group):
+            table.add_row(split, name, *[cells[j] for j in shown], end_section=i == len(group) - 1)
+            if any(cells[j].endswith(UNRELIABLE_MARK) for j in shown):
+                _add_caption(table, f"{UNRELIABLE_MARK} unreliable: detector AUROC below "
+                                    "eval.detector_min_auroc")
     return table
 
 
 def results_table(results: dict[str, Any], splits: list[str]):
     """One row per (split, model): headline metrics as mean (95% bootstrap CI)."""
-    return _headline_table("summarisation: mean (95% bootstrap CI)", "model",
-                           [[(split, _model_label(m), m["metrics"]) for m in results["models"]]
-                            for split in splits])
+    table = _headline_table("summarisation: mean (95% bootstrap CI)", "model",
+                            [[(split, _model_label(m), m["metrics"]) for m in results["models"]]
+                             for split in splits])
+    if any(m.get("cached") for m in results["models"]):
+        _add_caption(table, f"{CACHED_MARK} reused from an earlier run's stage cache")
+    return table
 
 
 def general_table(results: dict[str, Any]):
@@ -120,8 +136,9 @@ def general_table(results: dict[str, Any]):
 
 def deltas_table(results: dict[str, Any], splits: list[str]):
     """KD − SFT per split: paired mean difference (95% CI); positive means KD is higher."""
-    return _headline_table("KD − SFT on the same examples: mean (paired 95% bootstrap CI)", "comparison",
-                           [[(split, comparison, flat) for comparison, flat in results["deltas"].items()]
+    return _headline_table("KD − SFT on the same examples: mean (paired 95% bootstrap CI)", "KD student",
+                           [[(split, comparison.removesuffix(" - sft"), flat)
+                             for comparison, flat in results["deltas"].items()]
                             for split in splits])
 
 
