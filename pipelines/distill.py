@@ -17,12 +17,14 @@ from steps.report import report
 from steps.student import student
 from steps.teacher import teacher
 from steps.tokenizer import build_tokenizer
+from steps.tracking import record_failure
 from steps.validate import validate_data
 
 
 # Fail fast re-raises the failing step's own exception (not a generic RuntimeError), so the CLI can report
-# a known input problem (e.g. DataValidationError) as one line.
-@pipeline(enable_cache=False, execution_mode=ExecutionMode.FAIL_FAST)
+# a known input problem (e.g. DataValidationError) as one line. The failure hook runs in every step, so the
+# MLflow runs of whichever step stops the run say where and why.
+@pipeline(enable_cache=False, execution_mode=ExecutionMode.FAIL_FAST, on_failure=record_failure)
 def distill(config: dict) -> None:
     """Run the whole flow for one validated RunConfig (passed as a plain dict)."""
     # Everything downstream consumes the validated dataset: a stopping failure ends the run here.
@@ -49,5 +51,5 @@ def distill(config: dict) -> None:
         for alpha, summary in students.items()
     ]
     # Registration comes after every gate and evaluation: a run that failed earlier registers nothing.
-    gate_decisions = register_students(config, evaluated_students)
+    gate_decisions = register_students(config, teacher_summary, evaluated_students)
     report(config, evaluated_teacher, evaluated_students, gate_decisions)

@@ -79,7 +79,7 @@ def run_distill(cfg: RunConfig) -> dict:
 
     from pipelines.distill import distill
     from pipelines.stack import ensure_local_stack, use_stack
-    from smoothkd.tracking import ensure_experiment  # imports mlflow, which `smoothkd stack up` does not need
+    from smoothkd.tracking import ensure_experiment, kd_label, run_name  # mlflow: not for `stack up`
 
     local = cfg.orchestration.stack == "local"
     settings = {"experiment_tracker": MLFlowExperimentTrackerSettings(
@@ -102,23 +102,15 @@ def run_distill(cfg: RunConfig) -> dict:
         from smoothkd.registry.store import promotion_lock
 
         promotion_lock(uri, cfg.promotion.registered_model_name, cfg.promotion.lock_uri)
-    run_name = f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    name = run_name(cfg.name, kd_label(cfg.distill.alphas))
     start = time.perf_counter()
-    run = distill.with_options(settings=settings, run_name=run_name, **options)(
+    run = distill.with_options(settings=settings, run_name=name, **options)(
         config=cfg.model_dump(mode="json"))
     seconds = time.perf_counter() - start
     if not local:
         run = _finished(run, cfg.orchestration.stack)
     results = run.steps["report"].outputs["results"][0].load()
-    return {**results, "gates": _gate_verdicts(run), "run_name": run_name, "pipeline_seconds": seconds,
-            "tracking_uri": uri}
-
-
-def _gate_verdicts(run) -> dict[str, dict]:
-    """What the data, calibration and detector steps recorded as ZenML metadata, for the run's summary."""
-    names = {"data": "validate_data", "calibration": "check_teacher_calibration",
-             "teacher detector": "detector_teacher", "student detector": "detector_student"}
-    return {label: dict(run.steps[step].run_metadata) for label, step in names.items() if step in run.steps}
+    return {**results, "run_name": name, "pipeline_seconds": seconds, "tracking_uri": uri}
 
 
 def _finished(run, stack: str):

@@ -47,7 +47,7 @@ from smoothkd.stages import (
     train_student,
     validate_dataset,
 )
-from smoothkd.tracking import ensure_experiment, log_metrics, log_training
+from smoothkd.tracking import ensure_experiment, kd_label, log_metrics, log_training, path_name, run_name
 
 SUMMARY_FILE, CHART_FILE = "sweep.json", "sweep.png"
 
@@ -104,11 +104,12 @@ def run_sweep(cfg: RunConfig, n_seeds: int, alphas: list[float], echo: Callable[
     start = time.perf_counter()
     seeds = sweep_seeds(cfg, n_seeds)
     kd_alphas = sorted({a for a in alphas if a})
-    run_name = f"sweep-{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
-    out_dir = output_root(cfg) / "sweeps" / run_name
+    sweep_name = run_name("sweep", cfg.name, kd_label(kd_alphas), f"{n_seeds} seeds")
+    out_dir = output_root(cfg) / "sweeps" / path_name(sweep_name)
 
     data_dir = prepare_data(cfg)
-    validate_dataset(cfg, data_dir, output_root(cfg) / "data_docs" / run_name).raise_for_failures()
+    docs_dir = output_root(cfg) / "data_docs" / path_name(sweep_name)
+    validate_dataset(cfg, data_dir, docs_dir).raise_for_failures()
     tokenizer = prepare_tokenizer(cfg, data_dir)
     teacher = prepare_teacher(cfg, data_dir, tokenizer)
     trained = "cached" if teacher.cached else f"trained in {teacher.train_seconds:.1f} s"
@@ -125,7 +126,7 @@ def run_sweep(cfg: RunConfig, n_seeds: int, alphas: list[float], echo: Callable[
     models: list[SweepModel] = []
     evaluations: dict[float, dict[int, Evaluation]] = {a: {} for a in [0.0, *kd_alphas]}
     total = 1 + len(seeds) * len(evaluations)
-    with _tracking(uri), mlflow.start_run(experiment_id=experiment, run_name=run_name) as parent:
+    with _tracking(uri), mlflow.start_run(experiment_id=experiment, run_name=sweep_name) as parent:
         mlflow.set_tag("smoothkd.sweep", "true")
         mlflow.log_params({"config": cfg.name, "seeds": ",".join(map(str, seeds)),
                            "alphas": ",".join(f"{a:g}" for a in evaluations), "teacher": teacher.path,
@@ -141,7 +142,8 @@ def run_sweep(cfg: RunConfig, n_seeds: int, alphas: list[float], echo: Callable[
                  f"{_headline(evaluation, cfg.eval.splits)}")
 
         began = time.perf_counter()
-        done("teacher", teacher, None, None, evaluate_model(cfg, teacher.path, data_dir, progress=False),
+        done("teacher", teacher, None, None,
+             evaluate_model(cfg, teacher.path, data_dir, progress=False, label="teacher"),
              time.perf_counter() - began)
         for seed in seeds:
             seeded = with_student_seed(cfg, seed)
@@ -149,14 +151,14 @@ def run_sweep(cfg: RunConfig, n_seeds: int, alphas: list[float], echo: Callable[
                 student = train_student(seeded, data_dir, tokenizer, alpha, labels.path, teacher.path,
                                         gate.temperature)
                 began = time.perf_counter()
-                evaluation = evaluate_model(seeded, student.path, data_dir, progress=False)
+                model = f"{student_name(alpha)}_s{seed}"
+                evaluation = evaluate_model(seeded, student.path, data_dir, progress=False, label=model)
                 evaluations[alpha][seed] = evaluation
-                done(f"{student_name(alpha)}_s{seed}", student, alpha, seed, evaluation,
-                     time.perf_counter() - began)
+                done(model, student, alpha, seed, evaluation, time.perf_counter() - began)
 
         differences = kd_minus_sft(evaluations, cfg.eval)
         summary = SweepSummary(
-            config=cfg.name, run_name=run_name, run_id=parent.info.run_id, seeds=seeds, alphas=kd_alphas,
+            config=cfg.name, run_name=sweep_name, run_id=parent.info.run_id, seeds=seeds, alphas=kd_alphas,
             confidence=cfg.eval.confidence, teacher_temperature=gate.temperature, models=models,
             differences=differences, conclusions=conclusions(differences, cfg.eval.confidence),
             chart=str(out_dir / CHART_FILE), summary_file=str(out_dir / SUMMARY_FILE))

@@ -8,6 +8,7 @@ whole `RunConfig`.
     smoothkd.cli, bench/       the command and the benchmark scripts
     pipelines/                 the `distill` pipeline, its runner, stack registration
     steps/                     one ZenML step per file: tracking and metadata around one stage
+                               (steps.tracking: what they share about MLflow, no step)
     smoothkd.stages            one cache-and-dispatch function per stage
     domain packages            validation, calibration, registry, evaluation, distill; beside them
                                tracking (MLflow logging), report (results record and tables), charts,

@@ -85,6 +85,7 @@ class GateDecision:
     written_at: str = ""
     promoter: str = ""
     record: str = ""  # the immutable record file in the version's run
+    primary_splits: list[str] = field(default_factory=list)  # the splits the primary value is the mean of
 
     def to_dict(self) -> dict:
         return asdict(self)

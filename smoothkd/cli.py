@@ -98,26 +98,31 @@ def run(config: ConfigArg, set_: SetOpt = None, verbose: VerboseOpt = False) -> 
         results = run_distill(cfg)
     from rich.console import Console
 
-    from smoothkd.report import decisions_table, deltas_table, gate_lines, general_table, results_table
+    from smoothkd.report import gate_lines
 
     # Piped into a file or a pager, Rich would wrap at 80 columns and triple every table row; a terminal
     # (or COLUMNS) keeps its own width.
     console = Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 120)
     for line in gate_lines(results):
         console.print(line, highlight=False)
-    console.print(results_table(results, cfg.eval.splits))
-    console.print(general_table(results))
-    if results["deltas"]:
-        console.print(deltas_table(results, cfg.eval.splits))
-    if results["decisions"]:
-        console.print(decisions_table(results))
-    champion = results["champion"]
-    console.print(f"champion: {champion['name']} v{champion['version']} ({champion['candidate']})" if champion
-                  else "champion: unchanged (no candidate of this run was promoted)", highlight=False)
+    _print_summary(console, results, cfg.eval.splits)
     console.print(f"pipeline wall time: {results['pipeline_seconds']:.1f} s (run {results['run_name']})")
     ui_cmd = "smoothkd ui" if config == DEFAULT_CONFIG else f"smoothkd ui --config {config}"
     console.print(f"runs, charts, registry: {ui_cmd}   (MLflow store {results['tracking_uri']})",
                   soft_wrap=True)
+
+
+def _print_summary(console, results: dict, splits: list[str]) -> None:
+    """The results record's tables (models, general capability, KD − SFT, promotion) and its champion."""
+    from smoothkd.report import champion_text, decisions_grid, deltas_grid, general_grid, results_grid
+
+    console.print(results_grid(results, splits).rich())
+    console.print(general_grid(results).rich())
+    if results["deltas"]:
+        console.print(deltas_grid(results, splits).rich())
+    if results["decisions"]:
+        console.print(decisions_grid(results).rich())
+    console.print(f"champion: {champion_text(results)}", highlight=False)
 
 
 def _parse_alphas(text: str) -> list[float]:
@@ -261,7 +266,7 @@ def results(
     from rich.console import Console
 
     from smoothkd.config import tracking_uri as store_of
-    from smoothkd.report import decisions_table, deltas_table, general_table, means_by_split, results_table
+    from smoothkd.report import means_by_split
     from smoothkd.tracking import latest_results
 
     cfg = _load(config if config.exists() else None, set_)
@@ -275,18 +280,9 @@ def results(
     if as_json:
         typer.echo(json.dumps({"run": run_name, "models": means_by_split(record)}, indent=1, sort_keys=True))
         return
-    splits = cfg.eval.splits
     console = Console()
     console.print(f"run {run_name} (MLflow store {uri})", highlight=False, soft_wrap=True)
-    console.print(results_table(record, splits))
-    console.print(general_table(record))
-    if record["deltas"]:
-        console.print(deltas_table(record, splits))
-    if record["decisions"]:
-        console.print(decisions_table(record))
-    champion = record["champion"]
-    console.print(f"champion: {champion['name']} v{champion['version']} ({champion['candidate']})" if champion
-                  else "champion: unchanged (no candidate of this run was promoted)", highlight=False)
+    _print_summary(console, record, cfg.eval.splits)
 
 
 @app.command()
@@ -339,15 +335,15 @@ def eval_(
         from smoothkd.stages import evaluate_model, prepare_data
 
         path = resolve_model_ref(model, tracking_uri(cfg), output_root(cfg) / "registry_models")
-        result = evaluate_model(cfg, path, prepare_data(cfg), detector)
+        result = evaluate_model(cfg, path, prepare_data(cfg), detector, label=model)
     if as_json:
         typer.echo(json.dumps(result.metrics, indent=1, sort_keys=True))
         return
     from rich.console import Console
 
-    from smoothkd.report import metrics_table
+    from smoothkd.report import metrics_grid
 
-    Console().print(metrics_table(result.metrics, f"{model}: mean (95% bootstrap CI)"))
+    Console().print(metrics_grid(result.metrics, f"{model}: mean (95% bootstrap CI)").rich())
     typer.echo(f"localization tables: {result.dir}")
 
 

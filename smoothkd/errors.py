@@ -65,3 +65,9 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     DetectorError, ModelReferenceError, IncompatibleModelsError,
     RegistryLockError,
 )
+
+# The failures that are a gate's verdict, not a crash, with the gate that gave it: a run they stop is
+# recorded as rejected (smoothkd.tracking.record_stop).
+GATE_REJECTIONS: dict[type[BaseException], str] = {
+    DataValidationError: "data validation", TeacherRejectedError: "teacher calibration",
+}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 from smoothkd.artifacts import EvaluatedModel, GateDecision
@@ -79,85 +80,115 @@ def _model_label(model: dict) -> str:
     return model["role"].removeprefix("student_") + (CACHED_MARK if model.get("cached") else "")
 
 
-def _add_caption(table, line: str) -> None:
-    if line not in (table.caption or ""):
-        table.caption = f"{table.caption}\n{line}" if table.caption else line
+@dataclass
+class Grid:
+    """A table before it is drawn: as a rich table on the console, as markdown in the run's MLflow note."""
+
+    title: str
+    columns: list[str]
+    rows: list[list[str]] = field(default_factory=list)
+    ends: set[int] = field(default_factory=set)  # rows that close a section (a rule after them)
+    text_columns: int = 1  # the leading columns that hold words (left-aligned); numbers after them
+    caption: list[str] = field(default_factory=list)  # what the marks in the cells mean, one line each
+
+    def explain(self, line: str) -> None:
+        """Add a caption line, once."""
+        if line not in self.caption:
+            self.caption.append(line)
+
+    def rich(self):
+        """The grid as a rich Table; cells fold, never truncate (a narrow terminal wraps a CI)."""
+        from rich.table import Table
+
+        table = Table(title=self.title, caption="\n".join(self.caption) or None)
+        for i, column in enumerate(self.columns):
+            table.add_column(column, justify="left" if i < self.text_columns else "right", overflow="fold")
+        for i, row in enumerate(self.rows):
+            table.add_row(*row, end_section=i in self.ends)
+        return table
+
+    def markdown(self) -> str:
+        """The grid as a GitHub-flavoured markdown table under its title in bold, its caption below."""
+        def text(cell: str) -> str:  # a bare `*` (the cached mark) would start emphasis or a list
+            return cell.replace("|", "\\|").replace("*", "\\*")
+
+        def line(cells):
+            return "| " + " | ".join(map(text, cells)) + " |"
+
+        align = [":--" if i < self.text_columns else "--:" for i in range(len(self.columns))]
+        lines = [f"**{self.title}**", "", line(self.columns), line(align), *map(line, self.rows)]
+        if self.caption:  # one paragraph, a line break (two trailing spaces) between its lines
+            lines += ["", "  \n".join(map(text, self.caption))]
+        return "\n".join(lines)
 
 
-def _headline_table(title: str, key: str, groups: list[list[tuple[str, str, dict[str, float]]]]):
-    """Rows of (split, name, flat metrics) under the headline columns; a rule after each group. A column
-    no row has a value for (e.g. the factual rate when no detector ran) is left out."""
-    from rich.table import Table
-
+def _headline_grid(title: str, key: str, groups: list[list[tuple[str, str, dict[str, float]]]]) -> Grid:
+    """Rows of (split, name, flat metrics) under the headline columns; a section per group. A column no
+    row has a value for (e.g. the factual rate when no detector ran) is left out."""
     rows = [[(split, name, [_cell(metrics, f"{split}/{metric}") for metric, _ in HEADLINE])
              for split, name, metrics in group] for group in groups]
     shown = [j for j in range(len(HEADLINE)) if any(cells[j] != "-" for group in rows for *_, cells in group)]
-    table = Table(title=title)
-    table.add_column("split")
-    table.add_column(key)
-    for j in shown:
-        # Fold, never truncate: on a narrow terminal a CI wraps onto a second line instead of losing digits.
-        table.add_column(HEADLINE[j][1], justify="right", overflow="fold")
+    grid = Grid(title, ["split", key, *(HEADLINE[j][1] for j in shown)], text_columns=2)
     for group in rows:
-        for i, (split, name, cells) in enumerate(group):
-            table.add_row(split, name, *[cells[j] for j in shown], end_section=i == len(group) - 1)
+        for split, name, cells in group:
+            grid.rows.append([split, name, *(cells[j] for j in shown)])
             if any(cells[j].endswith(UNRELIABLE_MARK) for j in shown):
-                _add_caption(table, f"{UNRELIABLE_MARK} unreliable: detector AUROC below "
-                                    "eval.detector_min_auroc")
-    return table
+                grid.explain(f"{UNRELIABLE_MARK} unreliable: detector AUROC below eval.detector_min_auroc")
+        grid.ends.add(len(grid.rows) - 1)
+    return grid
 
 
-def results_table(results: dict[str, Any], splits: list[str]):
+def results_grid(results: dict[str, Any], splits: list[str]) -> Grid:
     """One row per (split, model): headline metrics as mean (95% bootstrap CI)."""
-    table = _headline_table("summarisation: mean (95% bootstrap CI)", "model",
-                            [[(split, _model_label(m), m["metrics"]) for m in results["models"]]
-                             for split in splits])
+    grid = _headline_grid("summarisation: mean (95% bootstrap CI)", "model",
+                          [[(split, _model_label(m), m["metrics"]) for m in results["models"]]
+                           for split in splits])
     if any(m.get("cached") for m in results["models"]):
-        _add_caption(table, f"{CACHED_MARK} reused from an earlier run's stage cache")
-    return table
+        grid.explain(f"{CACHED_MARK} reused from an earlier run's stage cache")
+    return grid
 
 
-def general_table(results: dict[str, Any]):
+def general_grid(results: dict[str, Any]) -> Grid:
     """General capability and calibration on the held-out instruction split, per model."""
-    from rich.table import Table
-
-    table = Table(title="general capability and calibration (held-out instructions)")
-    for column in ("model", "params", "ROUGE-L", "NLL of reference", "ECE", "overconfidence"):
-        table.add_column(column, justify="left" if column == "model" else "right", overflow="fold")
+    grid = Grid("general capability and calibration (held-out instructions)",
+                ["model", "params", "ROUGE-L", "NLL of reference", "ECE", "overconfidence"])
     for m in results["models"]:
         metrics = m["metrics"]
         # Calibration errors live around 0.01: three decimals, and no CI (one value over all tokens).
         calibration = [f"{metrics[name]:.3f}" if name in metrics else "-"
                        for name in ("general/ece", "general/overconfidence")]
-        table.add_row(_model_label(m), f"{m['parameters'] / 1e6:.2f}M", _cell(metrics, "general/rougeL"),
-                      _cell(metrics, "general/nll"), *calibration)
-    return table
+        grid.rows.append([_model_label(m), f"{m['parameters'] / 1e6:.2f}M", _cell(metrics, "general/rougeL"),
+                          _cell(metrics, "general/nll"), *calibration])
+    return grid
 
 
-def deltas_table(results: dict[str, Any], splits: list[str]):
+def deltas_grid(results: dict[str, Any], splits: list[str]) -> Grid:
     """KD − SFT per split: paired mean difference (95% CI); positive means KD is higher."""
-    return _headline_table("KD − SFT on the same examples: mean (paired 95% bootstrap CI)", "KD student",
-                           [[(split, comparison.removesuffix(" - sft"), flat)
-                             for comparison, flat in results["deltas"].items()]
-                            for split in splits])
+    return _headline_grid("KD − SFT on the same examples: mean (paired 95% bootstrap CI)", "KD student",
+                          [[(split, comparison.removesuffix(" - sft"), flat)
+                            for comparison, flat in results["deltas"].items()]
+                           for split in splits])
 
 
 def _value(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}"
 
 
-def decisions_table(results: dict[str, Any]):
+def decisions_grid(results: dict[str, Any]) -> Grid:
     """Per candidate: registered version, outcome and the criteria it failed."""
-    from rich.table import Table
-
-    table = Table(title="promotion gate")
-    for column in ("candidate", "version", "outcome", "failed criteria"):
-        table.add_column(column)
+    grid = Grid("promotion gate", ["candidate", "version", "outcome", "failed criteria"], text_columns=4)
     for d in results["decisions"]:
         failed = [f"{c['name']} ({_value(c['value'])} vs {c['threshold']})"
                   for c in d["criteria"] if c["verdict"] != "pass"]
-        table.add_row(d["candidate"], str(d["version"]), d["outcome"], "; ".join(failed) or "-")
-    return table
+        grid.rows.append([d["candidate"], str(d["version"]), d["outcome"], "; ".join(failed) or "-"])
+    return grid
+
+
+def champion_text(results: dict[str, Any]) -> str:
+    """`smoothkd-student v3 (sft)`, or that this run promoted no candidate."""
+    champion = results["champion"]
+    return (f"{champion['name']} v{champion['version']} ({champion['candidate']})" if champion
+            else "unchanged (no candidate of this run was promoted)")
 
 
 def gate_lines(results: dict[str, Any]) -> list[str]:
@@ -184,16 +215,11 @@ def gate_lines(results: dict[str, Any]) -> list[str]:
     return lines
 
 
-def metrics_table(metrics: dict[str, float], title: str):
-    """Every aggregate metric of one model as mean [CI]."""
-    from rich.table import Table
-
-    table = Table(title=title)
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for name in sorted(n for n in metrics if not n.endswith(("_ci_low", "_ci_high"))):
-        table.add_row(name, _cell(metrics, name))
-    return table
+def metrics_grid(metrics: dict[str, float], title: str) -> Grid:
+    """Every aggregate metric of one model as mean (CI)."""
+    return Grid(title, ["metric", "value"],
+                [[name, _cell(metrics, name)] for name in sorted(metrics)
+                 if not name.endswith(("_ci_low", "_ci_high"))])
 
 
 def means_by_split(results: dict[str, Any]) -> dict[str, dict[str, dict[str, float]]]:
@@ -206,3 +232,37 @@ def means_by_split(results: dict[str, Any]) -> dict[str, dict[str, dict[str, flo
             if metric and not metric.endswith(("_ci_low", "_ci_high")):
                 by_split.setdefault(split, {})[metric] = value
     return models
+
+
+# General capability and calibration: one value per model, no split.
+GENERAL = ("general/rougeL", "general/nll", "general/ece", "general/overconfidence")
+
+
+def headline_metrics(results: dict[str, Any]) -> dict[str, float]:
+    """`teacher/cnndm/factual_consistency`, `sft/general/nll`, ...: each model's headline means per split
+    and its general capability, flat, for the pipeline's own run."""
+    headline = {metric for metric, _ in HEADLINE}
+    return {f"{model}/{split}/{metric}": value
+            for model, by_split in means_by_split(results).items()
+            for split, metrics in by_split.items() for metric, value in metrics.items()
+            if metric in headline or f"{split}/{metric}" in GENERAL}
+
+
+def run_note(results: dict[str, Any], splits: list[str], links: list[str], images: list[tuple[str, str]],
+             max_chars: int) -> str:
+    """The pipeline run's description (markdown): the champion, the gates, the summary, general, KD − SFT
+    and promotion tables, then `links` (one bullet each) and `images` (alt text, source), cut to
+    `max_chars` with a pointer to the whole record."""
+    parts = [f"**champion: {champion_text(results)}**",
+             "\n".join(f"- {line}" for line in gate_lines(results)),
+             results_grid(results, splits).markdown(), general_grid(results).markdown()]
+    if results["deltas"]:
+        parts.append(deltas_grid(results, splits).markdown())
+    if results["decisions"]:
+        parts.append(decisions_grid(results).markdown())
+    if links:
+        parts.append("**charts and evidence**\n\n" + "\n".join(f"- {link}" for link in links))
+    parts += [f"![{alt}]({source})" for alt, source in images]
+    note = "\n\n".join(part for part in parts if part)
+    cut = "\n\n… (cut at MLflow's tag limit: the whole record is the run's results.json)"
+    return note if len(note) <= max_chars else note[: max_chars - len(cut)] + cut

@@ -282,11 +282,13 @@ def prepare_detector(cfg: RunConfig, data_dir: str | Path, model_paths: list[str
 
 
 def evaluate_model(cfg: RunConfig, model_path: str | Path, data_dir: str | Path,
-                   detector_path: str | Path | None = None, progress: bool = True) -> Evaluation:
+                   detector_path: str | Path | None = None, progress: bool = True, label: str | None = None
+                   ) -> Evaluation:
     """Evaluate a model (see `smoothkd.evaluation.evaluate`), cached by model, data, eval config, detector.
 
-    The result's `dir` holds `result.json` and the per-split localization tables; its `identity` is what
-    the scores depend on (`smoothkd.registry.identity`), as a dict.
+    The result's `dir` holds `result.json` and the per-split localization tables, titled by `label` (the
+    model's name; default its directory's) and split when first evaluated; its `identity` is what the
+    scores depend on (`smoothkd.registry.identity`), as a dict.
     """
     from smoothkd.evaluation.evaluate import run_evaluation
     from smoothkd.modeling.identity import model_identity
@@ -299,7 +301,7 @@ def evaluate_model(cfg: RunConfig, model_path: str | Path, data_dir: str | Path,
     if not (out / "result.json").exists():
         with atomic_dir(out) as tmp:
             result = run_evaluation(cfg.eval, cfg.student.train, model_path, data_dir, tmp, detector_path,
-                                    device=cfg.device, progress=progress)
+                                    device=cfg.device, progress=progress, label=label)
             write_json(tmp / "result.json", result)
     identity = evaluation_identity(cfg.eval, data_dir, cfg.student.train.max_prompt_length, detector_path)
     return Evaluation(**read_json(out / "result.json"), dir=str(out), identity=identity.to_dict())
@@ -328,7 +330,8 @@ def champion_reevaluator(cfg: RunConfig, store_uri: str, name: str | None = None
         try:
             model_dir = resolve_model_ref(f"models:/{name}/{champion.version}", store_uri,
                                           output_root(cfg) / "registry_models")
-            result = evaluate_model(local, model_dir, like.data_dir, detector, progress=False)
+            result = evaluate_model(local, model_dir, like.data_dir, detector, progress=False,
+                                    label=f"{name} v{champion.version}")
         except (EvaluationModelError, MlflowException, OSError, ValueError, RuntimeError) as err:
             raise ReevaluationError(f"v{champion.version}: {str(err).splitlines()[0]}") from None
         return Candidate(champion.name, champion.alpha, result.metrics, result.per_example,

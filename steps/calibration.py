@@ -11,7 +11,7 @@ from smoothkd.calibration.gate import GATE_NAME, CalibrationReport
 from smoothkd.config import RunConfig, output_root
 from smoothkd.errors import TeacherRejectedError
 from smoothkd.stages import check_teacher
-from smoothkd.tracking import flatten, log_metrics
+from smoothkd.tracking import flatten, log_metrics, path_name
 
 logger = get_logger(__name__)
 
@@ -44,7 +44,7 @@ def check_teacher_calibration(config: dict, dataset_dir: str, teacher_dir: str
     A rejected teacher is recorded first, then stops the run before any label or student is made.
     """
     cfg = RunConfig.model_validate(config)
-    out_dir = output_root(cfg) / "runs" / get_step_context().pipeline_run.name / "calibration"
+    out_dir = output_root(cfg) / "runs" / path_name(get_step_context().pipeline_run.name) / "calibration"
     report = check_teacher(cfg, dataset_dir, teacher_dir, out_dir)
     _record(report, cfg.calibration.model_dump(mode="json"))
     logger.info("%s\nreliability diagram: %s", report.message(), report.diagram)

@@ -30,6 +30,7 @@ def factual_rate_detector(config: dict, dataset_dir: str, model_summaries: list[
     """
     cfg = RunConfig.model_validate(config)
     roles = ", ".join(s.role for s in model_summaries)
+    mlflow.log_params({"detector.fitted_on": roles, "detector.rows": cfg.eval.detector_rows})
     try:
         path, cached = prepare_detector(cfg, dataset_dir, [s.path for s in model_summaries])
     except DetectorError as err:
@@ -43,8 +44,7 @@ def factual_rate_detector(config: dict, dataset_dir: str, model_summaries: list[
              "n_test_groups": detector.n_test_groups, "n_factual": detector.n_factual,
              "n_hallucinated": detector.n_hallucinated, "min_auroc": cfg.eval.detector_min_auroc,
              "reliable": float(unreliable is None)}
-    mlflow.set_tags({"detector.fitted_on": roles,
-                     "detector.reliable": "true" if unreliable is None else f"false: {unreliable}"})
+    mlflow.set_tag("detector.reliable", "true" if unreliable is None else f"false: {unreliable}")
     log_metrics({f"detector/{k}": v for k, v in stats.items()})
     mlflow.log_artifact(str(path), "detector")
     log_metadata(metadata={**stats, "unreliable": unreliable or "", "fitted_on": roles, "path": str(path),

@@ -1,5 +1,6 @@
 """Registration step: every evaluated student becomes a registered version; the gate picks the champion."""
 
+from pathlib import Path
 from typing import Annotated
 
 import mlflow
@@ -9,12 +10,14 @@ from zenml.enums import ModelStages
 from zenml.logger import get_logger
 from zenml.model_registries.base_model_registry import ModelRegistryModelMetadata, ModelVersionStage
 
-from smoothkd.artifacts import EvaluatedModel, GateDecision
-from smoothkd.config import RunConfig
+from smoothkd.artifacts import EvaluatedModel, GateDecision, ModelSummary
+from smoothkd.config import DistillConfig, RunConfig
 from smoothkd.modeling.identity import model_identity
 from smoothkd.registry.gate import Candidate
+from smoothkd.registry.identity import EvalIdentity
 from smoothkd.registry.promote import Registered, register_and_promote
 from smoothkd.stages import champion_reevaluator
+from steps.tracking import ON_PIPELINE_RUN
 
 logger = get_logger(__name__)
 
@@ -65,15 +68,32 @@ def _mirror_in_model_control_plane(name: str, decisions: list[GateDecision]) -> 
             client.update_model_version(name, version, stage=ModelStages.PRODUCTION, force=True)
 
 
-@step(experiment_tracker=True)
-def register_students(config: dict, student_summaries: list[EvaluatedModel]
+def _lineage(student: EvaluatedModel, teacher: ModelSummary, distill: DistillConfig) -> dict[str, str]:
+    """What a student is besides its candidate name and α, as version tags (`store.LINEAGE_TAGS`): the
+    teacher and the distillation that taught a KD student, the data and the evaluation's identity."""
+    tags = {}
+    identity = EvalIdentity.from_dict(student.identity)
+    if identity is not None:
+        tags |= {"data": f"dataset {Path(identity.data_dir).name}", "evaluation": identity.describe()}
+    if student.alpha:
+        labels = f"top-{distill.top_k}" if distill.labels == "topk" else f"{distill.samples} sampled"
+        taught = "an online teacher" if distill.mode == "online" else f"stored {labels} labels"
+        tags |= {"teacher": f"{teacher.path} (weights {model_identity(teacher.path)[:12]})",
+                 "distill": f"{distill.divergence} on {taught}, temperature {distill.temperature:g}"}
+    return tags
+
+
+# Logs to the pipeline's run: the decisions are the run's story; the versions live in the registry.
+@step(experiment_tracker=True, settings=ON_PIPELINE_RUN)
+def register_students(config: dict, teacher_summary: ModelSummary, student_summaries: list[EvaluatedModel]
                       ) -> Annotated[list[GateDecision], "gate_decisions"]:
     """Register every student, judge each against the promotion gate, promote at most one to `champion`."""
     cfg = RunConfig.model_validate(config)
     if not cfg.promotion.enabled:
         return []
     name = cfg.promotion.registered_model_name
-    registered = [Registered(Candidate.from_summary(s), s.model_uri, s.run_id, model_identity(s.path))
+    registered = [Registered(Candidate.from_summary(s), s.model_uri, s.run_id, model_identity(s.path),
+                             _lineage(s, teacher_summary, cfg.distill))
                   for s in student_summaries]
     register, set_alias = _stack_registry_hooks(name)
     store = mlflow.get_tracking_uri()  # the tracker's store: the promotion lock lives with it
@@ -82,6 +102,7 @@ def register_students(config: dict, student_summaries: list[EvaluatedModel]
     decisions = [GateDecision(**record) for record in records]
     _mirror_in_model_control_plane(name, decisions)
     mlflow.log_dict({"decisions": records}, "gate/decisions.json")
+    mlflow.set_tags({f"gate.{d.candidate}": f"v{d.version}: {d.outcome}" for d in decisions})
     for d in decisions:
         logger.info("%s v%s: %s", d.candidate, d.version, d.outcome)
     log_metadata(metadata={d.candidate: {"version": d.version, "outcome": d.outcome} for d in decisions})

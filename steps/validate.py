@@ -7,6 +7,7 @@ from zenml.logger import get_logger
 
 from smoothkd.config import RunConfig, output_root
 from smoothkd.stages import validate_dataset
+from smoothkd.tracking import path_name
 from smoothkd.validation.report import log_to_mlflow
 
 logger = get_logger(__name__)
@@ -16,7 +17,7 @@ logger = get_logger(__name__)
 def validate_data(config: dict, dataset_dir: str) -> Annotated[str, "validated_dataset_dir"]:
     """Validate the dataset, record the verdict and Data Docs, and stop the run on a stopping failure."""
     cfg = RunConfig.model_validate(config)
-    docs_dir = output_root(cfg) / "data_docs" / get_step_context().pipeline_run.name
+    docs_dir = output_root(cfg) / "data_docs" / path_name(get_step_context().pipeline_run.name)
     report = validate_dataset(cfg, dataset_dir, docs_dir)
     # Recorded before raising, so a failed run still carries its verdict and Data Docs.
     log_to_mlflow(report)

@@ -168,6 +168,11 @@ def test_rejection_is_recorded_in_mlflow(rejected_run):
     parent = client.get_run(gate.data.tags["mlflow.parentRunId"])
     assert parent.data.tags["gate.teacher_calibration"] == "reject"
     assert client.search_registered_models() == []
+    # Both runs say where and why the run stopped, as a rejection, not a crash.
+    for run in (gate, parent):
+        assert run.info.status == "FAILED" and run.data.tags["smoothkd.outcome"] == "rejected"
+        assert run.data.tags["smoothkd.stopped_at"] == "check_teacher_calibration"
+        assert run.data.tags["smoothkd.error"].startswith("calibration gate rejected the teacher")
 
 
 def _check(out_dir, *overrides):

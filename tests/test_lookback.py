@@ -239,7 +239,7 @@ def test_below_the_auroc_floor_the_rate_is_reported_apart_and_gates_nothing(worl
     from smoothkd.evaluation.consistency import FactPrecisionScorer
     from smoothkd.evaluation.evaluate import evaluate_split
     from smoothkd.registry.gate import Candidate, judge
-    from smoothkd.report import gate_lines, results_table
+    from smoothkd.report import gate_lines, results_grid
 
     rng = np.random.default_rng(0)
     features = rng.uniform(0.2, 0.8, size=(200, SHAPE.num_hidden_layers, SHAPE.num_attention_heads))
@@ -276,7 +276,7 @@ def test_below_the_auroc_floor_the_rate_is_reported_apart_and_gates_nothing(worl
 
     # The summary marks the number and says why.
     console = Console(record=True, width=240)
-    console.print(results_table({"models": [{"role": "student_kd", "metrics": unreliable}]}, ["xsum"]))
+    console.print(results_grid({"models": [{"role": "student_kd", "metrics": unreliable}]}, ["xsum"]).rich())
     assert "unreliable" in console.export_text()
     meta = {"auroc": detector.auroc, "auroc_ci_low": detector.auroc_ci_low,
             "auroc_ci_high": detector.auroc_ci_high, "n_test": detector.n_test,

@@ -83,11 +83,21 @@ def test_students_are_registered_and_the_gate_decides_the_champion(tiny_run):
     for decision in results["decisions"]:
         mirrored = Client().get_model_version(name, f"mlflow-v{decision['version']}")
         assert (mirrored.stage == "production") == (decision["outcome"] == "champion")
-    # The pipeline's own run carries the SFT-vs-KD chart and the loss curves.
-    parent = client.search_runs([client.get_experiment_by_name(cfg.tracking.experiment_name).experiment_id],
-                                f"attributes.run_name = '{results['run_name']}'")[0]
+    # The pipeline's own run carries the SFT-vs-KD chart, the loss curves, the results and the decisions.
+    experiment = client.get_experiment_by_name(cfg.tracking.experiment_name).experiment_id
+    parent = client.search_runs([experiment], f"attributes.run_name = '{results['run_name']}'")[0]
     charts = {a.path for a in client.list_artifacts(parent.info.run_id, "charts")}
     assert charts == {"charts/sft_vs_kd.png", "charts/loss_curves.png"}
+    assert {"results.json", "gate"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {parent.data.tags[f"gate.{d['candidate']}"] for d in results["decisions"]} == {
+        f"v{d['version']}: {d['outcome']}" for d in results["decisions"]}
+    # No child run holds nothing: the steps that log to another run (evaluations, registry, report) or to
+    # the pipeline's run (data, tokenizer) open none.
+    children = client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    names = {r.info.run_name for r in children}
+    assert names == {"validate_data", "teacher", "check_teacher_calibration", "precompute_labels",
+                     "student_sft", "student_kd_a0.5", "detector_teacher", "detector_student"}
+    assert all(r.data.metrics or r.data.params for r in children), names
 
 
 def test_each_model_is_an_mlflow_run_with_params_loss_curve_and_metrics(tiny_run):
@@ -167,7 +177,30 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_ui_serves_the_pipeline_store(tiny_run, tmp_path):
+@pytest.fixture(scope="module")
+def rejected_run(tiny_run):
+    """A second run on the same store whose (cached) teacher the calibration gate rejects."""
+    from pipelines.runner import run_distill
+
+    cfg, _ = tiny_run
+    with pytest.raises(Exception, match="calibration gate rejected the teacher"):
+        run_distill(cfg.model_copy(update={"calibration": cfg.calibration.model_copy(
+            update={"max_ece": 0.001})}))
+    return cfg
+
+
+def _get(port: int, path: str, body: dict | None = None, raw: bool = False):
+    """GET (or POST `body` as JSON to) the server's `path`: parsed JSON, or bytes with `raw`."""
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/{path}", data=data,
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return response.read() if raw else json.load(response)
+
+
+def test_ui_serves_the_story_of_each_run(tiny_run, rejected_run, tmp_path):
+    """Through the `smoothkd ui` server's REST API, as the MLflow UI reads them: the pipeline run's note,
+    params and metrics, a rejected run's stop tags, the versions' and the model's descriptions."""
     cfg, results = tiny_run
     config_file = tmp_path / "cfg.yaml"
     config_file.write_text(f"output_dir: {cfg.output_dir}\n")
@@ -177,24 +210,80 @@ def test_ui_serves_the_pipeline_store(tiny_run, tmp_path):
                              "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             start_new_session=True)
     try:
-        body = json.dumps({"experiment_ids": [experiment.experiment_id], "max_results": 50}).encode()
+        search = {"experiment_ids": [experiment.experiment_id], "max_results": 200}
         deadline = time.time() + 90
         while True:
             try:
-                request = urllib.request.Request(
-                    f"http://127.0.0.1:{port}/api/2.0/mlflow/runs/search", data=body,
-                    headers={"Content-Type": "application/json"})
-                with urllib.request.urlopen(request, timeout=5) as response:
-                    payload = json.load(response)
+                payload = _get(port, "api/2.0/mlflow/runs/search", search)
                 break
             except OSError:
                 assert proc.poll() is None, proc.stdout.read().decode()
                 assert time.time() < deadline, "MLflow UI did not come up"
                 time.sleep(1)
-        runs = {r["info"]["run_name"]: r for r in payload["runs"]}
-        assert "student_sft" in runs
-        metrics = {m["key"]: m["value"] for m in runs["student_sft"]["data"]["metrics"]}
-        assert metrics["xsum/rougeL"] == pytest.approx(results["models"][1]["metrics"]["xsum/rougeL"])
+        runs = [{"info": r["info"], "params": {p["key"]: p["value"] for p in r["data"].get("params", [])},
+                 "metrics": {m["key"]: m["value"] for m in r["data"].get("metrics", [])},
+                 "tags": {t["key"]: t["value"] for t in r["data"].get("tags", [])}} for r in payload["runs"]]
+        student = next(r for r in runs if r["info"]["run_name"] == "student_sft")
+        sft = results["models"][1]["metrics"]
+        assert student["metrics"]["xsum/rougeL"] == pytest.approx(sft["xsum/rougeL"])
+
+        # The pipeline's run: named by what ran first, the resolved config as params, headline metrics per
+        # model and split, the KD − SFT deltas, and a note with the tables, the champion and the links.
+        assert results["run_name"].startswith("tiny · kd α=0.5 · ")
+        pipeline = next(r for r in runs if r["info"]["run_name"] == results["run_name"])
+        assert pipeline["info"]["status"] == "FINISHED"
+        assert pipeline["tags"]["smoothkd.outcome"] == "completed"
+        assert pipeline["params"]["teacher.train.max_steps"] == "6"
+        assert pipeline["params"]["distill.alphas"] == "[0.5]" and pipeline["params"]["name"] == "tiny"
+        assert pipeline["params"]["calibration.max_ece"] == "0.5"
+        teacher = results["models"][0]["metrics"]
+        for split in cfg.eval.splits:
+            for metric in ("factual_consistency", "rougeLsum", "hallucinated_facts_per_summary"):
+                assert pipeline["metrics"][f"teacher/{split}/{metric}"] == pytest.approx(
+                    teacher[f"{split}/{metric}"])
+            delta = results["deltas"]["kd_a0.5 - sft"][f"{split}/factual_consistency"]
+            logged = pipeline["metrics"][f"delta/kd_a0.5-sft/{split}/factual_consistency"]
+            assert logged == pytest.approx(delta)
+        assert pipeline["metrics"]["sft/general/nll"] == pytest.approx(sft["general/nll"])
+        note = pipeline["tags"]["mlflow.note.content"]
+        assert note.startswith("**champion: ") and "| split | model | ROUGE-Lsum |" in note
+        assert "**promotion gate**" in note and "| sft | 1 |" in note
+        assert "- teacher calibration gate passed" in note
+        assert "[reliability diagram](#/experiments/" in note and "[Data Docs](#/experiments/" in note
+        chart = next(line for line in note.splitlines() if line.startswith("![SFT vs KD](get-artifact?"))
+        assert _get(port, chart[len("![SFT vs KD]("):-1], raw=True).startswith(b"\x89PNG")
+
+        # The rejected run and its calibration step: FAILED, with where and why, read as a rejection.
+        stopped = [r for r in runs if r["tags"].get("smoothkd.stopped_at") == "check_teacher_calibration"]
+        assert {r["info"]["run_name"] for r in stopped} >= {"check_teacher_calibration"}
+        assert len(stopped) == 2 and all(r["info"]["status"] == "FAILED" for r in stopped)
+        for run in stopped:
+            assert run["tags"]["smoothkd.outcome"] == "rejected"
+            assert run["tags"]["smoothkd.error"].startswith("calibration gate rejected the teacher")
+            assert run["tags"]["mlflow.note.content"].startswith(
+                "**Rejected by the teacher calibration gate at step `check_teacher_calibration`**")
+        parent = next(r for r in stopped if "mlflow.parentRunId" not in r["tags"])
+        assert "smoothkd.results" not in parent["tags"] and parent["params"]["calibration.max_ece"] == "0.001"
+
+        # The localization pages are titled by model and split.
+        page = _get(port, f"get-artifact?path=evaluation%2Fcnndm%2Flocalization.html&run_uuid="
+                          f"{student['info']['run_id']}", raw=True).decode()
+        assert "<title>sft · cnndm</title>" in page
+
+        # The registered model and each version describe themselves; gate.primary says how it aggregates.
+        name = cfg.promotion.registered_model_name
+        model = _get(port, f"api/2.0/mlflow/registered-models/get?name={name}")["registered_model"]
+        assert "highest `factual_consistency` (mean over cnndm, xsum)" in model["description"]
+        for decision in results["decisions"]:
+            version = _get(port, f"api/2.0/mlflow/model-versions/get?name={name}&version="
+                                 f"{decision['version']}")["model_version"]
+            text, tags = version["description"], {t["key"]: t["value"] for t in version["tags"]}
+            assert text.startswith(f"**{decision['candidate']}**: ")
+            assert f"**Gate: {decision['outcome']}**" in text
+            assert "- data: dataset " in text and "- evaluated on: cnndm rows " in text
+            assert ("- taught by: " in text) == (decision["candidate"] != "sft")
+            assert all(f"- {split}: **" in text for split in cfg.eval.splits)
+            assert tags["gate.primary"].startswith("factual_consistency (mean over cnndm, xsum) = ")
     finally:
         # The server's own workers share its process group: stop them all, leave nothing listening.
         os.killpg(proc.pid, signal.SIGTERM)

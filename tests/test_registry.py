@@ -127,6 +127,7 @@ def test_register_gate_promote_refuse_and_force(world):
     client = mlflow.MlflowClient(world["uri"])
     cfg = _cfg(world, "student")
     first = [_logged(world, candidate("sft", 70, alpha=0)), _logged(world, candidate("kd_a0.1", 88))]
+    first[1].lineage = {"teacher": "teachers/abc (weights 0123)", "data": "dataset 9f8e"}
     records = register_and_promote(client, cfg.promotion, cfg.eval, first, world["uri"])
     assert [r["version"] for r in records] == ["1", "2"]
     assert [r["outcome"] for r in records] == ["failed gate", "champion"]
@@ -134,6 +135,18 @@ def test_register_gate_promote_refuse_and_force(world):
     version = client.get_model_version("student", "1")
     assert version.tags["gate.passed"] == "false" and version.tags["candidate"] == "sft"
     assert version.tags["gate.cnndm/factual_consistency"].startswith("fail: 70.000")
+    # Versions and the model describe themselves; gate.primary names how the primary value aggregates.
+    assert version.tags["gate.primary"] == "factual_consistency (mean over cnndm) = 70.000"
+    assert version.description.startswith("**sft**: the SFT baseline (α = 0, no soft labels).")
+    assert "**Gate: failed gate**, judged against no champion" in version.description
+    assert ("- cnndm: **fail**: factual_consistency: 70.00 (fail, threshold 80); rougeLsum: 30.00 (pass, "
+            "threshold 20); rougeLsum above 0: 30.00 (pass, threshold 0)") in version.description
+    kd = client.get_model_version("student", "2").description
+    assert kd.startswith("**kd_a0.1**: a KD student, α = 0.1.") and "- cnndm: **pass**: " in kd
+    assert "- taught by: teachers/abc (weights 0123)\n- data: dataset 9f8e" in kd
+    model = client.get_registered_model("student").description
+    assert "highest `factual_consistency` (mean over cnndm)" in model
+    assert "cnndm factual consistency ≥ 80 %" in model
     record = mlflow.artifacts.load_dict(f"runs:/{version.run_id}/{version.tags['gate.decision']}")
     assert {**record, "record": version.tags["gate.decision"]} == records[0] and record["status"] == "final"
     assert record["criteria"][0] == {"name": "cnndm/factual_consistency", "value": 70.0, "threshold": 80.0,

@@ -206,6 +206,12 @@ def test_pipeline_stops_at_validation_before_the_teacher(base, tmp_path):
     assert "teacher" not in runs
     validation = runs["validate_data"]
     assert validation.data.tags["validation.verdict"] == "fail"
+    parent = client.get_run(validation.data.tags["mlflow.parentRunId"])
+    for run in (validation, parent):  # where and why, read as the data gate's rejection
+        assert run.data.tags["smoothkd.stopped_at"] == "validate_data"
+        assert run.data.tags["smoothkd.outcome"] == "rejected"
+        assert run.data.tags["smoothkd.error"].startswith("data validation failed")
+    assert parent.data.params["name"] == "tiny"  # the config, logged before the data was judged
     assert "instruction.response.not_empty" in validation.data.tags["validation.failed"]
     docs = [a.path for a in client.list_artifacts(validation.info.run_id, "validation/data_docs")]
     assert "validation/data_docs/index.html" in docs

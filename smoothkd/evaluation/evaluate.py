@@ -95,13 +95,14 @@ def evaluate_split(e: EvalConfig, max_prompt_length: int, model, tokenizer, kind
 
 def run_evaluation(e: EvalConfig, train: TrainConfig, model_path: str | Path, data_dir: str | Path,
                    out_dir: str | Path, detector_path: str | Path | None = None,
-                   tokenizer_ref: str | Path | None = None, device: str = "auto", progress: bool = True
-                   ) -> dict:
+                   tokenizer_ref: str | Path | None = None, device: str = "auto", progress: bool = True,
+                   label: str | None = None) -> dict:
     """Evaluate `model_path` on every configured split and the held-out instruction split.
 
     `train` (the student's training section) gives the prompt and sequence limits the model was trained at.
 
-    Writes per-split localization tables (CSV, JSON, HTML) to `out_dir/<split>/` and returns
+    Writes per-split localization tables (CSV, JSON, HTML), titled `<label> · <split>` (`label` defaults
+    to the model directory's name), to `out_dir/<split>/` and returns
     `{"metrics": {...}, "per_example": {split: {column: [...]}}, "predictions": {split: [...]}}`, plus
     `"factual_rate_unreliable": reason` when the detector's AUROC is below `eval.detector_min_auroc`.
     """
@@ -129,7 +130,7 @@ def run_evaluation(e: EvalConfig, train: TrainConfig, model_path: str | Path, da
         result["metrics"] |= metrics
         result["per_example"][kind] = per_example
         result["predictions"][kind] = [row.summary for row in rows]
-        write_localization(rows, Path(out_dir) / kind, f"{kind}: {Path(model_path).name}")
+        write_localization(rows, Path(out_dir) / kind, f"{label or Path(model_path).name} · {kind}")
     held_out = read_split(data_dir, "validation")
     if held_out:
         general = general_capability(model, tokenizer, held_out, train.max_prompt_length, train.max_length,

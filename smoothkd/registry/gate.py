@@ -85,6 +85,7 @@ class Decision:
     champion: str | None = None  # the champion version judged against (None: there was none)
     champion_evaluation: ChampionEvaluation | None = None
     decision_id: str = field(default_factory=new_decision_id)
+    primary_splits: list[str] = field(default_factory=list)  # the splits the primary value is the mean of
 
     @property
     def passed(self) -> bool:
@@ -98,9 +99,16 @@ class Decision:
         """The JSON decision record: every criterion with its value, threshold and verdict."""
         return {"decision_id": self.decision_id, "candidate": self.candidate, "version": self.version,
                 "passed": self.passed, "primary_metric": self.primary_metric,
-                "primary_value": self.primary_value, "champion_judged": self.champion,
+                "primary_value": self.primary_value, "primary_splits": self.primary_splits,
+                "champion_judged": self.champion,
                 "champion_evaluation": asdict(self.champion_evaluation) if self.champion_evaluation else None,
                 "criteria": [asdict(c) for c in self.criteria], **extra}
+
+
+def primary_splits(primary: str, splits: list[str]) -> list[str]:
+    """The splits whose mean `primary` is: none for a full metric name, every evaluation split for a bare
+    one."""
+    return [] if "/" in primary else list(splits)
 
 
 def primary_value(metrics: dict[str, float], primary: str, splits: list[str]) -> float | None:
@@ -109,6 +117,28 @@ def primary_value(metrics: dict[str, float], primary: str, splits: list[str]) ->
         return metrics.get(primary)
     values = [metrics.get(f"{split}/{primary}") for split in splits]
     return None if any(v is None for v in values) else sum(values) / len(values)
+
+
+def describe_gate(promotion: PromotionConfig, splits: list[str]) -> str:
+    """What the gate asks of a candidate and how the champion is chosen, in words (markdown)."""
+    over = primary_splits(promotion.primary_metric, splits)
+    primary = f"`{promotion.primary_metric}`" + (f" (mean over {', '.join(over)})" if over else "")
+    asks = [f"ROUGE-Lsum above 0 on each of {', '.join(splits)}"]
+    for split, floors in sorted(promotion.splits.items()):
+        if floors.min_factual_consistency is not None:
+            asks.append(f"{split} factual consistency ≥ {floors.min_factual_consistency:g} %")
+        if floors.min_rougeLsum is not None:
+            asks.append(f"{split} ROUGE-Lsum ≥ {floors.min_rougeLsum:g}")
+    asks.append(f"no regression against the champion on {', '.join(promotion.regression_metrics)} beyond "
+                f"{promotion.max_regression:g} points (paired bootstrap CI on the same examples)")
+    if promotion.kd_not_worse_than_sft:
+        asks.append("a KD student not worse than the SFT baseline on factual consistency")
+    if promotion.min_general_rougeL is not None:
+        asks.append(f"general ROUGE-L ≥ {promotion.min_general_rougeL:g}")
+    if promotion.max_general_nll is not None:
+        asks.append(f"general NLL ≤ {promotion.max_general_nll:g}")
+    return (f"Alias `champion`: of a run's candidates passing the promotion gate, the one with the highest "
+            f"{primary}. The gate asks for " + "; ".join(asks) + ".")
 
 
 def _floor(name: str, value: float | None, threshold: float, at_least: bool = True) -> Criterion:
@@ -198,7 +228,8 @@ def judge(candidate: Candidate, promotion: PromotionConfig, eval_cfg: EvalConfig
                                at_least=False))
     return Decision(candidate.name, criteria, promotion.primary_metric,
                     primary_value(m, promotion.primary_metric, eval_cfg.splits), candidate.version,
-                    champion.version if champion is not None else None)
+                    champion.version if champion is not None else None,
+                    primary_splits=primary_splits(promotion.primary_metric, eval_cfg.splits))
 
 
 def best_passing(decisions: list[Decision]) -> Decision | None:

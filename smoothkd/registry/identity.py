@@ -53,6 +53,12 @@ class EvalIdentity:
             found.append("scoring code")
         return found
 
+    def describe(self) -> str:
+        """One line a reader can compare: each split's rows, the consistency scorer, settings and code."""
+        rows = ", ".join(f"{split} rows {digest[:12]}" for split, digest in self.examples.items())
+        return (f"{rows}; consistency {self.scorers.get('factual_consistency', 'unknown')}; "
+                f"generation settings {self.settings[:12]}; scoring code {self.code[:12]}")
+
     def to_dict(self) -> dict:
         return asdict(self)
 

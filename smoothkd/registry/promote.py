@@ -2,9 +2,10 @@
 step and `smoothkd promote`.
 
 Order of writes for each decision: its record first (a `pending` record before an alias move, the
-`final` one after it), then the alias, then the version's gate.* tags as one set. A champion whose
-registry evaluation does not pair with the candidate's (other rows, scorers or settings) is re-evaluated
-on the candidate's rows before the candidate is judged against it; the record says which was used.
+`final` one after it), then the alias, then the version's gate.* tags as one set, then its description.
+A champion whose registry evaluation does not pair with the candidate's (other rows, scorers or
+settings) is re-evaluated on the candidate's rows before the candidate is judged against it; the record
+says which was used.
 """
 
 from __future__ import annotations
@@ -13,17 +14,19 @@ import os
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from mlflow import MlflowClient
 
 from smoothkd.config import EvalConfig, PromotionConfig
-from smoothkd.registry.gate import Candidate, ChampionEvaluation, Decision, best_passing, judge
+from smoothkd.registry.gate import Candidate, ChampionEvaluation, Decision, best_passing, describe_gate, judge
 from smoothkd.registry.identity import EvalIdentity
 from smoothkd.registry.store import (
     WEIGHTS_TAG,
     Outcome,
     champion_version,
+    describe_model,
+    describe_version,
     forced_tags,
     gate_tags,
     load_candidate,
@@ -45,12 +48,14 @@ class ReevaluationError(RuntimeError):
 
 @dataclass
 class Registered:
-    """A candidate whose model is logged in run `run_id` at `model_uri`; `weights` identifies its weights."""
+    """A candidate whose model is logged in run `run_id` at `model_uri`; `weights` identifies its weights,
+    `lineage` says what it is (version tags: `store.LINEAGE_TAGS`)."""
 
     candidate: Candidate
     model_uri: str
     run_id: str
     weights: str = ""
+    lineage: dict[str, str] = field(default_factory=dict)
 
 
 class _Champions:
@@ -133,6 +138,7 @@ class _Journal:
         replace_gate_tags(self.client, self.name, record["version"], gate_tags(record, record["record"]))
         for key, value in (extra or {}).items():
             self.client.set_model_version_tag(self.name, record["version"], key, value)
+        describe_version(self.client, self.name, record)
 
 
 def _v(version: str | None) -> str:
@@ -160,7 +166,8 @@ def register_and_promote(client: MlflowClient, promotion: PromotionConfig, eval_
         # Identical weights (a rerun on cached students) keep their version instead of piling up copies.
         r.candidate.version = version_with_weights(client, name, r.weights) or register(
             name, r.model_uri, r.run_id,
-            {"candidate": r.candidate.name, "alpha": f"{r.candidate.alpha:g}", WEIGHTS_TAG: r.weights})
+            {"candidate": r.candidate.name, "alpha": f"{r.candidate.alpha:g}", WEIGHTS_TAG: r.weights,
+             **r.lineage})
     champions = _Champions(client, promotion, eval_cfg, reevaluate)
     before = champion_version(client, name)
     sft = next((r.candidate for r in registered if r.candidate.alpha == 0), None)
@@ -180,6 +187,7 @@ def register_and_promote(client: MlflowClient, promotion: PromotionConfig, eval_
     ordered = [records[id(d)] for d in decisions]
     for record in ordered:
         journal.tags(record)
+    describe_model(client, name, describe_gate(promotion, eval_cfg.splits))
     return ordered
 
 

@@ -47,6 +47,17 @@ DECISION_TAG = "gate.decision"
 LOCK_FILE = "smoothkd-promotion.lock"
 # Tries of the compare-and-set when a writer outside the lock keeps moving the alias under a judgement.
 CAS_TRIES = 3
+# Version tags set at registration that say what a version is, besides `candidate` and `alpha`, with the
+# words its description gives them.
+LINEAGE_TAGS = {"teacher": "taught by", "distill": "distillation", "data": "data",
+                "evaluation": "evaluated on"}
+DESCRIPTION_CHARS = 5000  # what MLflow's stores keep of a model or version description
+MODEL_DESCRIPTION = (
+    "Students distilled by smoothkd: every `distill` run registers its SFT baseline (α = 0) and one KD "
+    "student per α as versions, once they are evaluated. A version's description says what it is "
+    "(candidate, α, teacher, data and evaluation) and how the promotion gate judged it per split; its "
+    "`gate.*` tags index its latest decision record, kept with every earlier one under `gate/decisions/` "
+    "in the version's run.")
 
 
 def pip_requirements() -> list[str]:
@@ -276,7 +287,7 @@ def gate_tags(record: dict, record_path: str) -> dict[str, str]:
     """The gate.* tags that index one final decision record."""
     evaluation = record.get("champion_evaluation") or {}
     tags = {"gate.passed": str(record["passed"]).lower(), "gate.outcome": record.get("outcome", ""),
-            "gate.primary": f"{record['primary_metric']}={record['primary_value']}",
+            "gate.primary": primary_line(record),
             DECISION_TAG: record_path}
     if evaluation.get("differences"):  # the champion's registry evaluation did not pair: say what was used
         why = f"{evaluation['source']} ({'; '.join(evaluation['differences'])})"
@@ -284,9 +295,20 @@ def gate_tags(record: dict, record_path: str) -> dict[str, str]:
             why = f"{why}: {evaluation['error']}"
         tags["gate.champion_evaluation"] = why[:5000]
     for c in record["criteria"]:
-        value = "n/a" if c["value"] is None else f"{c['value']:.3f}"
-        tags[f"gate.{c['name']}"[:250]] = f"{c['verdict']}: {value} (threshold {c['threshold']})"[:5000]
+        verdict = f"{c['verdict']}: {_number(c['value'])} (threshold {c['threshold']})"
+        tags[f"gate.{c['name']}"[:250]] = verdict[:5000]
     return tags
+
+
+def _number(value: float | None, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def primary_line(record: dict) -> str:
+    """`factual_consistency (mean over cnndm, xsum) = 23.460`: what a decision ranks candidates by."""
+    over = record.get("primary_splits")
+    how = f" (mean over {', '.join(over)})" if over else ""
+    return f"{record['primary_metric']}{how} = {_number(record['primary_value'])}"
 
 
 def replace_gate_tags(client: MlflowClient, name: str, version: str, tags: dict[str, str]) -> None:
@@ -302,6 +324,41 @@ def replace_gate_tags(client: MlflowClient, name: str, version: str, tags: dict[
     for key, value in sorted(tags.items(), key=lambda kv: kv[0] == DECISION_TAG):
         if existing.get(key) != value or key == DECISION_TAG:
             client.set_model_version_tag(name, version, key, value)
+
+
+def version_description(tags: dict[str, str], record: dict) -> str:
+    """A version's description (markdown) from its registration tags and a final decision record: what it
+    is (candidate, α and the LINEAGE_TAGS: teacher, data, evaluation) and the gate's outcome per split."""
+    alpha = float(tags.get("alpha", "0"))
+    kind = "the SFT baseline (α = 0, no soft labels)" if alpha == 0 else f"a KD student, α = {alpha:g}"
+    lines = [f"**{tags.get('candidate', record['candidate'])}**: {kind}.", ""]
+    lines += [f"- {label}: {tags[key]}" for key, label in LINEAGE_TAGS.items() if tags.get(key)]
+    judged = f"champion v{record['champion_judged']}" if record.get("champion_judged") else "no champion"
+    lines += ["", f"**Gate: {record['outcome']}**, judged against {judged}, ranked by {primary_line(record)} "
+              f"(decision {record['decision_id']}):", ""]
+    by_split: dict[str, list[dict]] = {}
+    for c in record["criteria"]:
+        by_split.setdefault(c["name"].partition("/")[0], []).append(c)
+    for split, criteria in by_split.items():
+        verdict = "pass" if all(c["verdict"] == "pass" for c in criteria) else "fail"
+        judged_on = [f"{c['name'].partition('/')[2]}: {_number(c['value'], 2)} ({c['verdict']}, threshold "
+                     f"{'n/a' if c['threshold'] is None else format(c['threshold'], 'g')})" for c in criteria]
+        lines.append(f"- {split}: **{verdict}**: " + "; ".join(judged_on))
+    return "\n".join(lines)[:DESCRIPTION_CHARS]
+
+
+def describe_version(client: MlflowClient, name: str, record: dict) -> None:
+    """Write a version's description from its tags and its latest final decision `record`."""
+    tags = client.get_model_version(name, record["version"]).tags
+    client.update_model_version(name, record["version"], description=version_description(tags, record))
+
+
+def describe_model(client: MlflowClient, name: str, gate: str) -> None:
+    """Write the registered model's description, what its versions are and how `gate` (`describe_gate`)
+    picks the champion, when it says something else."""
+    text = f"{MODEL_DESCRIPTION}\n\n{gate}"[:DESCRIPTION_CHARS]
+    if client.get_registered_model(name).description != text:
+        client.update_registered_model(name, description=text)
 
 
 def forced_tags(reason: str) -> dict[str, str]:

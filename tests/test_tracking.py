@@ -1,0 +1,88 @@
+"""What runs record about themselves: names, params without secrets, stop tags, the pipeline run's note."""
+
+import mlflow
+
+from smoothkd.errors import DataValidationError, TeacherRejectedError
+from smoothkd.report import Grid, run_note
+from smoothkd.tracking import (
+    ERROR_TAG,
+    NOTE_TAG,
+    OUTCOME_TAG,
+    STOPPED_AT_TAG,
+    kd_label,
+    log_params,
+    path_name,
+    record_stop,
+    run_name,
+    stop_tags,
+)
+
+
+def test_run_names_lead_with_what_ran_and_give_a_plain_directory_name():
+    name = run_name("demo", kd_label([0.1, 1.0]))
+    assert name.startswith("demo · kd α=0.1,1 · ") and name != run_name("demo", kd_label([0.5]))
+    assert path_name(name).startswith("demo-kd-a=0.1,1-") and " " not in path_name(name)
+    assert kd_label([]) == "sft only"
+
+
+def test_a_gate_refusal_reads_as_a_rejection_anything_else_as_a_failure():
+    rejected = stop_tags("check_teacher_calibration", TeacherRejectedError("calibration gate rejected "
+                                                                           "the teacher: ece 0.7\nmore"))
+    assert rejected[OUTCOME_TAG] == "rejected" and rejected[STOPPED_AT_TAG] == "check_teacher_calibration"
+    assert rejected[ERROR_TAG] == "calibration gate rejected the teacher: ece 0.7"
+    assert rejected[NOTE_TAG].startswith("**Rejected by the teacher calibration gate at step")
+    assert stop_tags("validate_data", DataValidationError("x"))[NOTE_TAG].startswith(
+        "**Rejected by the data validation gate")
+    crashed = stop_tags("student_sft", KeyError("weights"))
+    assert crashed[OUTCOME_TAG] == "failed" and crashed[ERROR_TAG] == "KeyError: 'weights'"
+    assert crashed[NOTE_TAG].startswith("**Failed at step `student_sft`**")
+
+
+def test_stop_is_recorded_on_the_step_run_and_its_pipeline_run(tmp_path):
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = mlflow.MlflowClient()
+    with mlflow.start_run(run_name="pipeline") as parent:
+        # Params are readable by all: no password of a URL, no environment variable's value.
+        log_params({"tracking": {"tracking_uri": "postgresql://me:secret@db/mlflow"},
+                    "env": {"HF_TOKEN": "hf_abc"}, "alphas": [0.1, 1.0]}, hidden=("env.",))
+        with mlflow.start_run(run_name="check_teacher_calibration", nested=True) as child:
+            record_stop("check_teacher_calibration", TeacherRejectedError("calibration gate rejected it"))
+    params = client.get_run(parent.info.run_id).data.params
+    assert params == {"tracking.tracking_uri": "postgresql://me:***@db/mlflow", "env.HF_TOKEN": "***",
+                      "alphas": "[0.1, 1.0]"}
+    for run_id in (parent.info.run_id, child.info.run_id):
+        tags = client.get_run(run_id).data.tags
+        assert tags[STOPPED_AT_TAG] == "check_teacher_calibration" and tags[OUTCOME_TAG] == "rejected"
+        assert tags[ERROR_TAG] == "calibration gate rejected it"
+    # The pipeline run's note points at the step's own run.
+    note = client.get_run(parent.info.run_id).data.tags[NOTE_TAG]
+    assert f"runs/{child.info.run_id})" in note
+
+
+RESULTS = {
+    "models": [{"role": "teacher", "parameters": 2e6, "cached": False,
+                "metrics": {"cnndm/rougeLsum": 30.0, "cnndm/rougeLsum_ci_low": 28.0,
+                            "cnndm/rougeLsum_ci_high": 32.0, "general/nll": 2.5}},
+               {"role": "student_sft", "parameters": 1e6, "cached": True,
+                "metrics": {"cnndm/rougeLsum": 3.5}}],
+    "deltas": {}, "champion": None, "gates": {},
+    "decisions": [{"candidate": "sft", "version": "1", "outcome": "failed gate",
+                   "criteria": [{"name": "cnndm/rougeLsum above 0", "value": 0.0, "threshold": 0.0,
+                                 "verdict": "fail"}]}],
+}
+
+
+def test_the_run_note_is_markdown_tables_links_and_images_within_the_tag_limit():
+    note = run_note(RESULTS, ["cnndm"], ["[SFT vs KD](#/x)"], [("SFT vs KD", "get-artifact?path=a")], 8000)
+    assert note.startswith("**champion: unchanged (no candidate of this run was promoted)**")
+    assert "| split | model | ROUGE-Lsum |" in note and "| cnndm | teacher | 30.0 (28.0–32.0) |" in note
+    assert "| cnndm | sft\\* | 3.50 |" in note and "| sft | 1 | failed gate |" in note
+    assert "\\* reused from an earlier run's stage cache" in note  # the mark, escaped, and what it means
+    assert "- [SFT vs KD](#/x)" in note and note.endswith("![SFT vs KD](get-artifact?path=a)")
+    short = run_note(RESULTS, ["cnndm"], [], [], 300)
+    assert len(short) <= 300 and short.endswith("the whole record is the run's results.json)")
+
+
+def test_markdown_cells_escape_the_column_bar():
+    table = Grid("t", ["x", "y"], [["a|b", "1"]]).markdown()
+    assert table.splitlines()[-1] == "| a\\|b | 1 |" and table.splitlines()[3] == "| :-- | --: |"
