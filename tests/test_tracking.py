@@ -40,6 +40,7 @@ def test_a_gate_refusal_reads_as_a_rejection_anything_else_as_a_failure():
 
 def test_stop_is_recorded_on_the_step_run_and_its_pipeline_run(tmp_path):
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_experiment("stops")  # not an experiment id an earlier test left active in another store
     client = mlflow.MlflowClient()
     with mlflow.start_run(run_name="pipeline") as parent:
         # Params are readable by all: no password of a URL, no environment variable's value.
