@@ -1,7 +1,7 @@
 """Stored top-k labels vs sampled labels at equal bytes/token: gradient bias, the students they train, cost.
 
 The teacher is the demo's own (configs/demo.yaml, trained or reused from `.smoothkd/` through the stages,
-as `make demo` leaves it), at its calibration temperature: the distribution the students are taught.
+as `make demo` leaves it), at the temperature its calibration gate passes: what the students are taught.
 1. Gradient bias. On the first 1,024 response tokens of the training split, for a student at
    initialisation (logits 0.02·N(0, 1): near uniform, where KD starts) and one near the teacher (its
    log-probs plus N(0, 1) noise: where KD ends), the gradient of the KD loss with respect to the
@@ -38,6 +38,7 @@ from smoothkd.distill.trainer import DistillCollator, DistillTrainer, training_a
 from smoothkd.modeling.models import build_tiny_llama, load_causal_lm
 from smoothkd.modeling.tokenizer import load_tokenizer
 from smoothkd.stages import (
+    check_teacher,
     evaluate_model,
     prepare_data,
     prepare_teacher,
@@ -51,14 +52,13 @@ PER_CALL = 500
 SPLITS = ("cnndm", "xsum")
 
 
-def taught_logp(cfg, teacher_dir: str, tokenizer, examples: list[dict]) -> torch.Tensor:
-    """The demo teacher's taught log-probs [TOKENS, V] (calibration temperature, logit scale) in float64."""
+def taught_logp(cfg, teacher_dir: str, tokenizer, examples: list[dict], temperature: float) -> torch.Tensor:
+    """The demo teacher's taught log-probs [TOKENS, V] (the gate's temperature, logit scale) in float64."""
     model = load_causal_lm(teacher_dir).eval()
-    c = cfg.calibration
     logits = torch.cat([batch for batch, _ in response_logit_batches(
-        model, examples, tokenizer.pad_token_id, cfg.student.train.batch_size, TOKENS, c.logit_scale,
-        len(tokenizer))])
-    return torch.log_softmax(logits.double() / c.temperature, -1)
+        model, examples, tokenizer.pad_token_id, cfg.student.train.batch_size, TOKENS,
+        cfg.calibration.logit_scale, len(tokenizer))])
+    return torch.log_softmax(logits.double() / temperature, -1)
 
 
 def logit_grad(loss_fn, student: torch.Tensor) -> torch.Tensor:
@@ -91,15 +91,18 @@ def biases(teacher_logp: torch.Tensor, student: torch.Tensor, samples: int) -> d
             "sampled_single_draw": relative_error(first, dense)}
 
 
-def demo_students(overrides: list[str], data, tokenizer_ref, teacher_dir: str, samples: int) -> dict:
-    """Held-out metrics of the SFT baseline and an α = 1 KD student on each label kind (stage-cached)."""
+def demo_students(overrides: list[str], data, tokenizer_ref, teacher_dir: str, temperature: float,
+                  samples: int) -> dict:
+    """Held-out metrics of the SFT baseline and an α = 1 KD student on each label kind (stage-cached),
+    taught at the gate's `temperature` as in the pipeline."""
     runs = {"sft": (overrides, 0.0), "kd_topk": (overrides + ["distill.labels=topk"], 1.0),
             "kd_sampled": (overrides + ["distill.labels=sampled", f"distill.samples={samples}"], 1.0)}
     found = {}
     for name, (sets, alpha) in runs.items():
         cfg = load_config(ROOT / "configs/demo.yaml", sets)
-        labels = teacher_labels(cfg, data, tokenizer_ref, teacher_dir).path if alpha else None
-        student = train_student(cfg, data, tokenizer_ref, alpha, labels, teacher_dir if alpha else None)
+        labels = teacher_labels(cfg, data, tokenizer_ref, teacher_dir, temperature).path if alpha else None
+        student = train_student(cfg, data, tokenizer_ref, alpha, labels, teacher_dir if alpha else None,
+                                temperature)
         found[name] = evaluate_model(cfg, student.path, data, progress=False).metrics
     return found
 
@@ -132,6 +135,10 @@ def main() -> None:
     tokenizer_ref = prepare_tokenizer(cfg, data)
     tokenizer = load_tokenizer(str(tokenizer_ref))
     teacher_dir = prepare_teacher(cfg, data, tokenizer_ref).path
+    # The gate fixes what students are taught (its fitted T with calibration.fit_temperature).
+    gate = check_teacher(cfg, data, teacher_dir, Path(tempfile.mkdtemp(prefix="smoothkd-gate-")))
+    if not gate.passed:
+        raise SystemExit(gate.message())
     examples = train_examples(tokenizer, data, cfg.student.train)
     vocab = len(tokenizer)
     topk_bytes = bytes_per_token(LabelSpec(top_k=TOP_K), vocab)
@@ -140,7 +147,7 @@ def main() -> None:
                   if bytes_per_token(LabelSpec(labels="sampled", samples=s), vocab) <= topk_bytes)
     sampled_bytes = bytes_per_token(LabelSpec(labels="sampled", samples=samples), vocab)
 
-    teacher = taught_logp(cfg, teacher_dir, tokenizer, examples)
+    teacher = taught_logp(cfg, teacher_dir, tokenizer, examples, gate.temperature)
     topk_mass = float(teacher.topk(TOP_K, -1).values.exp().sum(-1).mean())
     g = torch.Generator().manual_seed(1)
     students = {"init": 0.02 * torch.randn(teacher.shape, generator=g, dtype=torch.float64),
@@ -155,7 +162,8 @@ def main() -> None:
               f"(one draw: {b['sampled_single_draw']:.4f}) sampled_over_topk={b['sampled'] / b['topk']:.3f}",
               flush=True)
 
-    for name, m in demo_students(overrides, data, tokenizer_ref, teacher_dir, samples).items():
+    students_found = demo_students(overrides, data, tokenizer_ref, teacher_dir, gate.temperature, samples)
+    for name, m in students_found.items():
         consistency = " ".join(
             f"{split}_consistency={m[f'{split}/factual_consistency']:.1f} "
             f"({m[f'{split}/factual_consistency_ci_low']:.1f}-{m[f'{split}/factual_consistency_ci_high']:.1f})"

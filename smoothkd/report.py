@@ -56,7 +56,7 @@ def build_results(teacher: EvaluatedModel, students: list[EvaluatedModel], decis
 
 
 # Marks a number measured by a detector below its AUROC floor; the table's caption says what it means (a
-# word in every cell would widen the column until rows wrap on an 80-column console).
+# word in every cell would widen the column until rows wrap on the console).
 UNRELIABLE_MARK = "†"
 
 
