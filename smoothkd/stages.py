@@ -23,6 +23,7 @@ from smoothkd.data.dataset import (
     dataset_lexicon,
     detector_rows,
     read_split,
+    training_key,
     uses_embedded,
 )
 from smoothkd.data.loaders import load_split
@@ -101,9 +102,9 @@ def prepare_tokenizer(cfg: RunConfig, data_dir: str | Path) -> Path | str:
     configured = cfg.tokenizer.name_or_path or cfg.teacher.name_or_path
     if configured:
         return configured
-    manifest = read_json(Path(data_dir) / "manifest.json")  # read once: the dataset key is in it too
+    manifest = read_json(Path(data_dir) / "manifest.json")
     whole = entity_tokens() if cfg.tokenizer.entity_tokens and manifest.get("embedded_corpus") else []
-    key = _key(manifest["key"], str(cfg.tokenizer.vocab_size), *whole)
+    key = _key(training_key(data_dir), str(cfg.tokenizer.vocab_size), *whole)
     out = output_root(cfg) / "tokenizers" / key
     if not out.exists():
         rows = read_split(data_dir, "train")
@@ -172,7 +173,7 @@ def prepare_teacher(cfg: RunConfig, data_dir: str | Path, tokenizer_ref: str | P
     if t.name_or_path and not t.finetune:
         return ModelArtifact(path=t.name_or_path, role="teacher",
                              parameters=count_parameters(load_causal_lm(t.name_or_path, t)))
-    key = _key(dataset_key(data_dir), str(tokenizer_ref), t.model_dump_json(), cfg.device)
+    key = _key(training_key(data_dir), str(tokenizer_ref), t.model_dump_json(), cfg.device)
     out = output_root(cfg) / "teachers" / key
     record = out / TRAIN_RECORD
     if record.exists():
@@ -240,7 +241,7 @@ def train_student(cfg: RunConfig, data_dir: str | Path, tokenizer_ref: str | Pat
     calibration = (cfg.calibration.taught_temperature(calibration_temperature), cfg.calibration.logit_scale)
     online = cfg.distill.mode == "online"
     teacher_ref = (f"{teacher_path}@{calibration}" if online else str(labels_dir)) if alpha else ""
-    key = _key(name, dataset_key(data_dir), str(tokenizer_ref), cfg.student.model_dump_json(), cfg.device,
+    key = _key(name, training_key(data_dir), str(tokenizer_ref), cfg.student.model_dump_json(), cfg.device,
                cfg.distill.model_dump_json() if alpha else "", teacher_ref)
     out = output_root(cfg) / "students" / key
     record = out / TRAIN_RECORD

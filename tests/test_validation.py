@@ -215,3 +215,18 @@ def test_pipeline_stops_at_validation_before_the_teacher(base, tmp_path):
     assert "instruction.response.not_empty" in validation.data.tags["validation.failed"]
     docs = [a.path for a in client.list_artifacts(validation.info.run_id, "validation/data_docs")]
     assert "validation/data_docs/index.html" in docs
+
+
+def test_training_key_ignores_evaluation_rows(tmp_path):
+    """More evaluation rows (the sweep's) keep the training key, so the tokenizer, teacher and students
+    another run trained are reused; other training rows change it."""
+    from smoothkd.data.dataset import dataset_key, training_key
+
+    def prepared(n_instruction: int, n_eval: int):
+        sizes = f"data.embedded={{n_instruction: {n_instruction}, n_cnndm: {n_eval}, n_xsum: {n_eval}}}"
+        return prepare_data(load_config(TINY, [f"output_dir={tmp_path}", sizes]))
+
+    base, more_eval, other_train = prepared(120, 6), prepared(120, 9), prepared(97, 6)
+    assert dataset_key(base) != dataset_key(more_eval)
+    assert training_key(base) == training_key(more_eval)
+    assert training_key(base) != training_key(other_train)

@@ -8,7 +8,7 @@ from pathlib import Path
 from smoothkd.config import DataConfig, TrainConfig
 from smoothkd.data.corpus import corpus_is_complete, generate_corpus, load_lexicon
 from smoothkd.data.tokenize import encode_instruction_rows
-from smoothkd.io import read_json, read_jsonl
+from smoothkd.io import content_hash, read_json, read_jsonl
 
 EVAL_KINDS = ("cnndm", "xsum")
 
@@ -21,6 +21,17 @@ def read_split(data_dir: str | Path, name: str) -> list[dict]:
 def dataset_key(data_dir: str | Path) -> str:
     """The content hash the data stage named the directory by."""
     return read_json(Path(data_dir) / "manifest.json")["key"]
+
+
+TRAINING_SPLITS = ("train.jsonl", "validation.jsonl")
+
+
+def training_key(data_dir: str | Path) -> str:
+    """The content hash of the splits training reads (train, and validation for the calibration gate):
+    what the tokenizer, teacher, labels and students depend on. Evaluation rows are not in it, so a run
+    that evaluates on more rows (the sweep) reuses the models another run trained."""
+    files = read_json(Path(data_dir) / "manifest.json")["files"]
+    return content_hash(*(f"{name}:{files[name]}" for name in TRAINING_SPLITS))[:16]
 
 
 def dataset_lexicon(data_dir: str | Path) -> dict[str, list[str]] | None:

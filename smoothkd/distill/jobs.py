@@ -13,7 +13,7 @@ from pathlib import Path
 
 from smoothkd.artifacts import TRAIN_RECORD, ModelArtifact
 from smoothkd.config import CalibrationConfig, DistillConfig, ModelConfig, StudentConfig, TeacherConfig
-from smoothkd.data.dataset import dataset_key, train_examples
+from smoothkd.data.dataset import train_examples, training_key
 from smoothkd.distill.labels import LabelSpec, LabelStore, PrecomputeResult, precompute_labels
 from smoothkd.distill.runtime import main_process_first
 from smoothkd.distill.trainer import finetune
@@ -49,7 +49,7 @@ def train_model(role: str, tokenizer_ref: str | Path, data_dir: str | Path, out:
     # Checkpoints are keyed by everything that shapes the run, so rerunning an interrupted one resumes it
     # (`work_key` names the teacher labels: the store, or the online teacher at its calibration).
     work_dir = root / "checkpoints" / content_hash(
-        role, init_key, dataset_key(data_dir), train_cfg.model_dump_json(), str(alpha),
+        role, init_key, training_key(data_dir), train_cfg.model_dump_json(), str(alpha),
         distill.model_dump_json() if alpha else "", work_key)[:16]
     parameters = count_parameters(model)  # before LoRA adds adapters or FSDP shards the weights
     result = finetune(model, tokenizer, train_examples(tokenizer, data_dir, train_cfg), train_cfg, out,
