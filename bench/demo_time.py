@@ -23,14 +23,14 @@ def main() -> None:
         cfg = load_config(config, [f"output_dir={out}"])
         first = run_distill(cfg)
         second = run_distill(cfg)
-    for model in first["models"]:
-        shown = {k: v for k, v in model["metrics"].items() if "_ci_" not in k}
-        print(f"{model['role']}: " + ", ".join(f"{k}={v:.2f}" for k, v in shown.items()))
-    for decision in first["decisions"]:
-        print(f"gate {decision['candidate']} v{decision['version']}: {decision['outcome']}")
-    print(f"second_run_seconds={second['pipeline_seconds']:.1f}")
-    print(f"demo_pipeline_seconds={first['pipeline_seconds']:.1f}")
-    print(f"cached_rerun_ratio={second['pipeline_seconds'] / first['pipeline_seconds']:.3f}")
+    for model in first.models:
+        shown = {k: v for k, v in model.metrics.items() if "_ci_" not in k}
+        print(f"{model.role}: " + ", ".join(f"{k}={v:.2f}" for k, v in shown.items()))
+    for decision in first.decisions:
+        print(f"gate {decision.candidate} v{decision.version}: {decision.outcome}")
+    print(f"second_run_seconds={second.pipeline_seconds:.1f}")
+    print(f"demo_pipeline_seconds={first.pipeline_seconds:.1f}")
+    print(f"cached_rerun_ratio={second.pipeline_seconds / first.pipeline_seconds:.3f}")
 
 
 if __name__ == "__main__":

@@ -28,10 +28,10 @@ from steps.validate import validate_data
 def distill(config: dict) -> None:
     """Run the whole flow for one validated RunConfig (passed as a plain dict)."""
     # Everything downstream consumes the validated dataset: a stopping failure ends the run here.
-    dataset_dir = validate_data(config, load_data(config))
+    dataset_dir, validation = validate_data(config, load_data(config))
     tokenizer = build_tokenizer(config, dataset_dir)
     teacher_summary, teacher_dir = teacher(config, dataset_dir, tokenizer)
-    calibration_temperature = check_teacher_calibration(config, dataset_dir, teacher_dir)
+    calibration_temperature, calibration = check_teacher_calibration(config, dataset_dir, teacher_dir)
     label_store = precompute_labels(config, dataset_dir, tokenizer, teacher_dir, calibration_temperature)
     students = {
         alpha: student(config, dataset_dir, tokenizer, calibration_temperature, label_store, teacher_dir,
@@ -52,4 +52,5 @@ def distill(config: dict) -> None:
     ]
     # Registration comes after every gate and evaluation: a run that failed earlier registers nothing.
     gate_decisions = register_students(config, teacher_summary, evaluated_students)
-    report(config, evaluated_teacher, evaluated_students, gate_decisions)
+    report(config, evaluated_teacher, evaluated_students, gate_decisions, validation, calibration,
+           teacher_detector, student_detector)

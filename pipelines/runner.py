@@ -2,7 +2,9 @@
 
 import os
 import time
+from dataclasses import replace
 
+from smoothkd.artifacts import Results
 from smoothkd.config import ConfigError, RunConfig, output_root, tracking_uri
 
 
@@ -62,7 +64,7 @@ def step_configurations(cfg: RunConfig, pipeline) -> dict[str, dict]:
     return configs
 
 
-def run_distill(cfg: RunConfig) -> dict:
+def run_distill(cfg: RunConfig) -> Results:
     """Register or activate the stack, run the pipeline, and load the report step's results.
 
     On the local stack every model reference and compatibility check runs first, in seconds; a remote
@@ -110,7 +112,7 @@ def run_distill(cfg: RunConfig) -> dict:
     if not local:
         run = _finished(run, cfg.orchestration.stack)
     results = run.steps["report"].outputs["results"][0].load()
-    return {**results, "run_name": name, "pipeline_seconds": seconds, "tracking_uri": uri}
+    return replace(results, run_name=name, pipeline_seconds=seconds, tracking_uri=uri)
 
 
 def _finished(run, stack: str):

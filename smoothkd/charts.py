@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from smoothkd.artifacts import ModelResult
+
 COMPARED = (("rougeLsum", "ROUGE-Lsum"), ("factual_consistency", "factual consistency (%)"),
             ("factual_rate", "factual rate (%)"), ("prior_trap_rate", "prior-trap rate (%)"))
 # The last row: held-out calibration of each model's next-token predictions (one value, no CI).
@@ -20,12 +22,12 @@ def _figure(figsize):
     return fig
 
 
-def comparison_chart(models: list[dict], splits: list[str], path: str | Path) -> Path:
+def comparison_chart(models: list[ModelResult], splits: list[str], path: str | Path) -> Path:
     """One panel per (split, metric): a bar per model with its bootstrap CI as an error bar; a last row
     with each model's held-out calibration."""
     fig = _figure((4 * len(COMPARED), 3.2 * (len(splits) + 1)))
     axes = fig.subplots(len(splits) + 1, len(COMPARED), squeeze=False)
-    roles = [m["role"] for m in models]
+    roles = [m.role for m in models]
     colors = ["0.55" if r == "teacher" else "tab:orange" if r.endswith("sft") else "tab:blue" for r in roles]
     panels = [(axes[row][col], f"{split}/{metric}", f"{split}: {label}")
               for row, split in enumerate(splits) for col, (metric, label) in enumerate(COMPARED)]
@@ -33,11 +35,11 @@ def comparison_chart(models: list[dict], splits: list[str], path: str | Path) ->
     for ax in axes[-1][len(CALIBRATION):]:
         ax.set_axis_off()
     for ax, name, title in panels:
-        values = [m["metrics"].get(name, float("nan")) for m in models]
-        low = [v - m["metrics"].get(f"{name}_ci_low", v) for v, m in zip(values, models, strict=True)]
-        high = [m["metrics"].get(f"{name}_ci_high", v) - v for v, m in zip(values, models, strict=True)]
+        values = [m.metrics.get(name, float("nan")) for m in models]
+        low = [v - m.metrics.get(f"{name}_ci_low", v) for v, m in zip(values, models, strict=True)]
+        high = [m.metrics.get(f"{name}_ci_high", v) - v for v, m in zip(values, models, strict=True)]
         ax.bar(range(len(models)), values, yerr=[low, high], capsize=4, color=colors)
-        ax.set_xticks(range(len(models)), [r.removeprefix("student_") for r in roles], rotation=20)
+        ax.set_xticks(range(len(models)), [m.name for m in models], rotation=20)
         ax.set_title(title, fontsize=10)
         ax.grid(axis="y", alpha=0.3)
     fig.suptitle("SFT baseline vs KD students (bars: mean, whiskers: 95% bootstrap CI)")

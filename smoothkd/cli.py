@@ -6,9 +6,12 @@ import contextlib
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from smoothkd.artifacts import Results
 
 app = typer.Typer(help="Distil LLMs with soft labels and ship only faithful students.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
@@ -103,26 +106,26 @@ def run(config: ConfigArg, set_: SetOpt = None, verbose: VerboseOpt = False) -> 
     # Piped into a file or a pager, Rich would wrap at 80 columns and triple every table row; a terminal
     # (or COLUMNS) keeps its own width.
     console = Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 120)
-    for line in gate_lines(results):
+    for line in gate_lines(results.gates):
         console.print(line, highlight=False)
     _print_summary(console, results, cfg.eval.splits)
-    console.print(f"pipeline wall time: {results['pipeline_seconds']:.1f} s (run {results['run_name']})")
+    console.print(f"pipeline wall time: {results.pipeline_seconds:.1f} s (run {results.run_name})")
     ui_cmd = "smoothkd ui" if config == DEFAULT_CONFIG else f"smoothkd ui --config {config}"
-    console.print(f"runs, charts, registry: {ui_cmd}   (MLflow store {results['tracking_uri']})",
+    console.print(f"runs, charts, registry: {ui_cmd}   (MLflow store {results.tracking_uri})",
                   soft_wrap=True)
 
 
-def _print_summary(console, results: dict, splits: list[str]) -> None:
+def _print_summary(console, results: Results, splits: list[str]) -> None:
     """The results record's tables (models, general capability, KD − SFT, promotion) and its champion."""
     from smoothkd.report import champion_text, decisions_grid, deltas_grid, general_grid, results_grid
 
-    console.print(results_grid(results, splits).rich())
-    console.print(general_grid(results).rich())
-    if results["deltas"]:
-        console.print(deltas_grid(results, splits).rich())
-    if results["decisions"]:
-        console.print(decisions_grid(results).rich())
-    console.print(f"champion: {champion_text(results)}", highlight=False)
+    console.print(results_grid(results.models, splits).rich())
+    console.print(general_grid(results.models).rich())
+    if results.deltas:
+        console.print(deltas_grid(results.deltas, splits).rich())
+    if results.decisions:
+        console.print(decisions_grid(results.decisions).rich())
+    console.print(f"champion: {champion_text(results.champion)}", highlight=False)
 
 
 def _parse_alphas(text: str) -> list[float]:
@@ -278,7 +281,8 @@ def results(
               f"run `smoothkd run {config}` first", code=1)
     run_name, record = found
     if as_json:
-        typer.echo(json.dumps({"run": run_name, "models": means_by_split(record)}, indent=1, sort_keys=True))
+        summary = {"run": run_name, "models": means_by_split(record.models)}
+        typer.echo(json.dumps(summary, indent=1, sort_keys=True))
         return
     console = Console()
     console.print(f"run {run_name} (MLflow store {uri})", highlight=False, soft_wrap=True)

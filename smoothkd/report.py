@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
-from smoothkd.artifacts import EvaluatedModel, GateDecision
+from smoothkd.artifacts import (
+    Champion,
+    DetectorFit,
+    EvaluatedModel,
+    GateDecision,
+    Gates,
+    ModelResult,
+    Results,
+)
 from smoothkd.config import UNRELIABLE_SUFFIX, EvalConfig
 from smoothkd.registry.gate import Candidate, paired_difference
 
@@ -37,22 +44,22 @@ def paired_deltas(students: list[EvaluatedModel], eval_cfg: EvalConfig) -> dict[
 
 
 def build_results(teacher: EvaluatedModel, students: list[EvaluatedModel], decisions: list[GateDecision],
-                  eval_cfg: EvalConfig) -> dict[str, Any]:
-    """One record per model (metrics with CIs, registry version and gate outcome), deltas and decisions."""
+                  gates: Gates, eval_cfg: EvalConfig) -> Results:
+    """One record per model (metrics with CIs, registry version and gate outcome), deltas, the gates'
+    verdicts and the decisions."""
     by_candidate = {d.candidate: d for d in decisions}
     models = []
     for s in [teacher, *students]:
         decision = by_candidate.get(s.role.removeprefix("student_"))
-        models.append({key: getattr(s, key) for key in ("role", "alpha", "path", "parameters", "cached",
-                                                         "train_seconds", "run_id")}
-                      | {"metrics": dict(sorted(s.metrics.items())),
-                         "version": decision.version if decision else None,
-                         "outcome": decision.outcome if decision else None})
+        models.append(ModelResult(role=s.role, alpha=s.alpha, path=s.path, parameters=s.parameters,
+                                  metrics=dict(sorted(s.metrics.items())), cached=s.cached,
+                                  train_seconds=s.train_seconds, run_id=s.run_id,
+                                  version=decision.version if decision else None,
+                                  outcome=decision.outcome if decision else None))
     champion = next((d for d in decisions if d.outcome == "champion"), None)
-    return {"models": models, "deltas": paired_deltas(students, eval_cfg),
-            "decisions": [d.to_dict() for d in decisions],
-            "champion": {"name": champion.registered_model, "version": champion.version,
-                         "candidate": champion.candidate} if champion else None}
+    return Results(models=models, deltas=paired_deltas(students, eval_cfg), decisions=decisions,
+                   champion=Champion(champion.registered_model, champion.version, champion.candidate)
+                   if champion else None, gates=gates)
 
 
 # Marks a number measured by a detector below its AUROC floor; the table's caption says what it means (a
@@ -76,8 +83,8 @@ def _cell(metrics: dict[str, float], name: str) -> str:
 CACHED_MARK = "*"
 
 
-def _model_label(model: dict) -> str:
-    return model["role"].removeprefix("student_") + (CACHED_MARK if model.get("cached") else "")
+def _model_label(model: ModelResult) -> str:
+    return model.name + (CACHED_MARK if model.cached else "")
 
 
 @dataclass
@@ -138,35 +145,34 @@ def _headline_grid(title: str, key: str, groups: list[list[tuple[str, str, dict[
     return grid
 
 
-def results_grid(results: dict[str, Any], splits: list[str]) -> Grid:
+def results_grid(models: list[ModelResult], splits: list[str]) -> Grid:
     """One row per (split, model): headline metrics as mean (95% bootstrap CI)."""
     grid = _headline_grid("summarisation: mean (95% bootstrap CI)", "model",
-                          [[(split, _model_label(m), m["metrics"]) for m in results["models"]]
-                           for split in splits])
-    if any(m.get("cached") for m in results["models"]):
+                          [[(split, _model_label(m), m.metrics) for m in models] for split in splits])
+    if any(m.cached for m in models):
         grid.explain(f"{CACHED_MARK} reused from an earlier run's stage cache")
     return grid
 
 
-def general_grid(results: dict[str, Any]) -> Grid:
+def general_grid(models: list[ModelResult]) -> Grid:
     """General capability and calibration on the held-out instruction split, per model."""
     grid = Grid("general capability and calibration (held-out instructions)",
                 ["model", "params", "ROUGE-L", "NLL of reference", "ECE", "overconfidence"])
-    for m in results["models"]:
-        metrics = m["metrics"]
+    for m in models:
+        metrics = m.metrics
         # Calibration errors live around 0.01: three decimals, and no CI (one value over all tokens).
         calibration = [f"{metrics[name]:.3f}" if name in metrics else "-"
                        for name in ("general/ece", "general/overconfidence")]
-        grid.rows.append([_model_label(m), f"{m['parameters'] / 1e6:.2f}M", _cell(metrics, "general/rougeL"),
+        grid.rows.append([_model_label(m), f"{m.parameters / 1e6:.2f}M", _cell(metrics, "general/rougeL"),
                           _cell(metrics, "general/nll"), *calibration])
     return grid
 
 
-def deltas_grid(results: dict[str, Any], splits: list[str]) -> Grid:
+def deltas_grid(deltas: dict[str, dict[str, float]], splits: list[str]) -> Grid:
     """KD − SFT per split: paired mean difference (95% CI); positive means KD is higher."""
     return _headline_grid("KD − SFT on the same examples: mean (paired 95% bootstrap CI)", "KD student",
                           [[(split, comparison.removesuffix(" - sft"), flat)
-                            for comparison, flat in results["deltas"].items()]
+                            for comparison, flat in deltas.items()]
                            for split in splits])
 
 
@@ -174,44 +180,44 @@ def _value(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}"
 
 
-def decisions_grid(results: dict[str, Any]) -> Grid:
+def decisions_grid(decisions: list[GateDecision]) -> Grid:
     """Per candidate: registered version, outcome and the criteria it failed."""
     grid = Grid("promotion gate", ["candidate", "version", "outcome", "failed criteria"], text_columns=4)
-    for d in results["decisions"]:
+    for d in decisions:
         failed = [f"{c['name']} ({_value(c['value'])} vs {c['threshold']})"
-                  for c in d["criteria"] if c["verdict"] != "pass"]
-        grid.rows.append([d["candidate"], str(d["version"]), d["outcome"], "; ".join(failed) or "-"])
+                  for c in d.criteria if c["verdict"] != "pass"]
+        grid.rows.append([d.candidate, str(d.version), d.outcome, "; ".join(failed) or "-"])
     return grid
 
 
-def champion_text(results: dict[str, Any]) -> str:
+def champion_text(champion: Champion | None) -> str:
     """`smoothkd-student v3 (sft)`, or that this run promoted no candidate."""
-    champion = results["champion"]
-    return (f"{champion['name']} v{champion['version']} ({champion['candidate']})" if champion
+    return (f"{champion.name} v{champion.version} ({champion.candidate})" if champion
             else "unchanged (no candidate of this run was promoted)")
 
 
-def gate_lines(results: dict[str, Any]) -> list[str]:
+def _detector_line(label: str, fit: DetectorFit) -> str:
+    """What a factual-rate detector's held-out test says of it, or why none was fitted."""
+    if fit.disabled:
+        return f"{label} (factual rate): disabled, no factual rate for these models ({fit.disabled})"
+    line = (f"{label} (factual rate): held-out AUROC {fit.auroc:.3f} (CI {fit.auroc_ci_low:.3f}–"
+            f"{fit.auroc_ci_high:.3f}) on {fit.n_test} sentences of {fit.n_test_groups} rows "
+            f"({fit.n_factual} factual / {fit.n_hallucinated} hallucinated in all)")
+    if fit.unreliable:
+        line += f"; factual rate UNRELIABLE, left out of the gate: {fit.unreliable}"
+    return line
+
+
+def gate_lines(gates: Gates) -> list[str]:
     """One line per gate the run passed through: data validation, teacher calibration, detectors."""
-    gates, lines = results.get("gates", {}), []
-    data = gates.get("data")
-    if data:
-        lines.append(f"data validation: {data['validation.verdict']} ({data['validation.expectations']} "
-                     f"expectations, {len(data['validation.warnings'])} warnings)")
-    if gates.get("calibration"):
-        lines.append(f"teacher {gates['calibration']['message']}")
-    for label in ("teacher detector", "student detector"):
-        meta = gates.get(label)
-        if meta and "auroc" in meta:
-            line = (f"{label} (factual rate): held-out AUROC {meta['auroc']:.3f} "
-                    f"(CI {meta['auroc_ci_low']:.3f}–{meta['auroc_ci_high']:.3f}) on {meta['n_test']} "
-                    f"sentences of {meta['n_test_groups']} rows ({meta['n_factual']} factual / "
-                    f"{meta['n_hallucinated']} hallucinated in all)")
-            if meta.get("unreliable"):
-                line += f"; factual rate UNRELIABLE, left out of the gate: {meta['unreliable']}"
-            lines.append(line)
-        elif meta is not None:
-            lines.append(f"{label} (factual rate): disabled, no factual rate for these models")
+    lines = []
+    if gates.data:
+        lines.append(f"data validation: {gates.data.verdict} ({gates.data.expectations} expectations, "
+                     f"{len(gates.data.warnings)} warnings)")
+    if gates.calibration:
+        lines.append(f"teacher {gates.calibration.message}")
+    detectors = {"teacher detector": gates.teacher_detector, "student detector": gates.student_detector}
+    lines += [_detector_line(label, fit) for label, fit in detectors.items() if fit]
     return lines
 
 
@@ -222,44 +228,44 @@ def metrics_grid(metrics: dict[str, float], title: str) -> Grid:
                  if not name.endswith(("_ci_low", "_ci_high"))])
 
 
-def means_by_split(results: dict[str, Any]) -> dict[str, dict[str, dict[str, float]]]:
-    """{model name (teacher, sft, kd_a0.1, ...): {split: {metric: mean}}} from a results record."""
-    models: dict[str, dict[str, dict[str, float]]] = {}
-    for model in results["models"]:
-        by_split = models.setdefault(model["role"].removeprefix("student_"), {})
-        for name, value in model["metrics"].items():
+def means_by_split(models: list[ModelResult]) -> dict[str, dict[str, dict[str, float]]]:
+    """{model name (teacher, sft, kd_a0.1, ...): {split: {metric: mean}}} from a results record's models."""
+    means: dict[str, dict[str, dict[str, float]]] = {}
+    for model in models:
+        by_split = means.setdefault(model.name, {})
+        for name, value in model.metrics.items():
             split, _, metric = name.partition("/")
             if metric and not metric.endswith(("_ci_low", "_ci_high")):
                 by_split.setdefault(split, {})[metric] = value
-    return models
+    return means
 
 
 # General capability and calibration: one value per model, no split.
 GENERAL = ("general/rougeL", "general/nll", "general/ece", "general/overconfidence")
 
 
-def headline_metrics(results: dict[str, Any]) -> dict[str, float]:
+def headline_metrics(models: list[ModelResult]) -> dict[str, float]:
     """`teacher/cnndm/factual_consistency`, `sft/general/nll`, ...: each model's headline means per split
     and its general capability, flat, for the pipeline's own run."""
     headline = {metric for metric, _ in HEADLINE}
     return {f"{model}/{split}/{metric}": value
-            for model, by_split in means_by_split(results).items()
+            for model, by_split in means_by_split(models).items()
             for split, metrics in by_split.items() for metric, value in metrics.items()
             if metric in headline or f"{split}/{metric}" in GENERAL}
 
 
-def run_note(results: dict[str, Any], splits: list[str], links: list[str], images: list[tuple[str, str]],
+def run_note(results: Results, splits: list[str], links: list[str], images: list[tuple[str, str]],
              max_chars: int) -> str:
     """The pipeline run's description (markdown): the champion, the gates, the summary, general, KD − SFT
     and promotion tables, then `links` (one bullet each) and `images` (alt text, source), cut to
     `max_chars` with a pointer to the whole record."""
-    parts = [f"**champion: {champion_text(results)}**",
-             "\n".join(f"- {line}" for line in gate_lines(results)),
-             results_grid(results, splits).markdown(), general_grid(results).markdown()]
-    if results["deltas"]:
-        parts.append(deltas_grid(results, splits).markdown())
-    if results["decisions"]:
-        parts.append(decisions_grid(results).markdown())
+    parts = [f"**champion: {champion_text(results.champion)}**",
+             "\n".join(f"- {line}" for line in gate_lines(results.gates)),
+             results_grid(results.models, splits).markdown(), general_grid(results.models).markdown()]
+    if results.deltas:
+        parts.append(deltas_grid(results.deltas, splits).markdown())
+    if results.decisions:
+        parts.append(decisions_grid(results.decisions).markdown())
     if links:
         parts.append("**charts and evidence**\n\n" + "\n".join(f"- {link}" for link in links))
     parts += [f"![{alt}]({source})" for alt, source in images]

@@ -13,6 +13,7 @@ from urllib.parse import quote
 import mlflow
 from mlflow.entities import Metric, RunTag
 
+from smoothkd.artifacts import Results
 from smoothkd.errors import GATE_REJECTIONS, USER_ERRORS
 
 # The markdown description the MLflow UI shows on a run's page.
@@ -136,7 +137,7 @@ def record_stop(step: str, error: BaseException) -> None:
         client.log_batch(parent, tags=[RunTag(k, v) for k, v in (tags | {NOTE_TAG: note}).items()])
 
 
-def latest_results(uri: str, experiment_name: str) -> tuple[str, dict] | None:
+def latest_results(uri: str, experiment_name: str) -> tuple[str, Results] | None:
     """(pipeline run name, results record) of the newest finished `distill` run in the experiment: the
     `results.json` its report step logged to it. None when no run got that far."""
     import json
@@ -154,4 +155,4 @@ def latest_results(uri: str, experiment_name: str) -> tuple[str, dict] | None:
     run = runs[0]
     with tempfile.TemporaryDirectory() as tmp:
         path = client.download_artifacts(run.info.run_id, RESULTS_ARTIFACT, tmp)
-        return run.info.run_name, json.loads(Path(path).read_text(encoding="utf-8"))
+        return run.info.run_name, Results.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))

@@ -7,6 +7,7 @@ import mlflow
 from zenml import get_step_context, log_metadata, step
 from zenml.logger import get_logger
 
+from smoothkd.artifacts import CalibrationVerdict
 from smoothkd.calibration.gate import GATE_NAME, CalibrationReport
 from smoothkd.config import RunConfig, output_root
 from smoothkd.errors import TeacherRejectedError
@@ -37,9 +38,11 @@ def _record(report: CalibrationReport, calibration_config: dict) -> None:
 
 @step(experiment_tracker=True)
 def check_teacher_calibration(config: dict, dataset_dir: str, teacher_dir: str
-                              ) -> Annotated[float, "calibration_temperature"]:
+                              ) -> tuple[Annotated[float, "calibration_temperature"],
+                                         Annotated[CalibrationVerdict, "calibration"]]:
     """Judge the teacher's calibration on held-out tokens; return the calibration temperature, the one
-    the soft labels are made at (given or fitted; the distillation temperature stays in the config).
+    the soft labels are made at (given or fitted; the distillation temperature stays in the config), and
+    the verdict (for the report).
 
     A rejected teacher is recorded first, then stops the run before any label or student is made.
     """
@@ -50,4 +53,4 @@ def check_teacher_calibration(config: dict, dataset_dir: str, teacher_dir: str
     logger.info("%s\nreliability diagram: %s", report.message(), report.diagram)
     if not report.passed:
         raise TeacherRejectedError(report.message())
-    return report.temperature
+    return report.temperature, report.record()

@@ -7,7 +7,7 @@ from typing import Annotated
 import mlflow
 from zenml import log_metadata, step
 
-from smoothkd.artifacts import EvaluatedModel, ModelSummary
+from smoothkd.artifacts import DetectorFit, EvaluatedModel, ModelSummary
 from smoothkd.config import RunConfig
 from smoothkd.registry.identity import IDENTITY_ARTIFACT
 from smoothkd.registry.store import PER_EXAMPLE_ARTIFACT
@@ -19,15 +19,15 @@ from steps.tracking import ON_PIPELINE_RUN
 # The tracker gives this step the stack's MLflow server and credentials; everything it measures is
 # logged to the model's run, so it opens no run of its own.
 @step(experiment_tracker=True, settings=ON_PIPELINE_RUN)
-def evaluate(config: dict, dataset_dir: str, model_summary: ModelSummary, detector: str
+def evaluate(config: dict, dataset_dir: str, model_summary: ModelSummary, detector: DetectorFit
              ) -> Annotated[EvaluatedModel, "evaluated_summary"]:
     """Evaluate one model into the MLflow run that trained it: metrics with CIs, per-example scores and
     localization tables (cached by model, data, evaluation config and detector)."""
     cfg = RunConfig.model_validate(config)
-    result = evaluate_model(cfg, model_summary.path, dataset_dir, detector or None,
+    result = evaluate_model(cfg, model_summary.path, dataset_dir, detector.path or None,
                             label=model_summary.role.removeprefix("student_"))
     client, run_id = mlflow.MlflowClient(), model_summary.run_id
-    if detector:
+    if detector.path:
         unreliable = result.factual_rate_unreliable
         client.set_tag(run_id, "factual_rate", f"unreliable: {unreliable}" if unreliable else "reliable")
     log_metrics({**result.metrics, "parameters": model_summary.parameters,

@@ -2,14 +2,22 @@
 note that tells the run's story, all on the pipeline's own run."""
 
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
 import mlflow
-from zenml import get_step_context, log_metadata, step
-from zenml.client import Client
+from zenml import log_metadata, step
 
-from smoothkd.artifacts import EvaluatedModel, GateDecision
+from smoothkd.artifacts import (
+    CalibrationVerdict,
+    DataValidation,
+    DetectorFit,
+    EvaluatedModel,
+    GateDecision,
+    Gates,
+    Results,
+)
 from smoothkd.charts import comparison_chart, loss_curves_chart
 from smoothkd.config import RunConfig
 from smoothkd.evaluation.localization import FILES
@@ -27,20 +35,13 @@ from smoothkd.tracking import (
 )
 from steps.tracking import ON_PIPELINE_RUN
 
-# The steps whose ZenML metadata holds a gate's verdict, under the names `report.gate_lines` reads.
-GATE_STEPS = {"data": "validate_data", "calibration": "check_teacher_calibration",
-              "teacher detector": "detector_teacher", "student detector": "detector_student"}
+# The MLflow runs (their steps' names) that hold the Data Docs and the reliability diagram.
+VALIDATION_RUN, CALIBRATION_RUN = "validate_data", "check_teacher_calibration"
 CHARTS = {"sft_vs_kd.png": "SFT vs KD", "loss_curves.png": "loss curves"}
 PAGE = FILES["html"]  # the localization page of one split
 
 
-def _gate_verdicts() -> dict[str, dict]:
-    """What the data, calibration and detector steps of this run recorded as ZenML metadata."""
-    steps = Client().get_pipeline_run(get_step_context().pipeline_run.id).steps
-    return {label: dict(steps[name].run_metadata) for label, name in GATE_STEPS.items() if name in steps}
-
-
-def _evidence(results: dict, splits: list[str], experiment: str, run_id: str
+def _evidence(results: Results, splits: list[str], experiment: str, run_id: str
               ) -> tuple[list[str], list[tuple[str, str]]]:
     """Links (markdown) to the charts, the reliability diagram, the Data Docs and every model's run and
     localization pages; the images to show in the note (alt text, source)."""
@@ -48,20 +49,20 @@ def _evidence(results: dict, splits: list[str], experiment: str, run_id: str
     links = [" · ".join(f"[{label}]({run_link(experiment, run_id, f'charts/{file}')})"
                         for file, label in CHARTS.items())]
     images = [(label, artifact_source(run_id, f"charts/{file}")) for file, label in CHARTS.items()]
-    calibration = children.get(GATE_STEPS["calibration"])
-    if calibration is not None:
+    calibration = children.get(CALIBRATION_RUN)
+    if calibration is not None and results.gates.calibration:
         diagram = "calibration/reliability.png"
         links.append(f"teacher calibration: [reliability diagram]"
                      f"({run_link(experiment, calibration.info.run_id, diagram)}) "
-                     f"(local: `{results['gates']['calibration']['diagram']}`)")
+                     f"(local: `{results.gates.calibration.diagram}`)")
         images.append(("reliability diagram", artifact_source(calibration.info.run_id, diagram)))
-    validation = children.get(GATE_STEPS["data"])
-    if validation is not None:
+    validation = children.get(VALIDATION_RUN)
+    if validation is not None and results.gates.data:
         links.append(f"data validation: [Data Docs]"
                      f"({run_link(experiment, validation.info.run_id, 'validation/data_docs/index.html')}) "
-                     f"(local: `{results['gates']['data']['validation.data_docs']}`)")
-    for model in results["models"]:
-        name, model_run = model["role"].removeprefix("student_"), model["run_id"]
+                     f"(local: `{results.gates.data.data_docs}`)")
+    for model in results.models:
+        name, model_run = model.name, model.run_id
         pages = " · ".join(f"[{split}]({run_link(experiment, model_run, f'evaluation/{split}/{PAGE}')})"
                            for split in splits)
         links.append(f"{name}: [run]({run_link(experiment, model_run)}); localization {pages}")
@@ -70,25 +71,27 @@ def _evidence(results: dict, splits: list[str], experiment: str, run_id: str
 
 @step(experiment_tracker=True, settings=ON_PIPELINE_RUN)
 def report(config: dict, teacher_summary: EvaluatedModel, student_summaries: list[EvaluatedModel],
-           gate_decisions: list[GateDecision]) -> Annotated[dict, "results"]:
-    """Collect per-model metrics, KD − SFT deltas, gate verdicts and decisions; draw the comparison and loss
-    charts; write the pipeline run's note."""
+           gate_decisions: list[GateDecision], validation: DataValidation, calibration: CalibrationVerdict,
+           teacher_detector: DetectorFit, student_detector: DetectorFit) -> Annotated[Results, "results"]:
+    """Collect per-model metrics, KD − SFT deltas, the gates' verdicts and decisions; draw the comparison
+    and loss charts; write the pipeline run's note."""
     cfg = RunConfig.model_validate(config)
-    results = {**build_results(teacher_summary, student_summaries, gate_decisions, cfg.eval),
-               "gates": _gate_verdicts()}
-    mlflow.log_dict(results, RESULTS_ARTIFACT)
-    log_metrics(headline_metrics(results))
-    for comparison, flat in results["deltas"].items():
+    gates = Gates(validation, calibration, teacher_detector, student_detector)
+    results = build_results(teacher_summary, student_summaries, gate_decisions, gates, cfg.eval)
+    mlflow.log_dict(results.to_dict(), RESULTS_ARTIFACT)
+    log_metrics(headline_metrics(results.models))
+    for comparison, flat in results.deltas.items():
         log_metrics({f"delta/{comparison.replace(' ', '')}/{name}": v for name, v in flat.items()})
     curves = {s.role: s.loss_history or [] for s in [teacher_summary, *student_summaries]}
     with tempfile.TemporaryDirectory() as tmp:
-        comparison_chart(results["models"], cfg.eval.splits, Path(tmp) / "sft_vs_kd.png")
+        comparison_chart(results.models, cfg.eval.splits, Path(tmp) / "sft_vs_kd.png")
         loss_curves_chart(curves, Path(tmp) / "loss_curves.png")
         mlflow.log_artifacts(tmp, "charts")
     run = mlflow.active_run().info
     links, images = _evidence(results, cfg.eval.splits, run.experiment_id, run.run_id)
     mlflow.set_tags({NOTE_TAG: run_note(results, cfg.eval.splits, links, images, MAX_TAG_CHARS),
-                     "smoothkd.champion": champion_text(results),
+                     "smoothkd.champion": champion_text(results.champion),
                      OUTCOME_TAG: "completed", RESULTS_TAG: RESULTS_ARTIFACT})
-    log_metadata(metadata={"deltas": results["deltas"], "champion": results["champion"] or "none"})
+    champion = asdict(results.champion) if results.champion else "none"
+    log_metadata(metadata={"deltas": results.deltas, "champion": champion})
     return results

@@ -5,6 +5,7 @@ from typing import Annotated
 from zenml import get_step_context, log_metadata, step
 from zenml.logger import get_logger
 
+from smoothkd.artifacts import DataValidation
 from smoothkd.config import RunConfig, output_root
 from smoothkd.stages import validate_dataset
 from smoothkd.tracking import path_name
@@ -14,8 +15,10 @@ logger = get_logger(__name__)
 
 
 @step(experiment_tracker=True)
-def validate_data(config: dict, dataset_dir: str) -> Annotated[str, "validated_dataset_dir"]:
-    """Validate the dataset, record the verdict and Data Docs, and stop the run on a stopping failure."""
+def validate_data(config: dict, dataset_dir: str) -> tuple[Annotated[str, "validated_dataset_dir"],
+                                                           Annotated[DataValidation, "validation"]]:
+    """Validate the dataset, record the verdict and Data Docs, and stop the run on a stopping failure;
+    hand on the dataset and the verdict (for the report)."""
     cfg = RunConfig.model_validate(config)
     docs_dir = output_root(cfg) / "data_docs" / path_name(get_step_context().pipeline_run.name)
     report = validate_dataset(cfg, dataset_dir, docs_dir)
@@ -26,4 +29,4 @@ def validate_data(config: dict, dataset_dir: str) -> Annotated[str, "validated_d
     if report.warnings:
         logger.warning(report.message())
     report.raise_for_failures()
-    return dataset_dir
+    return dataset_dir, report.record()

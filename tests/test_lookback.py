@@ -235,6 +235,7 @@ def test_detector_beats_chance_on_held_out_sentences_of_a_trained_model(trained,
 def test_below_the_auroc_floor_the_rate_is_reported_apart_and_gates_nothing(world):
     from rich.console import Console
 
+    from smoothkd.artifacts import DetectorFit, Gates, ModelResult
     from smoothkd.config import PromotionConfig, RunConfig
     from smoothkd.evaluation.consistency import FactPrecisionScorer
     from smoothkd.evaluation.evaluate import evaluate_split
@@ -276,12 +277,12 @@ def test_below_the_auroc_floor_the_rate_is_reported_apart_and_gates_nothing(worl
 
     # The summary marks the number and says why.
     console = Console(record=True, width=240)
-    console.print(results_grid({"models": [{"role": "student_kd", "metrics": unreliable}]}, ["xsum"]).rich())
+    console.print(results_grid([ModelResult("student_kd", 0.5, "", 0, unreliable)], ["xsum"]).rich())
     assert "unreliable" in console.export_text()
-    meta = {"auroc": detector.auroc, "auroc_ci_low": detector.auroc_ci_low,
-            "auroc_ci_high": detector.auroc_ci_high, "n_test": detector.n_test,
-            "n_test_groups": detector.n_test_groups, "n_factual": detector.n_factual,
-            "n_hallucinated": detector.n_hallucinated, "unreliable": detector.unreliable_reason(0.99)}
-    (line,) = gate_lines({"gates": {"student detector": meta}})
+    fit = DetectorFit("student_kd", auroc=detector.auroc, auroc_ci_low=detector.auroc_ci_low,
+                      auroc_ci_high=detector.auroc_ci_high, n_test=detector.n_test,
+                      n_test_groups=detector.n_test_groups, n_factual=detector.n_factual,
+                      n_hallucinated=detector.n_hallucinated, unreliable=detector.unreliable_reason(0.99))
+    (line,) = gate_lines(Gates(student_detector=fit))
     assert "UNRELIABLE, left out of the gate" in line and "detector_min_auroc 0.99" in line
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from dataclasses import replace
 from pathlib import Path
 
 import mlflow
@@ -29,24 +30,24 @@ def tiny_run(tmp_path_factory):
 
 def test_pipeline_runs_and_reports_every_model(tiny_run):
     cfg, results = tiny_run
-    roles = [m["role"] for m in results["models"]]
+    roles = [m.role for m in results.models]
     assert roles == ["teacher", "student_sft", "student_kd_a0.5"]
     aggregates = [f"{s}/{m}" for s in ("cnndm", "xsum")
                   for m in ("rougeL", "rougeLsum", "factual_consistency", "hallucinated_facts_per_summary")]
-    for model in results["models"]:
-        metrics = model["metrics"]
+    for model in results.models:
+        metrics = model.metrics
         for name in [*aggregates, "general/rougeL", "general/nll"]:
             assert metrics[f"{name}_ci_low"] <= metrics[name] <= metrics[f"{name}_ci_high"], name
         assert all(0.0 <= metrics[name] <= 100.0 for name in aggregates if "facts_per" not in name)
         # The mechanism: every model's prior-trap rate (the tiny splits hold trap rows) and calibration.
         assert all(0.0 <= metrics[f"{s}/prior_trap_rate"] <= 100.0 for s in ("cnndm", "xsum"))
         assert 0.0 <= metrics["general/ece"] <= 1.0 and -1.0 <= metrics["general/overconfidence"] <= 1.0
-        assert (Path(model["path"]) / "model.safetensors").exists()
+        assert (Path(model.path) / "model.safetensors").exists()
     # The 4-step tiny models say nothing checkable, so no detector can be fitted: the rate is left out.
-    assert "auroc" not in results["gates"]["student detector"]
-    assert not any("factual_rate" in name for m in results["models"] for name in m["metrics"])
-    assert set(results["deltas"]) == {"kd_a0.5 - sft"}
-    assert results["pipeline_seconds"] > 0
+    assert results.gates.student_detector.disabled and not results.gates.student_detector.path
+    assert not any("factual_rate" in name for m in results.models for name in m.metrics)
+    assert set(results.deltas) == {"kd_a0.5 - sft"}
+    assert results.pipeline_seconds > 0
 
 
 def test_students_are_registered_and_the_gate_decides_the_champion(tiny_run):
@@ -55,24 +56,24 @@ def test_students_are_registered_and_the_gate_decides_the_champion(tiny_run):
     name = cfg.promotion.registered_model_name
     versions = {str(v.version): v for v in client.search_model_versions(f"name = '{name}'")}
     assert sorted(versions) == ["1", "2"]
-    assert [d["candidate"] for d in results["decisions"]] == ["sft", "kd_a0.5"]
-    for decision in results["decisions"]:
+    assert [d.candidate for d in results.decisions] == ["sft", "kd_a0.5"]
+    for decision in results.decisions:
         # No champion before this run and no floors in the tiny config: a student fails only by saying
         # nothing, a split whose summaries share no word with any reference (ROUGE-Lsum 0).
-        metrics = next(m for m in results["models"] if m.get("version") == decision["version"])["metrics"]
+        metrics = next(m for m in results.models if m.version == decision.version).metrics
         silent = [f"{s}/rougeLsum above 0" for s in cfg.eval.splits if not metrics[f"{s}/rougeLsum"]]
-        assert decision["passed"] == (not silent)
-        assert [c["name"] for c in decision["criteria"] if c["verdict"] == "fail"] == silent
-    champion = results["champion"]
-    assert (champion is not None) == any(d["passed"] for d in results["decisions"])
+        assert decision.passed == (not silent)
+        assert [c["name"] for c in decision.criteria if c["verdict"] == "fail"] == silent
+    champion = results.champion
+    assert (champion is not None) == any(d.passed for d in results.decisions)
     if champion is not None:
-        assert client.get_model_version_by_alias(name, "champion").version == int(champion["version"])
-    for decision in results["decisions"]:
-        tags = versions[decision["version"]].tags
-        assert tags["gate.passed"] == str(decision["passed"]).lower()
-        assert tags["candidate"] == decision["candidate"]
+        assert client.get_model_version_by_alias(name, "champion").version == int(champion.version)
+    for decision in results.decisions:
+        tags = versions[decision.version].tags
+        assert tags["gate.passed"] == str(decision.passed).lower()
+        assert tags["candidate"] == decision.candidate
         assert tags["zenml_pipeline_name"] == "distill"  # registered through the stack's model registry
-        run_id = versions[decision["version"]].run_id
+        run_id = versions[decision.version].run_id
         artifacts = {a.path for a in client.list_artifacts(run_id, "evaluation")}
         assert {"evaluation/per_example.json", "evaluation/cnndm", "evaluation/xsum"} <= artifacts
         tables = {a.path for a in client.list_artifacts(run_id, "evaluation/cnndm")}
@@ -80,17 +81,17 @@ def test_students_are_registered_and_the_gate_decides_the_champion(tiny_run):
     # Mirrored in ZenML's Model Control Plane, the champion (if any) in production.
     from zenml.client import Client
 
-    for decision in results["decisions"]:
-        mirrored = Client().get_model_version(name, f"mlflow-v{decision['version']}")
-        assert (mirrored.stage == "production") == (decision["outcome"] == "champion")
+    for decision in results.decisions:
+        mirrored = Client().get_model_version(name, f"mlflow-v{decision.version}")
+        assert (mirrored.stage == "production") == (decision.outcome == "champion")
     # The pipeline's own run carries the SFT-vs-KD chart, the loss curves, the results and the decisions.
     experiment = client.get_experiment_by_name(cfg.tracking.experiment_name).experiment_id
-    parent = client.search_runs([experiment], f"attributes.run_name = '{results['run_name']}'")[0]
+    parent = client.search_runs([experiment], f"attributes.run_name = '{results.run_name}'")[0]
     charts = {a.path for a in client.list_artifacts(parent.info.run_id, "charts")}
     assert charts == {"charts/sft_vs_kd.png", "charts/loss_curves.png"}
     assert {"results.json", "gate"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
-    assert {parent.data.tags[f"gate.{d['candidate']}"] for d in results["decisions"]} == {
-        f"v{d['version']}: {d['outcome']}" for d in results["decisions"]}
+    assert {parent.data.tags[f"gate.{d.candidate}"] for d in results.decisions} == {
+        f"v{d.version}: {d.outcome}" for d in results.decisions}
     # No child run holds nothing: the steps that log to another run (evaluations, registry, report) or to
     # the pipeline's run (data, tokenizer) open none.
     children = client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
@@ -106,11 +107,11 @@ def test_each_model_is_an_mlflow_run_with_params_loss_curve_and_metrics(tiny_run
     experiment = client.get_experiment_by_name(cfg.tracking.experiment_name)
     runs = client.search_runs([experiment.experiment_id])
     by_name = {r.info.run_name: r for r in runs}
-    assert {"teacher", "student_sft", results["run_name"]} <= set(by_name)
+    assert {"teacher", "student_sft", results.run_name} <= set(by_name)
     student = by_name["student_sft"]
     assert student.data.params["train.max_steps"] == "4"
     assert student.data.metrics["cnndm/rougeLsum"] == pytest.approx(
-        results["models"][1]["metrics"]["cnndm/rougeLsum"])
+        results.models[1].metrics["cnndm/rougeLsum"])
     curve = client.get_metric_history(student.info.run_id, "train/loss")
     assert [p.step for p in curve] == [2, 4]
     # Artifacts land under output_dir, not in the caller's working directory.
@@ -140,19 +141,56 @@ def test_results_cli_reads_the_latest_run_back_from_the_store(tiny_run, tmp_path
     shown = CliRunner().invoke(app, ["results", "--json", *args])
     assert shown.exit_code == 0, shown.output
     summary = json.loads(shown.stdout)
-    assert summary["run"] == results["run_name"]
+    assert summary["run"] == results.run_name
     assert set(summary["models"]) == {"teacher", "sft", "kd_a0.5"}
-    for model in results["models"]:
-        by_split = summary["models"][model["role"].removeprefix("student_")]
+    for model in results.models:
+        by_split = summary["models"][model.name]
         assert set(by_split) == {"cnndm", "xsum", "general"}
         for split in ("cnndm", "xsum"):
             for metric in ("factual_consistency", "rougeLsum", "hallucinated_facts_per_summary"):
-                assert by_split[split][metric] == pytest.approx(model["metrics"][f"{split}/{metric}"])
+                assert by_split[split][metric] == pytest.approx(model.metrics[f"{split}/{metric}"])
             assert not any(name.endswith(("_ci_low", "_ci_high")) for name in by_split[split])
     table = CliRunner().invoke(app, ["results", *args])
-    assert table.exit_code == 0 and results["run_name"] in table.output and "kd_a0.5" in table.output
+    assert table.exit_code == 0 and results.run_name in table.output and "kd_a0.5" in table.output
     empty = CliRunner().invoke(app, ["results", "--json", *args[:2], "--set", f"output_dir={tmp_path}"])
     assert empty.exit_code == 1 and "no finished pipeline run" in empty.output
+
+
+# The labels a format-1 results record (before the gates were typed) gave each gate step's ZenML metadata.
+FORMAT_1_GATES = {"data": "validate_data", "calibration": "check_teacher_calibration",
+                  "teacher detector": "detector_teacher", "student detector": "detector_student"}
+
+
+def test_the_gates_reach_the_report_typed_and_results_json_reads_back(tiny_run):
+    from zenml.client import Client
+
+    from smoothkd.artifacts import Results
+    from smoothkd.report import gate_lines
+    from smoothkd.tracking import latest_results
+
+    cfg, results = tiny_run
+    gates = results.gates
+    assert gates.data.verdict == "pass" and (Path(gates.data.data_docs)).is_file()
+    assert gates.data.expectations > 0 and gates.data.failed == []
+    assert gates.calibration.verdict == "pass" and gates.calibration.temperature == 1.0
+    assert Path(gates.calibration.diagram).is_file()
+    assert gates.calibration.metrics["ece"] <= cfg.calibration.max_ece
+    assert gates.teacher_detector.fitted_on == "teacher"
+    assert gates.student_detector.fitted_on == "student_sft, student_kd_a0.5"
+    lines = gate_lines(gates)
+    assert lines[0].startswith("data validation: pass (") and lines[1].startswith("teacher calibration gate")
+    # The pipeline's MLflow run holds the same record (less what the runner adds) as results.json.
+    run_name, stored = latest_results(tracking_uri(cfg), cfg.tracking.experiment_name)
+    assert run_name == results.run_name
+    assert stored == replace(results, run_name="", pipeline_seconds=0.0, tracking_uri="")
+    # A format-1 record, its gates the steps' ZenML metadata as the report step used to gather them, reads.
+    steps = Client().get_pipeline_run(results.run_name).steps
+    format_1 = {key: value for key, value in stored.to_dict().items() if key != "format"} | {
+        "gates": {label: dict(steps[step].run_metadata) for label, step in FORMAT_1_GATES.items()}}
+    old = Results.from_dict(json.loads(json.dumps(format_1)))
+    assert old.gates.data == gates.data and old.gates.calibration == gates.calibration
+    assert old.gates.student_detector.disabled and old.models == stored.models
+    assert gate_lines(old.gates)[:2] == lines[:2]
 
 
 def test_second_run_reuses_the_cached_teacher(tiny_run):
@@ -160,15 +198,15 @@ def test_second_run_reuses_the_cached_teacher(tiny_run):
 
     cfg, first = tiny_run
     again = run_distill(cfg)
-    teacher_first, teacher_again = first["models"][0], again["models"][0]
-    assert teacher_again["cached"] and not teacher_first["cached"]
-    assert teacher_again["path"] == teacher_first["path"]
-    assert teacher_again["metrics"] == teacher_first["metrics"]
+    teacher_first, teacher_again = first.models[0], again.models[0]
+    assert teacher_again.cached and not teacher_first.cached
+    assert teacher_again.path == teacher_first.path
+    assert teacher_again.metrics == teacher_first.metrics
     # Cached students have the same weights: their registered versions are reused, not copied.
-    assert [d["version"] for d in again["decisions"]] == [d["version"] for d in first["decisions"]]
+    assert [d.version for d in again.decisions] == [d.version for d in first.decisions]
     client = mlflow.MlflowClient(tracking_uri(cfg))
     assert len(client.search_model_versions(f"name = '{cfg.promotion.registered_model_name}'")) == 2
-    assert (again["champion"] or {}).get("version") == (first["champion"] or {}).get("version")
+    assert again.champion == first.champion
 
 
 def _free_port() -> int:
@@ -224,24 +262,24 @@ def test_ui_serves_the_story_of_each_run(tiny_run, rejected_run, tmp_path):
                  "metrics": {m["key"]: m["value"] for m in r["data"].get("metrics", [])},
                  "tags": {t["key"]: t["value"] for t in r["data"].get("tags", [])}} for r in payload["runs"]]
         student = next(r for r in runs if r["info"]["run_name"] == "student_sft")
-        sft = results["models"][1]["metrics"]
+        sft = results.models[1].metrics
         assert student["metrics"]["xsum/rougeL"] == pytest.approx(sft["xsum/rougeL"])
 
         # The pipeline's run: named by what ran first, the resolved config as params, headline metrics per
         # model and split, the KD − SFT deltas, and a note with the tables, the champion and the links.
-        assert results["run_name"].startswith("tiny · kd α=0.5 · ")
-        pipeline = next(r for r in runs if r["info"]["run_name"] == results["run_name"])
+        assert results.run_name.startswith("tiny · kd α=0.5 · ")
+        pipeline = next(r for r in runs if r["info"]["run_name"] == results.run_name)
         assert pipeline["info"]["status"] == "FINISHED"
         assert pipeline["tags"]["smoothkd.outcome"] == "completed"
         assert pipeline["params"]["teacher.train.max_steps"] == "6"
         assert pipeline["params"]["distill.alphas"] == "[0.5]" and pipeline["params"]["name"] == "tiny"
         assert pipeline["params"]["calibration.max_ece"] == "0.5"
-        teacher = results["models"][0]["metrics"]
+        teacher = results.models[0].metrics
         for split in cfg.eval.splits:
             for metric in ("factual_consistency", "rougeLsum", "hallucinated_facts_per_summary"):
                 assert pipeline["metrics"][f"teacher/{split}/{metric}"] == pytest.approx(
                     teacher[f"{split}/{metric}"])
-            delta = results["deltas"]["kd_a0.5 - sft"][f"{split}/factual_consistency"]
+            delta = results.deltas["kd_a0.5 - sft"][f"{split}/factual_consistency"]
             logged = pipeline["metrics"][f"delta/kd_a0.5-sft/{split}/factual_consistency"]
             assert logged == pytest.approx(delta)
         assert pipeline["metrics"]["sft/general/nll"] == pytest.approx(sft["general/nll"])
@@ -274,14 +312,14 @@ def test_ui_serves_the_story_of_each_run(tiny_run, rejected_run, tmp_path):
         name = cfg.promotion.registered_model_name
         model = _get(port, f"api/2.0/mlflow/registered-models/get?name={name}")["registered_model"]
         assert "highest `factual_consistency` (mean over cnndm, xsum)" in model["description"]
-        for decision in results["decisions"]:
+        for decision in results.decisions:
             version = _get(port, f"api/2.0/mlflow/model-versions/get?name={name}&version="
-                                 f"{decision['version']}")["model_version"]
+                                 f"{decision.version}")["model_version"]
             text, tags = version["description"], {t["key"]: t["value"] for t in version["tags"]}
-            assert text.startswith(f"**{decision['candidate']}**: ")
-            assert f"**Gate: {decision['outcome']}**" in text
+            assert text.startswith(f"**{decision.candidate}**: ")
+            assert f"**Gate: {decision.outcome}**" in text
             assert "- data: dataset " in text and "- evaluated on: cnndm rows " in text
-            assert ("- taught by: " in text) == (decision["candidate"] != "sft")
+            assert ("- taught by: " in text) == (decision.candidate != "sft")
             assert all(f"- {split}: **" in text for split in cfg.eval.splits)
             assert tags["gate.primary"].startswith("factual_consistency (mean over cnndm, xsum) = ")
     finally:
@@ -300,7 +338,7 @@ def test_eval_cli_scores_a_registered_version_like_the_pipeline(tiny_run, tmp_pa
     from smoothkd.cli import app
 
     cfg, results = tiny_run
-    version = results["decisions"][0]["version"]
+    version = results.decisions[0].version
     overrides = ["--set", f"output_dir={cfg.output_dir}"]
     config = str(ROOT / "configs/test/tiny.yaml")
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'elsewhere.db'}")  # the config alone names the store
@@ -309,9 +347,9 @@ def test_eval_cli_scores_a_registered_version_like_the_pipeline(tiny_run, tmp_pa
                                      "--verbose", *overrides])
     assert shown.exit_code == 0, shown.output
     metrics = json.loads(shown.output[shown.output.index("{"):])
-    evaluated = next(m for m in results["models"] if m["version"] == version)
+    evaluated = next(m for m in results.models if m.version == version)
     for name in ("cnndm/rougeLsum", "xsum/factual_consistency", "general/nll"):
-        assert metrics[name] == pytest.approx(evaluated["metrics"][name], abs=1e-6)
+        assert metrics[name] == pytest.approx(evaluated.metrics[name], abs=1e-6)
     missing = CliRunner().invoke(app, ["eval", config, "--model", "models:/no-such-model@champion",
                                        *overrides])
     assert missing.exit_code == 2 and "models:/no-such-model@champion" in missing.output

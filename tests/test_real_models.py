@@ -56,11 +56,11 @@ def test_padded_qwen2_teacher_distils_into_another_architecture(models, tmp_path
     cfg = tiny(tmp_path, f"teacher.name_or_path={models['qwen2']}", f"student.name_or_path={models[student]}",
                f"distill.mode={mode}", "eval.detector_rows=8")
     results = run_distill(cfg)
-    assert [m["role"] for m in results["models"]] == ["teacher", "student_sft", "student_kd_a0.5"]
-    for model in results["models"][1:]:
-        config = json.loads((Path(model["path"]) / "config.json").read_text())
+    assert [m.role for m in results.models] == ["teacher", "student_sft", "student_kd_a0.5"]
+    for model in results.models[1:]:
+        config = json.loads((Path(model.path) / "config.json").read_text())
         assert config["model_type"] == student and config["vocab_size"] == models["vocab"]
-    teacher_config = json.loads((Path(results["models"][0]["path"]) / "config.json").read_text())
+    teacher_config = json.loads((Path(results.models[0].path) / "config.json").read_text())
     assert teacher_config["model_type"] == "qwen2" and teacher_config["vocab_size"] == models["vocab"] + PAD
     # Online, the KD student read the padded teacher's logits in its loss (a shape mismatch before they were
     # cut). The label step runs in both modes; a random padded teacher puts padding ids in its top-k, and

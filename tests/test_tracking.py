@@ -2,6 +2,7 @@
 
 import mlflow
 
+from smoothkd.artifacts import GateDecision, ModelResult, Results
 from smoothkd.errors import DataValidationError, TeacherRejectedError
 from smoothkd.report import Grid, run_note
 from smoothkd.tracking import (
@@ -60,17 +61,15 @@ def test_stop_is_recorded_on_the_step_run_and_its_pipeline_run(tmp_path):
     assert f"runs/{child.info.run_id})" in note
 
 
-RESULTS = {
-    "models": [{"role": "teacher", "parameters": 2e6, "cached": False,
-                "metrics": {"cnndm/rougeLsum": 30.0, "cnndm/rougeLsum_ci_low": 28.0,
-                            "cnndm/rougeLsum_ci_high": 32.0, "general/nll": 2.5}},
-               {"role": "student_sft", "parameters": 1e6, "cached": True,
-                "metrics": {"cnndm/rougeLsum": 3.5}}],
-    "deltas": {}, "champion": None, "gates": {},
-    "decisions": [{"candidate": "sft", "version": "1", "outcome": "failed gate",
-                   "criteria": [{"name": "cnndm/rougeLsum above 0", "value": 0.0, "threshold": 0.0,
-                                 "verdict": "fail"}]}],
-}
+TEACHER = {"cnndm/rougeLsum": 30.0, "cnndm/rougeLsum_ci_low": 28.0, "cnndm/rougeLsum_ci_high": 32.0,
+           "general/nll": 2.5}
+FAILED = {"name": "cnndm/rougeLsum above 0", "value": 0.0, "threshold": 0.0, "verdict": "fail"}
+RESULTS = Results(
+    models=[ModelResult("teacher", None, "/t", 2_000_000, TEACHER),
+            ModelResult("student_sft", 0.0, "/s", 1_000_000, {"cnndm/rougeLsum": 3.5}, cached=True)],
+    decisions=[GateDecision("sft", "1", False, "factual_consistency", None, [FAILED], "failed gate",
+                            "smoothkd-student")],
+)
 
 
 def test_the_run_note_is_markdown_tables_links_and_images_within_the_tag_limit():
@@ -87,3 +86,65 @@ def test_the_run_note_is_markdown_tables_links_and_images_within_the_tag_limit()
 def test_markdown_cells_escape_the_column_bar():
     table = Grid("t", ["x", "y"], [["a|b", "1"]]).markdown()
     assert table.splitlines()[-1] == "| a\\|b | 1 |" and table.splitlines()[3] == "| :-- | --: |"
+
+
+# A format-1 results.json as the report step wrote it before the gates were typed: every gate was its
+# step's ZenML metadata, the experiment tracker's keys included, under the step's label.
+TRACKER = {"experiment_tracker_url": "http://mlflow/#/runs/x"}
+FORMAT_1 = {
+    "models": [{"role": "student_sft", "alpha": 0.0, "path": "/s", "parameters": 1000000.0, "cached": True,
+                "train_seconds": 12.5, "run_id": "r1", "metrics": {"cnndm/rougeLsum": 3.5},
+                "version": "1", "outcome": "champion"}],
+    "deltas": {"kd_a1.0 - sft": {"cnndm/factual_consistency": 1.5}},
+    "decisions": [{"candidate": "sft", "version": "1", "passed": True, "primary_metric": "fc",
+                   "primary_value": 24.3, "criteria": [], "outcome": "champion", "registered_model": "m"}],
+    "champion": {"name": "m", "version": "1", "candidate": "sft"},
+    "gates": {
+        "data": {"validation.verdict": "warn", "validation.expectations": 41, "validation.failed": [],
+                 "validation.warnings": ["instruction.rows.duplicates"], "validation.tokens": "bpe",
+                 "validation.data_docs": "/d/index.html", **TRACKER},
+        "calibration": {"gate": "teacher_calibration", "verdict": "pass",
+                        "message": "calibration gate passed", "calibration_temperature": 1.0,
+                        "fitted": False, "diagram": "/c/reliability.png",
+                        "ece": 0.013, "n_tokens": 900, **TRACKER},
+        "teacher detector": {"auroc": 0.81, "auroc_ci_low": 0.7, "auroc_ci_high": 0.9, "n_train": 80,
+                             "n_test": 40, "n_test_groups": 12, "n_factual": 90, "n_hallucinated": 30,
+                             "min_auroc": 0.6, "reliable": 1.0, "unreliable": "", "fitted_on": "teacher",
+                             "path": "/det.joblib", "cached": False, **TRACKER},
+        "student detector": TRACKER,  # disabled: the step logged no metadata of its own
+    },
+}
+
+
+def test_a_format_1_results_json_reads_back_from_the_store(tmp_path):
+    import json
+
+    from smoothkd.report import gate_lines
+    from smoothkd.tracking import RESULTS_ARTIFACT, RESULTS_TAG, latest_results
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    experiment = client.create_experiment("old", artifact_location=(tmp_path / "artifacts").as_uri())
+    run = client.create_run(experiment, run_name="demo · old", tags={RESULTS_TAG: RESULTS_ARTIFACT})
+    client.log_text(run.info.run_id, json.dumps(FORMAT_1), RESULTS_ARTIFACT)
+    client.set_terminated(run.info.run_id)
+    name, results = latest_results(uri, "old")
+    assert name == "demo · old" and results.format == 2
+    (sft,) = results.models
+    assert (sft.name, sft.parameters, sft.cached) == ("sft", 1_000_000, True)
+    assert sft.metrics == {"cnndm/rougeLsum": 3.5}
+    assert results.decisions[0].primary_value == 24.3 and results.champion.candidate == "sft"
+    gates = results.gates
+    assert gates.data.warnings == ["instruction.rows.duplicates"] and gates.data.data_docs == "/d/index.html"
+    assert gates.calibration.temperature == 1.0
+    assert gates.calibration.metrics == {"ece": 0.013, "n_tokens": 900}
+    assert gates.teacher_detector.auroc == 0.81 and gates.teacher_detector.path == "/det.joblib"
+    assert gates.student_detector.disabled
+    assert gate_lines(gates) == [
+        "data validation: warn (41 expectations, 1 warnings)",
+        "teacher calibration gate passed",
+        "teacher detector (factual rate): held-out AUROC 0.810 (CI 0.700–0.900) on 40 sentences of 12 rows "
+        "(90 factual / 30 hallucinated in all)",
+        "student detector (factual rate): disabled, no factual rate for these models (reason not recorded)"]
+    # A record written now reads back as the same record.
+    assert Results.from_dict(json.loads(json.dumps(results.to_dict()))) == results

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from smoothkd.artifacts import CalibrationVerdict
 from smoothkd.calibration.metrics import CalibrationAccumulator, CalibrationMetrics
 from smoothkd.calibration.plot import reliability_diagram
 from smoothkd.calibration.temperature import fit_temperature
@@ -70,6 +71,11 @@ class CalibrationReport:
         checks = "; ".join(check.describe() for check in self.checks)
         return (f"calibration gate {state} ({self.metrics.n_tokens} held-out tokens,{fitted} temperature "
                 f"{self.temperature:.3g}): {checks}")
+
+    def record(self) -> CalibrationVerdict:
+        """The verdict as the gate's step hands it on to the report."""
+        return CalibrationVerdict(verdict=self.verdict, message=self.message(), temperature=self.temperature,
+                                  fitted=self.fitted, diagram=self.diagram, metrics=self.metrics.scalars())
 
     def to_dict(self) -> dict:
         return {"verdict": self.verdict, "temperature": self.temperature, "fitted": self.fitted,

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from smoothkd.artifacts import DataValidation
 from smoothkd.errors import DataValidationError
 
 MAX_EXAMPLES = 3  # offending row ids quoted per failed expectation
@@ -75,16 +76,14 @@ class ValidationReport:
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "verdict": self.verdict}
 
+    def record(self) -> DataValidation:
+        """The verdict as the validation step hands it on to the report."""
+        return DataValidation(self.verdict, len(self.outcomes), [o.name for o in self.failures],
+                              [o.name for o in self.warnings], self.tokens, self.docs_index)
+
     def metadata(self) -> dict[str, Any]:
-        """Flat, JSON-friendly summary for run metadata (ZenML) and tags."""
-        return {
-            "validation.verdict": self.verdict,
-            "validation.expectations": len(self.outcomes),
-            "validation.failed": [o.name for o in self.failures],
-            "validation.warnings": [o.name for o in self.warnings],
-            "validation.tokens": self.tokens,
-            "validation.data_docs": self.docs_index,
-        }
+        """Flat, JSON-friendly summary for run metadata (ZenML) and tags: the record's fields, prefixed."""
+        return {f"validation.{key}": value for key, value in asdict(self.record()).items()}
 
 
 def log_to_mlflow(report: ValidationReport) -> None:
