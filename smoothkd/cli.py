@@ -43,12 +43,12 @@ def _load(config: Path | None, overrides: list[str] | None):
 
 def _user_error(exc: BaseException) -> str | None:
     """The one-line message of a known input problem anywhere in the exception chain, else None."""
-    from smoothkd.errors import USER_ERRORS
+    from smoothkd.errors import USER_ERRORS, one_line
 
     seen = exc
     while seen is not None:
         if isinstance(seen, USER_ERRORS):
-            return str(seen).splitlines()[0]
+            return one_line(seen)
         seen = seen.__cause__ or seen.__context__
     return None
 
@@ -59,6 +59,8 @@ def _one_line_errors(log: Path | None = None, verbose: bool = False):
     file takes it (`_console`): then it is one line pointing there (exit 1). `verbose` prints tracebacks."""
     import logging
     import traceback
+
+    from smoothkd.errors import one_line
 
     try:
         yield
@@ -71,8 +73,7 @@ def _one_line_errors(log: Path | None = None, verbose: bool = False):
         if verbose or log is None:
             raise
         logging.getLogger("smoothkd.cli").error("the command failed", exc_info=exc)
-        first = (str(exc).splitlines() or [""])[0]
-        _fail(f"{type(exc).__name__}: {first} (traceback in {log}; --verbose shows it)", code=1)
+        _fail(f"{type(exc).__name__}: {one_line(exc)} (traceback in {log}; --verbose shows it)", code=1)
 
 
 def _console(cfg, command: str, verbose: bool, zenml: bool = False) -> Path | None:
@@ -216,10 +217,12 @@ def _registry_errors(what: str):
     """An unknown model or version (or an unreachable store) is one line, not a traceback."""
     from mlflow.exceptions import MlflowException
 
+    from smoothkd.errors import one_line
+
     try:
         yield
     except MlflowException as err:
-        _fail(f"{what}: {err.message.splitlines()[0]}")
+        _fail(f"{what}: {one_line(err.message)}")
 
 
 @app.command()

@@ -313,7 +313,7 @@ def champion_reevaluator(cfg: RunConfig, store_uri: str, name: str | None = None
     any evaluation. The `reevaluate` callable `smoothkd.registry.promote` takes."""
     from mlflow.exceptions import MlflowException
 
-    from smoothkd.errors import EvaluationModelError
+    from smoothkd.errors import EvaluationModelError, one_line
     from smoothkd.registry.download import resolve_model_ref
     from smoothkd.registry.gate import Candidate
     from smoothkd.registry.identity import DETECTOR_METRICS, EvalIdentity
@@ -333,7 +333,7 @@ def champion_reevaluator(cfg: RunConfig, store_uri: str, name: str | None = None
             result = evaluate_model(local, model_dir, like.data_dir, detector, progress=False,
                                     label=f"{name} v{champion.version}")
         except (EvaluationModelError, MlflowException, OSError, ValueError, RuntimeError) as err:
-            raise ReevaluationError(f"v{champion.version}: {str(err).splitlines()[0]}") from None
+            raise ReevaluationError(f"v{champion.version}: {one_line(err)}") from None
         return Candidate(champion.name, champion.alpha, result.metrics, result.per_example,
                          champion.version, EvalIdentity.from_dict(result.identity))
 

@@ -2,7 +2,7 @@
 
 import mlflow
 
-from smoothkd.errors import DataValidationError, TeacherRejectedError
+from smoothkd.errors import DataValidationError, TeacherRejectedError, one_line
 from smoothkd.report import Grid, run_note
 from smoothkd.tracking import (
     ERROR_TAG,
@@ -36,6 +36,15 @@ def test_a_gate_refusal_reads_as_a_rejection_anything_else_as_a_failure():
     crashed = stop_tags("student_sft", KeyError("weights"))
     assert crashed[OUTCOME_TAG] == "failed" and crashed[ERROR_TAG] == "KeyError: 'weights'"
     assert crashed[NOTE_TAG].startswith("**Failed at step `student_sft`**")
+    # A message that opens with a blank line (SQL, a worker's traceback) still gives its first words.
+    blank_first = stop_tags("register", RuntimeError("\n  (sqlite3.OperationalError) locked  \n[SQL: ...]"))
+    assert blank_first[ERROR_TAG] == "RuntimeError: (sqlite3.OperationalError) locked"
+
+
+def test_one_line_is_the_first_non_blank_line_cut_at_its_limit():
+    assert one_line("") == one_line(KeyError()) == ""
+    assert one_line(ValueError("a\nb")) == "a" and one_line("x" * 10, limit=10) == "x" * 10
+    assert one_line("x" * 11, limit=10) == "x" * 7 + "..."
 
 
 def test_stop_is_recorded_on_the_step_run_and_its_pipeline_run(tmp_path):
