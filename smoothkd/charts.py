@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from smoothkd.artifacts import model_label
+
 COMPARED = (("rougeLsum", "ROUGE-Lsum"), ("factual_consistency", "factual consistency (%)"),
             ("factual_rate", "factual rate (%)"), ("prior_trap_rate", "prior-trap rate (%)"))
 # The last row: held-out calibration of each model's next-token predictions (one value, no CI).
@@ -37,7 +39,7 @@ def comparison_chart(models: list[dict], splits: list[str], path: str | Path) ->
         low = [v - m["metrics"].get(f"{name}_ci_low", v) for v, m in zip(values, models, strict=True)]
         high = [m["metrics"].get(f"{name}_ci_high", v) - v for v, m in zip(values, models, strict=True)]
         ax.bar(range(len(models)), values, yerr=[low, high], capsize=4, color=colors)
-        ax.set_xticks(range(len(models)), [r.removeprefix("student_") for r in roles], rotation=20)
+        ax.set_xticks(range(len(models)), [model_label(r) for r in roles], rotation=20)
         ax.set_title(title, fontsize=10)
         ax.grid(axis="y", alpha=0.3)
     fig.suptitle("SFT baseline vs KD students (bars: mean, whiskers: 95% bootstrap CI)")
@@ -52,7 +54,7 @@ def loss_curves_chart(curves: dict[str, list], path: str | Path) -> Path:
     for role, points in curves.items():
         if points:
             steps, losses = zip(*points, strict=True)
-            ax.plot(steps, losses, label=role.removeprefix("student_"))
+            ax.plot(steps, losses, label=model_label(role))
     ax.set_xlabel("step")
     ax.set_ylabel("training loss")
     ax.set_title("training loss (KD students: (1−α)·NLL + α·KD)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from smoothkd.artifacts import EvaluatedModel, GateDecision
+from smoothkd.artifacts import EvaluatedModel, GateDecision, model_label
 from smoothkd.config import UNRELIABLE_SUFFIX, EvalConfig
 from smoothkd.registry.gate import Candidate, paired_difference
 
@@ -32,7 +32,7 @@ def paired_deltas(students: list[EvaluatedModel], eval_cfg: EvalConfig) -> dict[
                 if ci is not None:
                     name = f"{split}/{metric}"
                     flat |= {name: ci.mean, f"{name}_ci_low": ci.low, f"{name}_ci_high": ci.high}
-        deltas[f"{kd.role.removeprefix('student_')} - sft"] = flat
+        deltas[f"{model_label(kd.role)} - sft"] = flat
     return deltas
 
 
@@ -42,7 +42,7 @@ def build_results(teacher: EvaluatedModel, students: list[EvaluatedModel], decis
     by_candidate = {d.candidate: d for d in decisions}
     models = []
     for s in [teacher, *students]:
-        decision = by_candidate.get(s.role.removeprefix("student_"))
+        decision = by_candidate.get(model_label(s.role))
         models.append({key: getattr(s, key) for key in ("role", "alpha", "path", "parameters", "cached",
                                                          "train_seconds", "run_id")}
                       | {"metrics": dict(sorted(s.metrics.items())),
@@ -77,7 +77,7 @@ CACHED_MARK = "*"
 
 
 def _model_label(model: dict) -> str:
-    return model["role"].removeprefix("student_") + (CACHED_MARK if model.get("cached") else "")
+    return model_label(model["role"]) + (CACHED_MARK if model.get("cached") else "")
 
 
 @dataclass
@@ -226,7 +226,7 @@ def means_by_split(results: dict[str, Any]) -> dict[str, dict[str, dict[str, flo
     """{model name (teacher, sft, kd_a0.1, ...): {split: {metric: mean}}} from a results record."""
     models: dict[str, dict[str, dict[str, float]]] = {}
     for model in results["models"]:
-        by_split = models.setdefault(model["role"].removeprefix("student_"), {})
+        by_split = models.setdefault(model_label(model["role"]), {})
         for name, value in model["metrics"].items():
             split, _, metric = name.partition("/")
             if metric and not metric.endswith(("_ci_low", "_ci_high")):

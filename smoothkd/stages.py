@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from smoothkd.artifacts import TRAIN_RECORD, Evaluation, ModelArtifact
+from smoothkd.artifacts import TRAIN_RECORD, Evaluation, ModelArtifact, student_role
 from smoothkd.config import RunConfig, output_root
 from smoothkd.data.dataset import (
     EVAL_KINDS,
@@ -246,7 +246,7 @@ def train_student(cfg: RunConfig, data_dir: str | Path, tokenizer_ref: str | Pat
     record = out / TRAIN_RECORD
     if record.exists():
         return ModelArtifact(**{**read_json(record), "cached": True})
-    return _train(cfg, "student", f"student_{name}", tokenizer_ref, data_dir, out, alpha=alpha,
+    return _train(cfg, "student", student_role(name), tokenizer_ref, data_dir, out, alpha=alpha,
                   labels_dir=labels_dir, teacher_path=teacher_path,
                   calibration_temperature=calibration_temperature,
                   work_key=teacher_ref)

@@ -9,7 +9,7 @@ import mlflow
 from zenml import get_step_context, log_metadata, step
 from zenml.client import Client
 
-from smoothkd.artifacts import EvaluatedModel, GateDecision
+from smoothkd.artifacts import EvaluatedModel, GateDecision, model_label
 from smoothkd.charts import comparison_chart, loss_curves_chart
 from smoothkd.config import RunConfig
 from smoothkd.evaluation.localization import FILES
@@ -61,7 +61,7 @@ def _evidence(results: dict, splits: list[str], experiment: str, run_id: str
                      f"({run_link(experiment, validation.info.run_id, 'validation/data_docs/index.html')}) "
                      f"(local: `{results['gates']['data']['validation.data_docs']}`)")
     for model in results["models"]:
-        name, model_run = model["role"].removeprefix("student_"), model["run_id"]
+        name, model_run = model_label(model["role"]), model["run_id"]
         pages = " · ".join(f"[{split}]({run_link(experiment, model_run, f'evaluation/{split}/{PAGE}')})"
                            for split in splits)
         links.append(f"{name}: [run]({run_link(experiment, model_run)}); localization {pages}")

@@ -13,6 +13,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
+from smoothkd.artifacts import model_label
 from smoothkd.config import load_config, tracking_uri
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -143,7 +144,7 @@ def test_results_cli_reads_the_latest_run_back_from_the_store(tiny_run, tmp_path
     assert summary["run"] == results["run_name"]
     assert set(summary["models"]) == {"teacher", "sft", "kd_a0.5"}
     for model in results["models"]:
-        by_split = summary["models"][model["role"].removeprefix("student_")]
+        by_split = summary["models"][model_label(model["role"])]
         assert set(by_split) == {"cnndm", "xsum", "general"}
         for split in ("cnndm", "xsum"):
             for metric in ("factual_consistency", "rougeLsum", "hallucinated_facts_per_summary"):

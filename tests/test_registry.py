@@ -93,6 +93,17 @@ def test_scores_of_other_rows_or_scorers_are_never_paired_by_id():
                                                       champion=champion).criteria[-1].detail
 
 
+def test_a_students_role_and_its_label_in_tables_and_the_registry_are_one_name():
+    from smoothkd.artifacts import EvaluatedModel, model_label, student_role
+    from smoothkd.stages import student_name
+
+    for alpha, label in ((0.0, "sft"), (0.1, "kd_a0.1"), (1.0, "kd_a1")):
+        role = student_role(student_name(alpha))
+        assert role == f"student_{label}" and model_label(role) == label
+        assert Candidate.from_summary(EvaluatedModel("m", role, 1, alpha=alpha)).name == label
+    assert model_label("teacher") == "teacher"
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("registry")
