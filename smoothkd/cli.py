@@ -309,6 +309,7 @@ def promote(
     config: ConfigOpt = None,
     set_: SetOpt = None,
     tracking_uri: TrackingOpt = None,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Re-run the promotion gate for an existing version; move `champion` to it if it passes."""
     from smoothkd.registry.promote import repromote
@@ -317,6 +318,9 @@ def promote(
     cfg, client = _registry_client(config, set_, tracking_uri)
     if force and not reason:
         _fail("--force needs --reason: it is recorded on the version")
+    # Reading the candidate and the champion from the registry (and re-evaluating one) is library chatter
+    # and a download bar per artifact: the verdict is what the console shows.
+    _console(cfg, "promote", verbose)
     store = client.tracking_uri
     with _registry_errors(f"{name} v{version}"):
         record = repromote(client, cfg.promotion, cfg.eval, name, version, store, force, reason,
