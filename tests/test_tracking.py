@@ -1,6 +1,9 @@
 """What runs record about themselves: names, params without secrets, stop tags, the pipeline run's note."""
 
+import os
+
 import mlflow
+from conftest import MLFLOW_ENV, active_experiment, mlflow_state_restored
 
 from smoothkd.errors import DataValidationError, TeacherRejectedError, one_line
 from smoothkd.report import Grid, run_note
@@ -96,3 +99,16 @@ def test_the_run_note_is_markdown_tables_links_and_images_within_the_tag_limit()
 def test_markdown_cells_escape_the_column_bar():
     table = Grid("t", ["x", "y"], [["a|b", "1"]]).markdown()
     assert table.splitlines()[-1] == "| a\\|b | 1 |" and table.splitlines()[3] == "| :-- | --: |"
+
+
+def test_a_store_and_experiment_a_test_points_mlflow_at_do_not_outlive_it(tmp_path):
+    """What the autouse fixture does around every test: the next test finds MLflow as this one found it."""
+    def state():
+        return mlflow.get_tracking_uri(), active_experiment(), {n: os.environ.get(n) for n in MLFLOW_ENV}
+
+    before = state()
+    with mlflow_state_restored():
+        mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'leaked.db'}")
+        leaked = mlflow.set_experiment("leaked").experiment_id
+        assert os.environ["MLFLOW_TRACKING_URI"].endswith("leaked.db") and active_experiment() == leaked
+    assert state() == before
