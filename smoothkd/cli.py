@@ -215,11 +215,11 @@ TrackingOpt = Annotated[str | None, typer.Option("--tracking-uri", help="MLflow 
 
 
 def _registry_client(config: Path | None, set_: list[str] | None, uri: str | None):
+    cfg = _load(_named_or_default(config), set_)  # a bad config stops before MLflow loads
     from mlflow import MlflowClient
 
     from smoothkd.config import tracking_uri
 
-    cfg = _load(_named_or_default(config), set_)
     return cfg, MlflowClient(uri or tracking_uri(cfg))
 
 

@@ -107,8 +107,8 @@ class _Champions:
 
 def _outcome(decision: Decision, result: Outcome | None) -> str:
     """The outcome line of a decision; `result` is the alias outcome of the one candidate offered for
-    promotion. The gate's verdict comes first: a refused version names the criteria it failed, and a newer
-    champion (or an alias that kept moving) that kept it out anyway is a second, separate reason."""
+    promotion. The gate's verdict comes first: a refused version names the criteria it failed; a newer
+    champion, which would have kept it out anyway, is a second, separate reason."""
     if result is None:
         return "passed, not best" if decision.passed else "failed gate"
     if result.status in ("promoted", "unchanged"):
