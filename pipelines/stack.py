@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from zenml.client import Client
 from zenml.enums import StackComponentType
 
-from smoothkd.errors import StackError
+from smoothkd.errors import StackError, one_line
 from smoothkd.stackdef import ComponentDef, StackDefinition, load_stack_definition, stack_file
 
 LOCAL = "local"
@@ -77,8 +77,7 @@ def _normalised(comp: ComponentDef, ctype: StackComponentType) -> dict:
     try:
         config = validate_stack_component_config(comp.configuration, comp.flavor, ctype)
     except ValueError as err:
-        first = str(err).strip().splitlines()[0]
-        raise StackError(f"{ctype.value} '{comp.name}' ({comp.flavor}): {first}") from None
+        raise StackError(f"{ctype.value} '{comp.name}' ({comp.flavor}): {one_line(err)}") from None
     return config.model_dump(mode="json", exclude_unset=True)
 
 

@@ -16,6 +16,18 @@ from pydantic import TypeAdapter
 
 # The file in a trained model's directory that holds its `ModelArtifact`, written last by rank 0.
 TRAIN_RECORD = "smoothkd_train.json"
+STUDENT_ROLE_PREFIX = "student_"
+
+
+def student_role(label: str) -> str:
+    """The role of the student labelled `label` (`sft`, `kd_a0.1`): `student_sft`, `student_kd_a0.1`."""
+    return STUDENT_ROLE_PREFIX + label
+
+
+def model_label(role: str) -> str:
+    """A model's label in tables, charts and the registry: a student's role without its prefix (`sft`,
+    `kd_a0.1`), the teacher's as it is."""
+    return role.removeprefix(STUDENT_ROLE_PREFIX)
 
 
 @dataclass
@@ -167,7 +179,7 @@ class ModelResult:
     @property
     def name(self) -> str:
         """`teacher`, `sft`, `kd_a0.5`: the role without its `student_` prefix."""
-        return self.role.removeprefix("student_")
+        return model_label(self.role)
 
 
 @dataclass

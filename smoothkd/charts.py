@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from smoothkd.artifacts import ModelResult
+from smoothkd.artifacts import ModelResult, model_label
 
 COMPARED = (("rougeLsum", "ROUGE-Lsum"), ("factual_consistency", "factual consistency (%)"),
             ("factual_rate", "factual rate (%)"), ("prior_trap_rate", "prior-trap rate (%)"))
@@ -54,7 +54,7 @@ def loss_curves_chart(curves: dict[str, list], path: str | Path) -> Path:
     for role, points in curves.items():
         if points:
             steps, losses = zip(*points, strict=True)
-            ax.plot(steps, losses, label=role.removeprefix("student_"))
+            ax.plot(steps, losses, label=model_label(role))
     ax.set_xlabel("step")
     ax.set_ylabel("training loss")
     ax.set_title("training loss (KD students: (1−α)·NLL + α·KD)")

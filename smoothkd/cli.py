@@ -23,6 +23,7 @@ stack_app = typer.Typer(help="ZenML stacks defined in infra/stacks.", no_args_is
 app.add_typer(stack_app, name="stack")
 
 DEFAULT_CONFIG = Path("configs/demo.yaml")
+DEFAULT_HELP = f" (default: {DEFAULT_CONFIG} where it exists, else the built-in defaults)"
 
 ConfigArg = Annotated[Path, typer.Argument(help="YAML run config, e.g. configs/demo.yaml")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a config key: a.b=c (repeatable)")]
@@ -33,6 +34,14 @@ VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v",
 def _fail(message: str, code: int = 2) -> None:
     typer.secho(f"error: {message}", err=True, fg="red")
     raise typer.Exit(code)
+
+
+def _named_or_default(config: Path | None) -> Path | None:
+    """The config a `--config` option names; not named: DEFAULT_CONFIG where it exists (a checkout), else
+    None, the built-in defaults. A named file that is missing fails in `_load`, never falls back."""
+    if config is not None:
+        return config
+    return DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None
 
 
 def _load(config: Path | None, overrides: list[str] | None):
@@ -46,12 +55,12 @@ def _load(config: Path | None, overrides: list[str] | None):
 
 def _user_error(exc: BaseException) -> str | None:
     """The one-line message of a known input problem anywhere in the exception chain, else None."""
-    from smoothkd.errors import USER_ERRORS
+    from smoothkd.errors import USER_ERRORS, one_line
 
     seen = exc
     while seen is not None:
         if isinstance(seen, USER_ERRORS):
-            return str(seen).splitlines()[0]
+            return one_line(seen)
         seen = seen.__cause__ or seen.__context__
     return None
 
@@ -62,6 +71,8 @@ def _one_line_errors(log: Path | None = None, verbose: bool = False):
     file takes it (`_console`): then it is one line pointing there (exit 1). `verbose` prints tracebacks."""
     import logging
     import traceback
+
+    from smoothkd.errors import one_line
 
     try:
         yield
@@ -74,8 +85,7 @@ def _one_line_errors(log: Path | None = None, verbose: bool = False):
         if verbose or log is None:
             raise
         logging.getLogger("smoothkd.cli").error("the command failed", exc_info=exc)
-        first = (str(exc).splitlines() or [""])[0]
-        _fail(f"{type(exc).__name__}: {first} (traceback in {log}; --verbose shows it)", code=1)
+        _fail(f"{type(exc).__name__}: {one_line(exc)} (traceback in {log}; --verbose shows it)", code=1)
 
 
 def _console(cfg, command: str, verbose: bool, zenml: bool = False) -> Path | None:
@@ -182,7 +192,8 @@ def sweep(
 
 @app.command()
 def ui(
-    config: Annotated[Path, typer.Option(help="Config whose MLflow store to serve")] = DEFAULT_CONFIG,
+    config: Annotated[Path | None, typer.Option(help=f"Config whose MLflow store to serve{DEFAULT_HELP}")
+                      ] = None,
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1")] = 5000,
     host: Annotated[str, typer.Option(help="Interface to bind (keep 127.0.0.1 unless you mean it)")
                     ] = "127.0.0.1",
@@ -190,7 +201,7 @@ def ui(
     """Serve the MLflow UI on the store the pipeline wrote to."""
     from smoothkd.config import output_root, tracking_uri
 
-    cfg = _load(config if config.exists() else None, None)
+    cfg = _load(_named_or_default(config), None)
     uri = tracking_uri(cfg)
     typer.echo(f"MLflow UI for {uri} at http://{host}:{port}  (Ctrl-C to stop)")
     sys.stdout.flush()
@@ -201,16 +212,17 @@ def ui(
     os.execv(sys.executable, cmd)
 
 
-ConfigOpt = Annotated[Path, typer.Option("--config", help="Config giving the MLflow store and gate")]
+ConfigOpt = Annotated[Path | None, typer.Option(
+    "--config", help=f"Config giving the MLflow store and gate{DEFAULT_HELP}")]
 TrackingOpt = Annotated[str | None, typer.Option("--tracking-uri", help="MLflow store (default: config's)")]
 
 
-def _registry_client(config: Path, set_: list[str] | None, uri: str | None):
+def _registry_client(config: Path | None, set_: list[str] | None, uri: str | None):
+    cfg = _load(_named_or_default(config), set_)  # a bad config stops before MLflow loads
     from mlflow import MlflowClient
 
     from smoothkd.config import tracking_uri
 
-    cfg = _load(config if config.exists() else None, set_)
     return cfg, MlflowClient(uri or tracking_uri(cfg))
 
 
@@ -219,17 +231,19 @@ def _registry_errors(what: str):
     """An unknown model or version (or an unreachable store) is one line, not a traceback."""
     from mlflow.exceptions import MlflowException
 
+    from smoothkd.errors import one_line
+
     try:
         yield
     except MlflowException as err:
-        _fail(f"{what}: {err.message.splitlines()[0]}")
+        _fail(f"{what}: {one_line(err.message)}")
 
 
 @app.command()
 def models(
     name: Annotated[str | None, typer.Argument(help="Registered model (default: all)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output")] = False,
-    config: ConfigOpt = DEFAULT_CONFIG,
+    config: ConfigOpt = None,
     tracking_uri: TrackingOpt = None,
 ) -> None:
     """Registered versions with their aliases and gate verdicts, newest first."""
@@ -259,7 +273,7 @@ def models(
 def results(
     as_json: Annotated[bool, typer.Option("--json", help="{run, models: {NAME: {SPLIT: {METRIC: mean}}}}")
                        ] = False,
-    config: ConfigOpt = DEFAULT_CONFIG,
+    config: ConfigOpt = None,
     set_: SetOpt = None,
     tracking_uri: TrackingOpt = None,
 ) -> None:
@@ -272,13 +286,14 @@ def results(
     from smoothkd.report import means_by_split
     from smoothkd.tracking import latest_results
 
-    cfg = _load(config if config.exists() else None, set_)
+    config = _named_or_default(config)
+    cfg = _load(config, set_)
     uri = tracking_uri or store_of(cfg)
     with _registry_errors("results"):
         found = latest_results(uri, cfg.tracking.experiment_name)
     if found is None:
         _fail(f"no finished pipeline run in experiment {cfg.tracking.experiment_name} of {uri}: "
-              f"run `smoothkd run {config}` first", code=1)
+              f"run `smoothkd run {config or DEFAULT_CONFIG}` first", code=1)
     run_name, record = found
     if as_json:
         summary = {"run": run_name, "models": means_by_split(record.models)}
@@ -295,9 +310,10 @@ def promote(
     version: Annotated[str, typer.Argument(help="Version to judge and promote")],
     force: Annotated[bool, typer.Option(help="Promote even if the gate fails (recorded in tags)")] = False,
     reason: Annotated[str, typer.Option(help="Why (recorded with --force)")] = "",
-    config: ConfigOpt = DEFAULT_CONFIG,
+    config: ConfigOpt = None,
     set_: SetOpt = None,
     tracking_uri: TrackingOpt = None,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Re-run the promotion gate for an existing version; move `champion` to it if it passes."""
     from smoothkd.registry.promote import repromote
@@ -306,6 +322,9 @@ def promote(
     cfg, client = _registry_client(config, set_, tracking_uri)
     if force and not reason:
         _fail("--force needs --reason: it is recorded on the version")
+    # Reading the candidate and the champion from the registry (and re-evaluating one) is library chatter
+    # and a download bar per artifact: the verdict is what the console shows.
+    _console(cfg, "promote", verbose)
     store = client.tracking_uri
     with _registry_errors(f"{name} v{version}"):
         record = repromote(client, cfg.promotion, cfg.eval, name, version, store, force, reason,
@@ -422,18 +441,18 @@ def teacher_check(config: ConfigArg, set_: SetOpt = None, verbose: VerboseOpt = 
 
 StackSetOpt = Annotated[list[str] | None, typer.Option(
     "--set", help="Override a definition key: components.TYPE.configuration.KEY=VALUE (repeatable)")]
-StackConfigOpt = Annotated[Path, typer.Option(
-    help="Run config whose output_dir holds the local stack's ZenML state and MLflow store")]
+StackConfigOpt = Annotated[Path | None, typer.Option(
+    help=f"Run config whose output_dir holds the local stack's ZenML state and MLflow store{DEFAULT_HELP}")]
 
 
 @stack_app.command("up")
 def stack_up(
     name: Annotated[str, typer.Argument(help="A definition in infra/stacks (see `stack list`) or YAML file")],
     set_: StackSetOpt = None,
-    config: StackConfigOpt = DEFAULT_CONFIG,
+    config: StackConfigOpt = None,
 ) -> None:
     """Register missing components, update changed ones, create and activate stack NAME (idempotent)."""
-    cfg = _load(config if config.exists() else None, None)
+    cfg = _load(_named_or_default(config), None)
     from pipelines.runner import configure_zenml_env
     from smoothkd.config import tracking_uri
 

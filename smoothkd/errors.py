@@ -71,3 +71,13 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
 GATE_REJECTIONS: dict[type[BaseException], str] = {
     DataValidationError: "data validation", TeacherRejectedError: "teacher calibration",
 }
+
+
+def one_line(error: BaseException | str, limit: int | None = None) -> str:
+    """The first non-blank line of `error`'s message (or of a text), stripped; "" when there is none.
+
+    Library messages run on (SQL, a worker's traceback, GX's exception text): a one-line report keeps
+    their first line. Past `limit` characters it is cut, ending in "...".
+    """
+    line = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
+    return line if limit is None or len(line) <= limit else line[: limit - 3] + "..."

@@ -12,6 +12,7 @@ from smoothkd.artifacts import (
     Gates,
     ModelResult,
     Results,
+    model_label,
 )
 from smoothkd.config import UNRELIABLE_SUFFIX, EvalConfig
 from smoothkd.registry.gate import Candidate, paired_difference
@@ -39,7 +40,7 @@ def paired_deltas(students: list[EvaluatedModel], eval_cfg: EvalConfig) -> dict[
                 if ci is not None:
                     name = f"{split}/{metric}"
                     flat |= {name: ci.mean, f"{name}_ci_low": ci.low, f"{name}_ci_high": ci.high}
-        deltas[f"{kd.role.removeprefix('student_')} - sft"] = flat
+        deltas[f"{model_label(kd.role)} - sft"] = flat
     return deltas
 
 
@@ -50,7 +51,7 @@ def build_results(teacher: EvaluatedModel, students: list[EvaluatedModel], decis
     by_candidate = {d.candidate: d for d in decisions}
     models = []
     for s in [teacher, *students]:
-        decision = by_candidate.get(s.role.removeprefix("student_"))
+        decision = by_candidate.get(model_label(s.role))
         models.append(ModelResult(role=s.role, alpha=s.alpha, path=s.path, parameters=s.parameters,
                                   metrics=dict(sorted(s.metrics.items())), cached=s.cached,
                                   train_seconds=s.train_seconds, run_id=s.run_id,

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from smoothkd.artifacts import TRAIN_RECORD, Evaluation, ModelArtifact
+from smoothkd.artifacts import TRAIN_RECORD, Evaluation, ModelArtifact, student_role
 from smoothkd.config import RunConfig, output_root
 from smoothkd.data.dataset import (
     EVAL_KINDS,
@@ -247,7 +247,7 @@ def train_student(cfg: RunConfig, data_dir: str | Path, tokenizer_ref: str | Pat
     record = out / TRAIN_RECORD
     if record.exists():
         return ModelArtifact(**{**read_json(record), "cached": True})
-    return _train(cfg, "student", f"student_{name}", tokenizer_ref, data_dir, out, alpha=alpha,
+    return _train(cfg, "student", student_role(name), tokenizer_ref, data_dir, out, alpha=alpha,
                   labels_dir=labels_dir, teacher_path=teacher_path,
                   calibration_temperature=calibration_temperature,
                   work_key=teacher_ref)
@@ -314,7 +314,7 @@ def champion_reevaluator(cfg: RunConfig, store_uri: str, name: str | None = None
     any evaluation. The `reevaluate` callable `smoothkd.registry.promote` takes."""
     from mlflow.exceptions import MlflowException
 
-    from smoothkd.errors import EvaluationModelError
+    from smoothkd.errors import EvaluationModelError, one_line
     from smoothkd.registry.download import resolve_model_ref
     from smoothkd.registry.gate import Candidate
     from smoothkd.registry.identity import DETECTOR_METRICS, EvalIdentity
@@ -334,7 +334,7 @@ def champion_reevaluator(cfg: RunConfig, store_uri: str, name: str | None = None
             result = evaluate_model(local, model_dir, like.data_dir, detector, progress=False,
                                     label=f"{name} v{champion.version}")
         except (EvaluationModelError, MlflowException, OSError, ValueError, RuntimeError) as err:
-            raise ReevaluationError(f"v{champion.version}: {str(err).splitlines()[0]}") from None
+            raise ReevaluationError(f"v{champion.version}: {one_line(err)}") from None
         return Candidate(champion.name, champion.alpha, result.metrics, result.per_example,
                          champion.version, EvalIdentity.from_dict(result.identity))
 

@@ -14,7 +14,7 @@ import mlflow
 from mlflow.entities import Metric, RunTag
 
 from smoothkd.artifacts import Results
-from smoothkd.errors import GATE_REJECTIONS, USER_ERRORS
+from smoothkd.errors import GATE_REJECTIONS, USER_ERRORS, one_line
 
 # The markdown description the MLflow UI shows on a run's page.
 NOTE_TAG = "mlflow.note.content"
@@ -115,7 +115,7 @@ def stop_tags(step: str, error: BaseException) -> dict[str, str]:
     """Where and why `error` stopped a run at `step`: outcome, step, the one-line error, and a note that
     reads as a gate's rejection when a gate refused (GATE_REJECTIONS), as a failure otherwise."""
     gate = next((name for kind, name in GATE_REJECTIONS.items() if isinstance(error, kind)), None)
-    first = (str(error).strip().splitlines() or [""])[0]
+    first = one_line(error)
     line = first if isinstance(error, USER_ERRORS) else f"{type(error).__name__}: {first}"
     heading = (f"Rejected by the {gate} gate at step `{step}`" if gate else f"Failed at step `{step}`")
     return {OUTCOME_TAG: "rejected" if gate else "failed", STOPPED_AT_TAG: step,

@@ -7,7 +7,7 @@ from typing import Annotated
 import mlflow
 from zenml import log_metadata, step
 
-from smoothkd.artifacts import DetectorFit, EvaluatedModel, ModelSummary
+from smoothkd.artifacts import DetectorFit, EvaluatedModel, ModelSummary, model_label
 from smoothkd.config import RunConfig
 from smoothkd.registry.identity import IDENTITY_ARTIFACT
 from smoothkd.registry.store import PER_EXAMPLE_ARTIFACT
@@ -25,7 +25,7 @@ def evaluate(config: dict, dataset_dir: str, model_summary: ModelSummary, detect
     localization tables (cached by model, data, evaluation config and detector)."""
     cfg = RunConfig.model_validate(config)
     result = evaluate_model(cfg, model_summary.path, dataset_dir, detector.path or None,
-                            label=model_summary.role.removeprefix("student_"))
+                            label=model_label(model_summary.role))
     client, run_id = mlflow.MlflowClient(), model_summary.run_id
     if detector.path:
         unreliable = result.factual_rate_unreliable

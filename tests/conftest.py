@@ -3,10 +3,14 @@
 Set before any test module imports `datasets`, `transformers` or `zenml`, which read these at import.
 """
 
+import contextlib
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+import pytest
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -20,6 +24,46 @@ os.environ["ZENML_ANALYTICS_OPT_IN"] = "false"
 os.environ["ZENML_LOGGING_VERBOSITY"] = "WARN"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
 os.environ["MLFLOW_ENABLE_TELEMETRY"] = "false"
+
+# What MLflow reads for the store and experiment a bare `mlflow.*` call uses; it sets them itself too, so
+# that subprocesses inherit its process-wide tracking URI and active experiment.
+MLFLOW_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME")
+
+
+@contextlib.contextmanager
+def mlflow_state_restored():
+    """Leave MLflow's process-wide tracking URI and active experiment (and MLFLOW_ENV) as found, whoever set
+    them inside: the test, or code it ran (a ZenML step, `mlflow.set_experiment`). MLflow is looked at only
+    once something imported it, so tests that never do pay nothing."""
+    env = {name: os.environ.get(name) for name in MLFLOW_ENV}
+    experiment = active_experiment()
+    try:
+        yield
+    finally:
+        if "mlflow" in sys.modules:
+            import mlflow
+            from mlflow.tracking import fluent
+
+            mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])  # None: unset, MLflow's default store
+            fluent._active_experiment_id = experiment  # no public way back to "none set"
+        for name, value in env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@pytest.fixture(autouse=True)
+def restore_mlflow_state():
+    """No test depends on a store or experiment an earlier test pointed MLflow at."""
+    with mlflow_state_restored():
+        yield
+
+
+def active_experiment() -> str | None:
+    """The experiment id `mlflow.set_experiment` made active in this process, if MLflow is loaded."""
+    fluent = sys.modules.get("mlflow.tracking.fluent")
+    return fluent._active_experiment_id if fluent else None
 
 
 def corpus_and_tokenizer(root: Path, seed: int, n_instruction: int, vocab_size: int, n_eval: int = 4,

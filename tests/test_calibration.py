@@ -65,6 +65,14 @@ def test_calibrated_logits_have_low_ece_and_scaled_ones_are_rejected():
     assert _measure(logits * 3, labels, temperature=3.0).ece == pytest.approx(good.ece, abs=1e-9)
 
 
+def test_no_token_is_no_measurement():
+    """Zeros would read as a perfectly calibrated teacher."""
+    acc = CalibrationAccumulator()
+    acc.update(torch.zeros(0, 5), torch.zeros(0, dtype=torch.long))
+    with pytest.raises(ValueError, match="no token"):
+        acc.compute()
+
+
 def test_temperature_fit_recovers_a_known_scale():
     logits, labels = _calibrated(n=20_000, seed=1)
     assert fit_temperature((logits * 3).float(), labels) == pytest.approx(3.0, rel=0.05)
@@ -219,6 +227,15 @@ def test_given_calibration_temperature_is_the_remedy_the_gate_judges(rejected_ru
     result = _check(out_dir, OVERCONFIDENT, "calibration.temperature=30")
     assert result.exit_code == 0, result.output
     assert "calibration gate passed" in result.output and "temperature 30" in result.output
+
+
+def test_a_window_the_prompts_fill_leaves_the_gate_nothing_to_judge_and_it_says_so(out_dir):
+    """Prompts of the tiny corpus are longer than 16 tokens: no held-out response token is in the window."""
+    result = _check(out_dir, "teacher.train.max_length=16", "teacher.train.max_prompt_length=16")
+    assert result.exit_code == 2, result.output
+    [line] = [line for line in result.output.splitlines() if line.startswith("error: ")]
+    assert "held-out (validation) rows" in line and "teacher.train.max_length=16" in line
+    assert "teacher.train.max_prompt_length=16" in line and "Traceback" not in result.output
 
 
 def test_a_fitted_and_a_given_calibration_temperature_are_refused_together():

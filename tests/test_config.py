@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -69,3 +70,34 @@ def test_cli_reports_config_errors_in_one_line(tmp_path, args, expected):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and expected in lines[0], proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
+
+
+@pytest.mark.parametrize("args", [["promote", "smoothkd-student", "1"], ["models"], ["results"], ["ui"],
+                                  ["stack", "up", "local"]], ids=lambda a: a[0])
+def test_a_named_config_that_does_not_exist_stops_every_command(tmp_path, monkeypatch, args):
+    """Not the defaults' gate and store in its place: one line naming the file, exit 2."""
+    from typer.testing import CliRunner
+
+    from smoothkd.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(os, "execv", lambda *a: pytest.fail("`ui` started a server"))
+    result = CliRunner().invoke(app, [*args, "--config", "nope.yaml"])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == ["error: config file not found: nope.yaml"]
+
+
+def test_an_unnamed_config_is_the_demo_config_where_it_exists_else_the_defaults(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from smoothkd.cli import DEFAULT_CONFIG, app
+
+    monkeypatch.chdir(tmp_path)
+    store = ["--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
+    DEFAULT_CONFIG.parent.mkdir(parents=True)
+    DEFAULT_CONFIG.write_text("tracking:\n  experiment_name: from-the-demo-config\n")
+    read = CliRunner().invoke(app, ["results", *store])
+    assert read.exit_code == 1 and "experiment from-the-demo-config of" in read.output, read.output
+    DEFAULT_CONFIG.unlink()  # outside a checkout: the built-in defaults
+    read = CliRunner().invoke(app, ["results", *store])
+    assert read.exit_code == 1 and f"experiment {RunConfig().tracking.experiment_name} of" in read.output

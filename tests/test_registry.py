@@ -10,6 +10,7 @@ from pathlib import Path
 import mlflow
 import pytest
 import torch
+import yaml
 from conftest import corpus_and_tokenizer
 from typer.testing import CliRunner
 
@@ -93,6 +94,17 @@ def test_scores_of_other_rows_or_scorers_are_never_paired_by_id():
                                                       champion=champion).criteria[-1].detail
 
 
+def test_a_students_role_and_its_label_in_tables_and_the_registry_are_one_name():
+    from smoothkd.artifacts import EvaluatedModel, model_label, student_role
+    from smoothkd.stages import student_name
+
+    for alpha, label in ((0.0, "sft"), (0.1, "kd_a0.1"), (1.0, "kd_a1")):
+        role = student_role(student_name(alpha))
+        assert role == f"student_{label}" and model_label(role) == label
+        assert Candidate.from_summary(EvaluatedModel("m", role, 1, alpha=alpha)).name == label
+    assert model_label("teacher") == "teacher"
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("registry")
@@ -123,7 +135,7 @@ def _cfg(world, name, **promotion) -> RunConfig:
                      tracking={"tracking_uri": world["uri"], "experiment_name": "registry-test"})
 
 
-def test_register_gate_promote_refuse_and_force(world):
+def test_register_gate_promote_refuse_and_force(world, monkeypatch):
     client = mlflow.MlflowClient(world["uri"])
     cfg = _cfg(world, "student")
     first = [_logged(world, candidate("sft", 70, alpha=0)), _logged(world, candidate("kd_a0.1", 88))]
@@ -161,20 +173,33 @@ def test_register_gate_promote_refuse_and_force(world):
     # reaching the store through --tracking-uri alone (nothing process-wide points there).
     mlflow.set_tracking_uri(f"sqlite:///{world['root'] / 'elsewhere.db'}")
     cli_args = ["--tracking-uri", world["uri"]]
+    config = world["root"] / "student.yaml"  # the gate judged with above (its output_dir takes the log)
+    config.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    promote_args = [*cli_args, "--config", str(config)]
     shown = CliRunner().invoke(app, ["models", "student", "--json", *cli_args])
     assert shown.exit_code == 0, shown.output
     listed = {row["version"]: row for row in json.loads(shown.output)}
     assert listed["2"]["aliases"] == ["champion"] and listed["3"]["gate"] == "failed gate"
-    refused = CliRunner().invoke(app, ["promote", "student", "3", *cli_args, "--set",
-                                       f"output_dir={world['root']}", "--set", "eval.splits=[cnndm]"])
-    assert refused.exit_code == 1 and "failed gate" in refused.output
-    forced = CliRunner().invoke(app, ["promote", "student", "3", "--force", "--reason", "hotfix", *cli_args])
+    refused = CliRunner().invoke(app, ["promote", "student", "3", *promote_args])
+    assert refused.exit_code == 1
+    last = refused.output.splitlines()[-1]
+    assert last == "student v3: failed gate: cnndm/factual_consistency vs champion v2"
+    forced = CliRunner().invoke(app, ["promote", "student", "3", "--force", "--reason", "hotfix",
+                                      *promote_args])
     assert forced.exit_code == 0, forced.output
     assert champion_version(client, "student") == "3"
     tags = client.get_model_version("student", "3").tags
     assert tags["promotion.reason"] == "hotfix" and tags["promotion.forced_by"]
     assert [r["version"] for r in list_versions(client, "student")] == ["3", "2", "1"]
-    unknown = CliRunner().invoke(app, ["promote", "student", "99", *cli_args])
+    # v1 judged against today's champion: the gate's verdict and the criteria it failed come first; that v3
+    # is newer is a second reason. The registry reads show no download bars (a fresh process has none set).
+    monkeypatch.delenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", raising=False)
+    old = CliRunner().invoke(app, ["promote", "student", "1", *promote_args])
+    assert old.exit_code == 1
+    assert old.output.splitlines()[-1] == ("student v1: failed gate: cnndm/factual_consistency, "
+                                           "cnndm/factual_consistency vs champion v3; also newer champion v3")
+    assert "Downloading artifacts" not in old.output and "log: " in old.output
+    unknown = CliRunner().invoke(app, ["promote", "student", "99", *promote_args])
     assert unknown.exit_code == 2 and "student v99" in unknown.output and "Traceback" not in unknown.output
 
 

@@ -1,9 +1,12 @@
 """What runs record about themselves: names, params without secrets, stop tags, the pipeline run's note."""
 
+import os
+
 import mlflow
+from conftest import MLFLOW_ENV, active_experiment, mlflow_state_restored
 
 from smoothkd.artifacts import GateDecision, ModelResult, Results
-from smoothkd.errors import DataValidationError, TeacherRejectedError
+from smoothkd.errors import DataValidationError, TeacherRejectedError, one_line
 from smoothkd.report import Grid, run_note
 from smoothkd.tracking import (
     ERROR_TAG,
@@ -37,6 +40,15 @@ def test_a_gate_refusal_reads_as_a_rejection_anything_else_as_a_failure():
     crashed = stop_tags("student_sft", KeyError("weights"))
     assert crashed[OUTCOME_TAG] == "failed" and crashed[ERROR_TAG] == "KeyError: 'weights'"
     assert crashed[NOTE_TAG].startswith("**Failed at step `student_sft`**")
+    # A message that opens with a blank line (SQL, a worker's traceback) still gives its first words.
+    blank_first = stop_tags("register", RuntimeError("\n  (sqlite3.OperationalError) locked  \n[SQL: ...]"))
+    assert blank_first[ERROR_TAG] == "RuntimeError: (sqlite3.OperationalError) locked"
+
+
+def test_one_line_is_the_first_non_blank_line_cut_at_its_limit():
+    assert one_line("") == one_line(KeyError()) == ""
+    assert one_line(ValueError("a\nb")) == "a" and one_line("x" * 10, limit=10) == "x" * 10
+    assert one_line("x" * 11, limit=10) == "x" * 7 + "..."
 
 
 def test_stop_is_recorded_on_the_step_run_and_its_pipeline_run(tmp_path):
@@ -148,3 +160,16 @@ def test_a_format_1_results_json_reads_back_from_the_store(tmp_path):
         "student detector (factual rate): disabled, no factual rate for these models (reason not recorded)"]
     # A record written now reads back as the same record.
     assert Results.from_dict(json.loads(json.dumps(results.to_dict()))) == results
+
+
+def test_a_store_and_experiment_a_test_points_mlflow_at_do_not_outlive_it(tmp_path):
+    """What the autouse fixture does around every test: the next test finds MLflow as this one found it."""
+    def state():
+        return mlflow.get_tracking_uri(), active_experiment(), {n: os.environ.get(n) for n in MLFLOW_ENV}
+
+    before = state()
+    with mlflow_state_restored():
+        mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'leaked.db'}")
+        leaked = mlflow.set_experiment("leaked").experiment_id
+        assert os.environ["MLFLOW_TRACKING_URI"].endswith("leaked.db") and active_experiment() == leaked
+    assert state() == before

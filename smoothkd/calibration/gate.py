@@ -19,7 +19,7 @@ from smoothkd.calibration.metrics import CalibrationAccumulator, CalibrationMetr
 from smoothkd.calibration.plot import reliability_diagram
 from smoothkd.calibration.temperature import fit_temperature
 from smoothkd.config import CalibrationConfig, ConfigError, ModelConfig
-from smoothkd.data.tokenize import CausalLMCollator, encode_instruction_rows
+from smoothkd.data.tokenize import IGNORE_INDEX, CausalLMCollator, encode_instruction_rows
 from smoothkd.io import atomic_dir, write_json
 from smoothkd.modeling.models import load_causal_lm, resolve_device, response_logits
 
@@ -91,6 +91,12 @@ def gate_checks(metrics: CalibrationMetrics, cfg: CalibrationConfig) -> list[Gat
             if limit is not None]
 
 
+def tokens_in_window(examples: list[dict[str, list[int]]], max_length: int) -> int:
+    """Response tokens within the first `max_length` positions. A prompt that fills the window leaves its
+    response only the one token `encode_pair` keeps past it: a measure of the cut, not of the response."""
+    return sum(label != IGNORE_INDEX for e in examples for label in e["labels"][:max_length])
+
+
 def response_logit_batches(model, examples: list[dict], pad_token_id: int, batch_size: int,
                            max_tokens: int | None = None, logit_scale: float = 1.0,
                            vocab_size: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -126,10 +132,16 @@ def calibrate_teacher(c: CalibrationConfig, t: ModelConfig, held_out: list[dict]
     """
     rows = held_out[: c.max_examples]
     if len(rows) < (2 if c.fit_temperature else 1):
-        raise ConfigError(f"calibration: the held-out split has {len(rows)} rows; raise "
+        raise ConfigError(f"calibration: the held-out (validation) split has {len(rows)} rows; raise "
                           "data.validation_fraction")
+    train = t.train
+    examples = encode_instruction_rows(tokenizer, rows, train.max_length, train.max_prompt_length)
+    if tokens_in_window(examples, train.max_length) == 0:  # else the gate would judge nothing and pass
+        raise ConfigError(f"calibration: no response token of the {len(rows)} held-out (validation) rows "
+                          f"is within teacher.train.max_length={train.max_length}: their prompts fill it "
+                          f"(teacher.train.max_prompt_length={train.max_prompt_length}); raise max_length "
+                          f"above the prompts or lower max_prompt_length")
     model = load_causal_lm(teacher_dir, t).to(resolve_device(device)).eval()
-    examples = encode_instruction_rows(tokenizer, rows, t.train.max_length, t.train.max_prompt_length)
 
     def batches(part: list[dict], max_tokens: int | None):
         return response_logit_batches(model, part, tokenizer.pad_token_id, c.batch_size, max_tokens,

@@ -79,8 +79,10 @@ class CalibrationAccumulator:
         self._correct.append(correct.bool())
 
     def compute(self) -> CalibrationMetrics:
-        """Metrics over every token seen so far."""
-        n = max(self.n_tokens, 1)
+        """Metrics over every token seen so far; none is an error (its zeros would read as perfect)."""
+        if self.n_tokens == 0:
+            raise ValueError("calibration metrics of no token: callers check that their data has responses")
+        n = self.n_tokens
         filled = self.counts.clamp(min=1)
         bin_acc = self.correct_sums / filled
         bin_conf = self.conf_sums / filled
@@ -97,8 +99,6 @@ class CalibrationAccumulator:
 
     def _adaptive_ece(self) -> float:
         """ECE over equal-mass bins: tokens sorted by confidence, cut into n_bins near-equal groups."""
-        if not self._confidences:
-            return 0.0
         conf = torch.cat(self._confidences)
         correct = torch.cat(self._correct).double()
         order = torch.sort(conf, stable=True).indices

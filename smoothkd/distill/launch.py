@@ -31,7 +31,7 @@ from pydantic import BaseModel
 from smoothkd import config
 from smoothkd.distill.jobs import precompute_teacher_labels, train_model
 from smoothkd.distill.runtime import on_cpu
-from smoothkd.errors import USER_ERRORS, LaunchError
+from smoothkd.errors import USER_ERRORS, LaunchError, one_line
 from smoothkd.io import atomic_write_text, read_json, write_json
 
 
@@ -107,9 +107,8 @@ def _worker_error(errors: list[dict], label: str, log_file: Path) -> Exception:
     error = min(errors, key=lambda e: (e["type"] not in user_errors, e["time"]))
     if error["type"] in user_errors:
         return user_errors[error["type"]](error["message"])
-    first_line = (error["message"].strip().splitlines() or [""])[0]
-    return LaunchError(f"{label}: rank {error['rank']} failed: {error['type']}: {first_line}; "
-                       f"log: {log_file}")
+    return LaunchError(f"{label}: rank {error['rank']} failed: {error['type']}: "
+                       f"{one_line(error['message'])}; log: {log_file}")
 
 
 def _section(type_name: str, dump: dict) -> BaseModel:

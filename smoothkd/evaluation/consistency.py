@@ -41,7 +41,7 @@ from transformers.utils import cached_file
 
 from smoothkd.config import EvalConfig
 from smoothkd.data.corpus import load_lexicon
-from smoothkd.errors import EvaluationModelError
+from smoothkd.errors import EvaluationModelError, one_line
 from smoothkd.evaluation.facts import FactCheck, score_facts, sentence_spans, split_sentences
 from smoothkd.io import read_json
 from smoothkd.modeling.models import resolve_device
@@ -69,14 +69,9 @@ class ConsistencyScorer(Protocol):
         ...
 
 
-def _one_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    text = lines[0] if lines else type(exc).__name__
-    return text if len(text) <= 300 else text[:297] + "..."
-
-
 def _fail(key: str, what: str, exc: BaseException) -> EvaluationModelError:
-    return EvaluationModelError(f"{key}: cannot load {what}: {_one_line(exc)}")
+    reason = one_line(exc, limit=300) or type(exc).__name__
+    return EvaluationModelError(f"{key}: cannot load {what}: {reason}")
 
 
 class FactPrecisionScorer:

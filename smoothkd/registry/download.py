@@ -5,7 +5,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from smoothkd.errors import EvaluationModelError
+from smoothkd.errors import EvaluationModelError, one_line
 from smoothkd.io import atomic_dir
 
 
@@ -33,7 +33,7 @@ def resolve_model_ref(ref: str, tracking_uri: str, cache_dir: Path) -> Path:
             client.get_model_version(name, version)
     except mlflow.exceptions.MlflowException as err:
         raise EvaluationModelError(f"--model {ref}: not in the registry at {tracking_uri} "
-                                   f"({str(err).splitlines()[0]})") from err
+                                   f"({one_line(err)})") from err
     out = cache_dir / f"{name}-v{version}"
     if not (out / "config.json").exists():
         # Fetched through this config's store, leaving the process-wide tracking URI alone.

@@ -14,7 +14,7 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from smoothkd.artifacts import EvaluatedModel
+from smoothkd.artifacts import EvaluatedModel, model_label
 from smoothkd.config import UNRELIABLE_SUFFIX, EvalConfig, PromotionConfig
 from smoothkd.registry.identity import EvalIdentity
 
@@ -36,7 +36,7 @@ class Candidate:
     @classmethod
     def from_summary(cls, summary: EvaluatedModel) -> Candidate:
         """The candidate an evaluated model summary (a pipeline step's output) describes."""
-        return cls(summary.role.removeprefix("student_"), summary.alpha or 0.0, summary.metrics,
+        return cls(model_label(summary.role), summary.alpha or 0.0, summary.metrics,
                    summary.per_example, identity=EvalIdentity.from_dict(summary.identity))
 
     def differences(self, other: Candidate, splits: list[str], metrics: list[str]) -> list[str]:

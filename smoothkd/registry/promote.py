@@ -106,14 +106,17 @@ class _Champions:
 
 
 def _outcome(decision: Decision, result: Outcome | None) -> str:
-    """The outcome line of a decision; `result` is the alias outcome of the one candidate promoted."""
+    """The outcome line of a decision; `result` is the alias outcome of the one candidate offered for
+    promotion. The gate's verdict comes first: a refused version names the criteria it failed; a newer
+    champion, which would have kept it out anyway, is a second, separate reason."""
     if result is None:
         return "passed, not best" if decision.passed else "failed gate"
     if result.status in ("promoted", "unchanged"):
         return "champion (forced)" if result.detail == "forced" else "champion"
-    if result.status == "refused":
-        return "failed gate"
-    return f"passed, not promoted: {result.detail}"
+    if decision.passed:
+        return f"passed, not promoted: {result.detail}"
+    refused = f"failed gate: {', '.join(decision.failed_criteria)}"
+    return refused if result.status == "refused" else f"{refused}; also {result.detail}"
 
 
 class _Journal:

@@ -31,7 +31,7 @@ import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from smoothkd.errors import RegistryLockError
+from smoothkd.errors import RegistryLockError, one_line
 from smoothkd.registry.gate import Candidate, Decision
 from smoothkd.registry.identity import IDENTITY_ARTIFACT, EvalIdentity
 
@@ -174,7 +174,7 @@ def _postgres_lock(uri: str, name: str) -> Iterator[None]:
         raise RegistryLockError(f"promotion lock on {shown}: no Postgres driver ({err.name}); install "
                                 f"psycopg2-binary") from None
     except sqlalchemy.exc.SQLAlchemyError as err:
-        raise RegistryLockError(f"promotion lock on {shown}: {str(err).splitlines()[0]}") from None
+        raise RegistryLockError(f"promotion lock on {shown}: {one_line(err)}") from None
     key = advisory_key(name)
     try:
         connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": key})

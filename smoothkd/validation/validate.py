@@ -19,6 +19,7 @@ from great_expectations.data_context.types.base import (
 
 from smoothkd.config import ModelConfig, TrainConfig, ValidationConfig
 from smoothkd.data.dataset import EVAL_KINDS, read_split
+from smoothkd.errors import one_line
 from smoothkd.modeling.tokenizer import load_run_tokenizer
 from smoothkd.validation.features import (
     ROW_ID,
@@ -118,7 +119,7 @@ def _observed(result) -> str:
     errors = [info] if "raised_exception" in info else list(info.values())
     for error in errors:
         if isinstance(error, dict) and error.get("raised_exception"):
-            return "error: " + str(error.get("exception_message", "")).splitlines()[0][:200]
+            return "error: " + one_line(str(error.get("exception_message", "")), limit=200)
     res, kwargs = result.result, result.expectation_config.kwargs
     if "unexpected_count" in res:
         rate = res["unexpected_percent"] or 0.0
