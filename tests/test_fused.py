@@ -197,7 +197,8 @@ def _lora_on_the_head(world):
 @pytest.mark.parametrize(("build", "why"), [
     (lambda w: _tiny_llama(w, KeepsAllLogits), "KeepsAllLogits.forward takes no logits_to_keep"),
     (lambda w: _tiny_llama(w, OwnDecoder), "OwnDecoder has no separate decoder module"),
-    (_lora_on_the_head, "LlamaForCausalLM's output head is a Linear, not a plain Linear"),
+    (_lora_on_the_head,
+     "LlamaForCausalLM's output head is a peft.tuners.lora.layer.Linear, not a plain torch.nn.Linear"),
 ], ids=["no-logits_to_keep", "no-decoder", "lora-head"])
 def test_a_model_it_cannot_take_apart_trains_unfused_saying_why(world, caplog, build, why):
     model = build(world)
