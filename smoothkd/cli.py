@@ -381,7 +381,11 @@ def data_generate(
     """Write the embedded grounded-news corpus (instruction, cnndm, xsum splits + gold facts)."""
     from smoothkd.data.corpus import generate_corpus
 
-    manifest = generate_corpus(out, seed=seed, n_instruction=n_instruction, n_cnndm=n_cnndm, n_xsum=n_xsum)
+    try:
+        manifest = generate_corpus(out, seed=seed, n_instruction=n_instruction, n_cnndm=n_cnndm,
+                                   n_xsum=n_xsum)
+    except OSError as err:  # OUT is a file, or not writable
+        _fail(f"cannot write the corpus into {out}: {err.strerror or err}")
     counts = ", ".join(f"{k}={v}" for k, v in manifest["counts"].items())
     typer.echo(f"wrote {out} ({counts})")
 

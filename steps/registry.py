@@ -22,22 +22,17 @@ from steps.tracking import ON_PIPELINE_RUN
 logger = get_logger(__name__)
 
 
-def _stack_registry_hooks(name: str):
-    """Register and move the alias through the stack's MLflow model registry (ZenML maps PRODUCTION to the
-    alias `champion`); plain MLflow when the stack has no model registry."""
-    registry = Client().active_stack.model_registry
-    if registry is None:
-        return None, None
+def registry_hooks(registry, name: str, store_uri: str, run_name: str, pipeline_name: str | None):
+    """(register, set_alias) for `register_and_promote` through ZenML's MLflow model registry `registry`
+    on the MLflow store `store_uri`: versions tagged with the ZenML run, the alias moved as ZenML's stage
+    PRODUCTION (`champion`)."""
     # The component caches an MLflow client configured from the stack it was first built with; in a process
     # that already ran the pipeline on another store (tests, notebooks) that client points at the old one.
-    # This step's tracker has configured MLflow for this run: bind the registry to the same store.
-    registry._client = mlflow.MlflowClient(mlflow.get_tracking_uri())
-    run = get_step_context().pipeline_run
+    registry._client = mlflow.MlflowClient(store_uri)
 
     def register(model_name: str, uri: str, run_id: str, tags: dict[str, str]) -> str:
-        metadata = ModelRegistryModelMetadata(mlflow_run_id=run_id, zenml_run_name=run.name,
-                                              zenml_pipeline_name=run.pipeline.name if run.pipeline else None,
-                                              **tags)
+        metadata = ModelRegistryModelMetadata(mlflow_run_id=run_id, zenml_run_name=run_name,
+                                              zenml_pipeline_name=pipeline_name, **tags)
         version = registry.register_model_version(model_name, model_source_uri=uri, metadata=metadata)
         return str(version.version)
 
@@ -45,6 +40,17 @@ def _stack_registry_hooks(name: str):
         registry.update_model_version(name, version, stage=ModelVersionStage.PRODUCTION)
 
     return register, set_alias
+
+
+def _stack_registry_hooks(name: str):
+    """The stack's model registry hooks (`registry_hooks`) on the store this step's tracker configured;
+    (None, None), plain MLflow, when the stack has no model registry."""
+    registry = Client().active_stack.model_registry
+    if registry is None:
+        return None, None
+    run = get_step_context().pipeline_run
+    return registry_hooks(registry, name, mlflow.get_tracking_uri(), run.name,
+                          run.pipeline.name if run.pipeline else None)
 
 
 def _mirror_in_model_control_plane(name: str, decisions: list[GateDecision]) -> None:

@@ -187,10 +187,14 @@ def test_hhem_layout_loads_into_stock_t5_and_scores_like_upstream(t5_dir, hhem_d
     assert scores[1] == pytest.approx(upstream(SENTENCES[1]), abs=1e-5)
 
 
-def test_stock_t5_directory_loads_as_hhem(t5_dir):
-    scorer = HHEMScorer(str(t5_dir), device="cpu")
-    score = scorer.score([SENTENCES[0]], [SUMMARY])[0]
-    assert 0.0 <= score <= 1.0
+def test_stock_t5_directory_loads_as_hhem(t5_dir, hhem_dir):
+    """A stock T5ForTokenClassification directory loads as is and scores exactly as the HHEM layout of the
+    same weights (checked against the upstream computation above), premise by premise."""
+    premises = [SENTENCES[0], SENTENCES[3], SOURCE]
+    expected = HHEMScorer(str(hhem_dir), max_length=48, device="cpu").score(premises, [SUMMARY] * 3)
+    assert len({round(s, 6) for s in expected}) == 3  # the premises matter: equal scores would be no check
+    scores = HHEMScorer(str(t5_dir), max_length=48, device="cpu").score(premises, [SUMMARY] * 3)
+    assert scores == pytest.approx(expected, abs=1e-6)
 
 
 def test_build_scorer_picks_each_scorer(nli_dir, hhem_dir, tmp_path):

@@ -248,3 +248,30 @@ def test_corpus_is_complete(tmp_path):
     generate_corpus(tmp_path, n_instruction=40, n_cnndm=8, n_xsum=8)
     (tmp_path / "lexicon.json").unlink()
     assert not corpus_is_complete(tmp_path)
+
+
+def test_data_generate_cli_writes_what_the_library_writes(tmp_path):
+    """`smoothkd data generate`: the same bytes as `generate_corpus` with the same seed and sizes; a path
+    that cannot be a directory is one line, exit 2."""
+    from typer.testing import CliRunner
+
+    from smoothkd.cli import app
+
+    sizes = {"instruction": 12, "cnndm": 4, "xsum": 5}
+    args = ["--seed", "3", *(a for k, n in sizes.items() for a in (f"--n-{k}", str(n)))]
+    shown = CliRunner().invoke(app, ["data", "generate", str(tmp_path / "cli"), *args])
+    assert shown.exit_code == 0, shown.output
+    assert shown.output.strip() == f"wrote {tmp_path / 'cli'} (instruction=12, cnndm=4, xsum=5)"
+    generate_corpus(tmp_path / "lib", seed=3, n_instruction=12, n_cnndm=4, n_xsum=5)
+    for name in ALL_FILES:
+        assert (tmp_path / "cli" / name).read_bytes() == (tmp_path / "lib" / name).read_bytes(), name
+    assert {k: len(read_jsonl(tmp_path / "cli" / f"{k}.jsonl")) for k in sizes} == sizes
+    other = CliRunner().invoke(app, ["data", "generate", str(tmp_path / "other"), *args[2:], "--seed", "4"])
+    assert other.exit_code == 0  # the seed is passed on: another seed, another corpus
+    cnndm = "cnndm.jsonl"
+    assert (tmp_path / "other" / cnndm).read_bytes() != (tmp_path / "cli" / cnndm).read_bytes()
+
+    (tmp_path / "taken").write_text("")
+    bad = CliRunner().invoke(app, ["data", "generate", str(tmp_path / "taken"), *args])
+    assert bad.exit_code == 2, bad.output
+    assert bad.output.strip() == f"error: cannot write the corpus into {tmp_path / 'taken'}: File exists"

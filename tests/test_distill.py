@@ -15,7 +15,7 @@ from transformers import TrainerCallback
 
 from smoothkd.config import DistillConfig, LoraSettings, TinyModelConfig, TrainConfig
 from smoothkd.data.tokenize import IGNORE_INDEX, encode_instruction_rows
-from smoothkd.distill.labels import LabelSpec, LabelStore, precompute_labels
+from smoothkd.distill.labels import FORMAT_VERSION, LabelSpec, LabelStore, precompute_labels
 from smoothkd.distill.trainer import (
     DistillCollator,
     DistillTrainer,
@@ -150,6 +150,55 @@ def test_interrupted_precompute_resumes_from_last_complete_shard(world, tmp_path
     resumed = store_for(world, tmp_path)
     assert resumed.teacher_forward_passes == 2  # only shard 2: 8 examples, batches of 4
     assert {p.name: p.read_bytes() for p in path.glob("shard-*.npz")} == reference
+
+
+def _one_line(err) -> str:
+    assert "\n" not in str(err.value)
+    return str(err.value)
+
+
+def test_unusable_label_stores_are_named_in_one_line(world, tmp_path):
+    """What a reader meets: an interrupted precompute (no manifest), a lost shard, a store of another
+    format, and labels asked for beyond the vocabulary; each a one-line error the CLI reports (exit 2)."""
+    from smoothkd.config import ConfigError
+    from smoothkd.errors import USER_ERRORS
+
+    result = store_for(world, tmp_path, top_k=8, encoding="compact")
+    path = tmp_path / "labels" / result.key
+    manifest = (path / "manifest.json").read_text()
+    (path / "manifest.json").unlink()
+    with pytest.raises(CorruptLabelStoreError) as err:
+        LabelStore(path)
+    assert _one_line(err) == f"label store {path} has no manifest (incomplete precompute)"
+
+    (path / "manifest.json").write_text(manifest)
+    shard = (path / "shard-00001.npz").read_bytes()
+    (path / "shard-00001.npz").unlink()
+    for read in (lambda: LabelStore(path), lambda: store_for(world, tmp_path, top_k=8, encoding="compact")):
+        with pytest.raises(CorruptLabelStoreError) as err:
+            read()
+        assert _one_line(err) == f"label shard missing: {path / 'shard-00001.npz'}"
+
+    (path / "shard-00001.npz").write_bytes(shard)
+    assert len(LabelStore(path)) == len(world["examples"])  # whole again: it reads
+    older = FORMAT_VERSION - 1
+    (path / "manifest.json").write_text(json.dumps({**json.loads(manifest), "format_version": older}))
+    with pytest.raises(CorruptLabelStoreError) as err:
+        LabelStore(path)
+    assert _one_line(err).startswith(
+        f"label store {path} has format {older}, this version reads {FORMAT_VERSION}; delete it")
+
+    for top_k in (VOCAB + 1, 10**6):
+        with pytest.raises(ConfigError) as err:
+            store_for(world, tmp_path / "too-many", top_k=top_k)
+        assert _one_line(err) == f"distill.top_k={top_k} exceeds the teacher vocabulary ({VOCAB})"
+    assert not (tmp_path / "too-many").exists()  # refused before anything is written
+    assert isinstance(err.value, USER_ERRORS)
+    # Cut to a shared tokenizer's length, the vocabulary is that length.
+    with pytest.raises(ConfigError, match=r"top_k=8 exceeds the teacher vocabulary \(5\)"):
+        precompute_labels(load_causal_lm(world["teacher"]), world["examples"], tmp_path / "cut",
+                          LabelSpec(top_k=8), {"teacher": "t"}, world["tokenizer"].pad_token_id,
+                          progress=False, vocab_size=5)
 
 
 def test_mismatched_tokenizers_fail_before_any_compute(world, tmp_path):

@@ -1,12 +1,21 @@
 """Fused LM-head loss: the same loss and gradients as the unfused path, and no [B, T, V] tensor."""
 
+import dataclasses
 import logging
 
 import pytest
 import torch
 from conftest import corpus_and_tokenizer
 from torch.utils._python_dispatch import TorchDispatchMode
-from transformers import Gemma2Config, Gemma2ForCausalLM, LlamaConfig, LlamaForCausalLM
+from transformers import (
+    AutoModelForCausalLM,
+    CohereConfig,
+    Gemma2Config,
+    Gemma2ForCausalLM,
+    GraniteConfig,
+    LlamaConfig,
+    LlamaForCausalLM,
+)
 
 from smoothkd.config import DistillConfig, TinyModelConfig, TrainConfig
 from smoothkd.data.tokenize import encode_instruction_rows
@@ -46,7 +55,7 @@ def step(world, model, fused, alpha=0.0, store=None, teacher=None, distill=None)
     model.zero_grad(set_to_none=True)
     loss = trainer.compute_loss(model, batch)
     loss.backward()
-    return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters()}, trainer
+    return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}, trainer
 
 
 def assert_same(a, b):
@@ -129,4 +138,72 @@ def test_a_head_it_cannot_reproduce_trains_unfused(world, caplog):
     with caplog.at_level(logging.WARNING, logger="smoothkd.distill.trainer"):
         fused = step(world, model, True, 0.3, store=world["store"])
     assert "head differs" in fused[2].fused_off and "trained unfused" in caplog.text
+    assert_same(fused, step(world, model, False, 0.3, store=world["store"]))
+
+
+@pytest.mark.parametrize(("config_class", "scaling", "scale"), [
+    (CohereConfig, {"logit_scale": 0.25}, 0.25),  # logits × logit_scale
+    (GraniteConfig, {"logits_scaling": 4.0}, 0.25),  # logits ÷ logits_scaling
+], ids=["cohere", "granite"])
+def test_cohere_and_granite_logit_scaling_is_reproduced(world, tmp_path, config_class, scaling, scale):
+    """Tiny Cohere and Granite checkpoints saved and loaded back like hub models: the fused head applies
+    their logit scaling (without it the head would not match), and fused equals unfused."""
+    tokenizer = world["tokenizer"]
+    config = config_class(vocab_size=VOCAB, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                          num_attention_heads=2, num_key_value_heads=1, pad_token_id=tokenizer.pad_token_id,
+                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, **scaling)
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "model")
+    model = load_causal_lm(tmp_path / "model")
+    assert type(model).__name__ == config_class.__name__.replace("Config", "ForCausalLM")
+    fused = fused_model(model, model)[0]
+    assert fused.scale == scale
+    ids = torch.tensor([world["examples"][0]["input_ids"]])
+    hidden, outputs = fused.forward({"input_ids": ids, "attention_mask": torch.ones_like(ids)})
+    assert fused.check(hidden, outputs) is None
+    assert "head differs" in dataclasses.replace(fused, scale=1.0).check(hidden, outputs)
+    result = step(world, model, True, 0.3, store=world["store"])
+    assert result[2].fused_off is None
+    assert_same(result, step(world, model, False, 0.3, store=world["store"]))
+
+
+class KeepsAllLogits(LlamaForCausalLM):
+    """A causal LM whose forward has no `logits_to_keep` (as older or custom architectures)."""
+
+    def forward(self, input_ids=None, attention_mask=None, **kwargs):
+        return super().forward(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+
+
+class OwnDecoder(LlamaForCausalLM):
+    """A causal LM that names itself as its decoder: no hidden states to take from a separate module."""
+
+    def get_decoder(self):
+        return self
+
+
+def _tiny_llama(world, model_class=LlamaForCausalLM):
+    config = LlamaConfig(vocab_size=VOCAB, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, pad_token_id=world["tokenizer"].pad_token_id)
+    torch.manual_seed(0)
+    return model_class(config)
+
+
+def _lora_on_the_head(world):
+    from peft import LoraConfig, get_peft_model
+
+    return get_peft_model(_tiny_llama(world), LoraConfig(r=2, target_modules=["q_proj", "lm_head"]))
+
+
+@pytest.mark.parametrize(("build", "why"), [
+    (lambda w: _tiny_llama(w, KeepsAllLogits), "KeepsAllLogits.forward takes no logits_to_keep"),
+    (lambda w: _tiny_llama(w, OwnDecoder), "OwnDecoder has no separate decoder module"),
+    (_lora_on_the_head,
+     "LlamaForCausalLM's output head is a peft.tuners.lora.layer.Linear, not a plain torch.nn.Linear"),
+], ids=["no-logits_to_keep", "no-decoder", "lora-head"])
+def test_a_model_it_cannot_take_apart_trains_unfused_saying_why(world, caplog, build, why):
+    model = build(world)
+    assert fused_model(model, model) == (None, why)
+    with caplog.at_level(logging.WARNING, logger="smoothkd.distill.trainer"):
+        fused = step(world, model, True, 0.3, store=world["store"])
+    assert fused[2].fused_off == why and f"trained unfused ([B, T, V] logits): {why}" in caplog.text
     assert_same(fused, step(world, model, False, 0.3, store=world["store"]))

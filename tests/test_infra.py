@@ -59,6 +59,23 @@ def test_the_three_stacks_are_defined():
     assert load_stack_definition("local").components["model_registry"].flavor == "mlflow"
 
 
+def test_stack_list_cli_shows_every_definition_with_its_flavors():
+    """`smoothkd stack list`: per file in infra/stacks, its ZenML stack and description, then each
+    component's type and flavor in the file's order."""
+    from typer.testing import CliRunner
+
+    from smoothkd.cli import app
+
+    shown = CliRunner().invoke(app, ["stack", "list"])
+    assert shown.exit_code == 0, shown.output
+    expected = []
+    for path in STACK_FILES:
+        raw = yaml.safe_load(path.read_text())
+        expected += [f"{path.stem}: {raw['name']} - {raw['description']}",
+                     "    " + ", ".join(f"{t}={c['flavor']}" for t, c in raw["components"].items())]
+    assert shown.output.splitlines() == expected
+
+
 @pytest.mark.parametrize("path", STACK_FILES, ids=ids(STACK_FILES))
 def test_stack_definition_validates_and_resolves(path):
     defn = load_stack_definition(path)

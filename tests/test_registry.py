@@ -116,15 +116,20 @@ def world(tmp_path_factory):
     return {"root": root, "uri": uri, "model_dir": model_dir, "corpus": root / "corpus"}
 
 
+def _log_candidate(cand: Candidate) -> None:
+    """What the gate reads back from a candidate's run (`load_candidate`), logged to the active run."""
+    mlflow.log_params({"alpha": cand.alpha})
+    mlflow.log_metrics({k.replace("@", "_"): v for k, v in cand.metrics.items()})
+    mlflow.log_dict(cand.per_example, PER_EXAMPLE_ARTIFACT)
+    if cand.identity is not None:
+        mlflow.log_dict(cand.identity.to_dict(), IDENTITY_ARTIFACT)
+
+
 def _logged(world, cand: Candidate, model_dir=None) -> Registered:
     mlflow.set_tracking_uri(world["uri"])
     mlflow.set_experiment("registry-test")
     with mlflow.start_run(run_name=cand.name) as run:
-        mlflow.log_params({"alpha": cand.alpha})
-        mlflow.log_metrics({k.replace("@", "_"): v for k, v in cand.metrics.items()})
-        mlflow.log_dict(cand.per_example, PER_EXAMPLE_ARTIFACT)
-        if cand.identity is not None:
-            mlflow.log_dict(cand.identity.to_dict(), IDENTITY_ARTIFACT)
+        _log_candidate(cand)
         uri = log_student_model(model_dir or world["model_dir"])
     return Registered(cand, uri, run.info.run_id)
 
@@ -224,8 +229,28 @@ def test_champion_loads_back_and_generates_the_same_summary(world):
     assert after == before and before[0]
 
 
-def _promoter(uri, output_dir, name, seed, rounds, model_uri, barrier):
-    """One promoter process with its own output directory: each round it logs and offers one candidate."""
+def _use_zenml_store(zenml_dir) -> None:
+    """Point this (spawned, ZenML not yet imported) process at the ZenML store `zenml_dir`; the repository
+    is its source root (a spawned process's main module has no file for ZenML to find it by)."""
+    os.environ["ZENML_CONFIG_PATH"] = str(zenml_dir)
+    os.environ["ZENML_CUSTOM_SOURCE_ROOT"] = str(Path(__file__).resolve().parents[1])
+
+
+def _promoter(barrier, uri, output_dir, name, seed, rounds, model_uri, zenml_dir=None):
+    """One promoter process with its own output directory: each round it logs and offers one candidate.
+
+    With `zenml_dir` (a ZenML store whose active stack is the local one on `uri`) it registers and moves the
+    alias through the stack's MLflow model registry, as the pipeline's registry step does; else plain MLflow.
+    """
+    register = set_alias = None
+    if zenml_dir is not None:
+        _use_zenml_store(zenml_dir)
+        from zenml.client import Client
+
+        from steps.registry import registry_hooks
+
+        register, set_alias = registry_hooks(Client().active_stack.model_registry, name, uri,
+                                             f"race-{seed}", "distill")
     client = mlflow.MlflowClient(uri)
     cfg = RunConfig(output_dir=str(output_dir), eval=EVAL,
                     promotion=FLOORS.model_copy(update={"registered_model_name": name}),
@@ -241,31 +266,31 @@ def _promoter(uri, output_dir, name, seed, rounds, model_uri, barrier):
                 mlflow.log_dict(cand.identity.to_dict(), IDENTITY_ARTIFACT)
             barrier.wait()
             register_and_promote(client, cfg.promotion, cfg.eval,
-                                 [Registered(cand, model_uri, run.info.run_id)], uri)
+                                 [Registered(cand, model_uri, run.info.run_id)], uri, register, set_alias)
     except BaseException:
         barrier.abort()  # the other promoter stops too instead of waiting forever
         raise
 
 
-def test_promoters_with_different_output_dirs_share_the_store_lock(world):
-    """Two processes, 20 rounds: every move of the alias was judged against the champion it replaced."""
-    client = mlflow.MlflowClient(world["uri"])
-    source = _logged(world, candidate("racer", 90))
-    name, rounds = "race", 20
+def race(args: list[tuple], timeout: float = 600) -> None:
+    """Run `_promoter(barrier, *a)` for each of `args` in its own process, in step; each must succeed."""
     ctx = multiprocessing.get_context("spawn")
-    barrier = ctx.Barrier(2, timeout=120)
-    racers = [ctx.Process(target=_promoter, args=(world["uri"], world["root"] / f"promoter-{i}", name, i,
-                                                  rounds, source.model_uri, barrier)) for i in (0, 1)]
+    barrier = ctx.Barrier(len(args), timeout=120)
+    racers = [ctx.Process(target=_promoter, args=(barrier, *a)) for a in args]
     for p in racers:
         p.start()
     for p in racers:
-        p.join(timeout=600)
+        p.join(timeout=timeout)
         assert p.exitcode == 0
+
+
+def assert_moves_chain(client, name: str, decisions: int) -> list[dict]:
+    """Every move of `name`'s alias was judged against the champion it replaced: no two moves started from
+    one champion, and the moves chain from "no champion" to today's. Returns the `decisions` records."""
     records = [r for mv in client.search_model_versions(f"name = '{name}'")
                for r in read_decisions(client, name, str(mv.version))]
-    assert len(records) == 2 * rounds and all(r["status"] == "final" for r in records)
+    assert len(records) == decisions and all(r["status"] == "final" for r in records)
     promoted = {r["champion_judged"]: r for r in records if r["outcome"] == "champion"}
-    # No two moves started from one champion, and the moves chain from "no champion" to today's.
     assert len(promoted) == sum(r["outcome"] == "champion" for r in records) >= 2
     chain, current = [], None
     while current in promoted:
@@ -275,6 +300,165 @@ def test_promoters_with_different_output_dirs_share_the_store_lock(world):
         assert len(judged) == (2 if current else 0) and all(c["name"].endswith(f"v{current}") for c in judged)
         chain.append(current := record["version"])
     assert not promoted and chain[-1] == champion_version(client, name)
+    return records
+
+
+def test_promoters_with_different_output_dirs_share_the_store_lock(world):
+    """Two processes, 20 rounds: every move of the alias was judged against the champion it replaced."""
+    client = mlflow.MlflowClient(world["uri"])
+    source = _logged(world, candidate("racer", 90))
+    name, rounds = "race", 20
+    race([(world["uri"], world["root"] / f"promoter-{i}", name, i, rounds, source.model_uri) for i in (0, 1)])
+    assert_moves_chain(client, name, 2 * rounds)
+
+
+def _source(world) -> Registered:
+    """One logged model, logged once, that the versions registered below all point at."""
+    if "source" not in world:
+        world["source"] = _logged(world, candidate("source", 90))
+    return world["source"]
+
+
+@pytest.fixture
+def guarded(world, request):
+    """(client, name, lock(), three versions of a fresh registered model) for driving `promote_guarded`;
+    `lock()` is a fresh hold of the store's promotion lock (one per promotion)."""
+    from smoothkd.registry.store import promotion_lock, register_version
+
+    client = mlflow.MlflowClient(world["uri"])
+    name = f"guarded-{request.node.name}"[:100]
+    source = _source(world)
+    versions = [register_version(client, name, source.model_uri, source.run_id) for _ in range(3)]
+    return client, name, lambda: promotion_lock(world["uri"], name), versions
+
+
+def _mover(client, name):
+    """Another writer of the alias, outside the lock (a manual move, another tool)."""
+    return lambda version: client.set_registered_model_alias(name, "champion", version)
+
+
+def test_guarded_promotion_keeps_a_newer_champion_and_leaves_the_alias_alone(guarded):
+    from smoothkd.registry.store import promote_guarded
+
+    client, name, lock, (v1, v2, v3) = guarded
+    _mover(client, name)(v3)
+    judged, pending = [], []
+    outcome, decision = promote_guarded(client, name, v2, lock(), lambda c: judged.append(c),
+                                        lambda d, c: pending.append(c))
+    assert (outcome.status, outcome.detail, outcome.champion_after) == ("superseded", "newer champion v3", v3)
+    assert decision is None and judged == [] and pending == []  # nothing judged, nothing about to move
+    assert not outcome.promoted and champion_version(client, name) == v3
+    # Forced, the older version is promoted all the same, judged against the champion it replaces.
+    passing = judge(candidate("kd", 90), FLOORS, EVAL)
+    outcome, decision = promote_guarded(client, name, v2, lock(), lambda c: judged.append(c) or passing,
+                                        lambda d, c: pending.append(c), force=True)
+    assert outcome.promoted and outcome.detail == "forced" and champion_version(client, name) == v2
+    assert judged == [v3] and pending == [v3] and decision is passing
+
+
+def test_guarded_promotion_judges_again_when_the_alias_moves_under_the_judgement(guarded):
+    """Compare-and-set: the champion changes while the candidate is judged; the move waits for a
+    judgement against the new champion, and the pending record names it."""
+    from smoothkd.registry.store import promote_guarded
+
+    client, name, lock, (v1, v2, v3) = guarded
+    move = _mover(client, name)
+    move(v1)
+    judged, pending = [], []
+
+    def rejudge(current):
+        judged.append(current)
+        if len(judged) == 1:
+            move(v2)  # lands after the champion was read, before the alias moves
+        return judge(candidate("kd", 90), FLOORS, EVAL)
+
+    outcome, decision = promote_guarded(client, name, v3, lock(), rejudge, lambda d, c: pending.append(c))
+    assert judged == [v1, v2] and pending == [v2]
+    assert outcome.promoted and (outcome.champion_before, outcome.champion_after) == (v2, v3)
+    assert champion_version(client, name) == v3
+
+
+def test_guarded_promotion_reports_a_move_lost_to_another_writer(guarded):
+    from smoothkd.registry.store import promote_guarded
+
+    client, name, lock, (v1, v2, v3) = guarded
+    move = _mover(client, name)
+    move(v1)
+
+    def then_overwritten(version):  # the real move, and another writer's right after it
+        move(version)
+        move(v2)
+
+    outcome, _ = promote_guarded(client, name, v3, lock(), lambda c: judge(candidate("kd", 90), FLOORS, EVAL),
+                                 lambda d, c: None, set_alias=then_overwritten)
+    assert (outcome.status, outcome.champion_before, outcome.champion_after) == ("lost", v1, v2)
+    assert outcome.detail == f"alias moved on to v{v2} by another writer" and not outcome.promoted
+    assert champion_version(client, name) == v2
+
+
+def test_guarded_promotion_gives_up_when_the_alias_keeps_moving(guarded):
+    from smoothkd.registry.store import CAS_TRIES, promote_guarded
+
+    client, name, lock, (v1, v2, v3) = guarded
+    move = _mover(client, name)
+    move(v1)
+    judged, pending = [], []
+
+    def rejudge(current):  # every judgement is overtaken by a move
+        judged.append(current)
+        move(v2 if current == v1 else v1)
+        return judge(candidate("kd", 90), FLOORS, EVAL)
+
+    outcome, decision = promote_guarded(client, name, v3, lock(), rejudge, lambda d, c: pending.append(c))
+    assert judged == [(v1, v2)[i % 2] for i in range(CAS_TRIES)] and pending == []  # never about to move
+    after = champion_version(client, name)
+    assert (outcome.status, outcome.champion_after) == ("conflict", after) and after != v3
+    assert outcome.detail == f"champion changed {CAS_TRIES} times under the judgement"
+    assert decision.passed
+
+
+def test_guarded_promotion_refuses_against_the_champion_it_reads(guarded):
+    from smoothkd.registry.store import promote_guarded
+
+    client, name, lock, (v1, v2, v3) = guarded
+    _mover(client, name)(v1)
+    failing = judge(candidate("kd", 70), FLOORS, EVAL)
+    outcome, decision = promote_guarded(client, name, v3, lock(), lambda c: failing, lambda d, c: None)
+    assert (outcome.status, outcome.detail) == ("refused", "cnndm/factual_consistency")
+    assert decision is failing and champion_version(client, name) == v1
+    outcome, _ = promote_guarded(client, name, v1, lock(), lambda c: failing, lambda d, c: None)
+    assert (outcome.status, outcome.detail) == ("unchanged", "already champion")
+
+
+def test_repromotion_judges_a_kd_student_against_the_sft_of_its_own_run(world):
+    """`promotion.kd_not_worse_than_sft`: `promote` finds the SFT baseline registered by the same
+    pipeline run (same parent MLflow run) and refuses a KD student clearly worse than it."""
+    from smoothkd.registry.promote import repromote
+    from smoothkd.registry.store import register_version
+
+    uri, name, source = world["uri"], "kd-vs-sft", _source(world)
+    client = mlflow.MlflowClient(uri)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment("registry-test")
+    with mlflow.start_run(run_name="pipeline") as parent:
+        versions = {}
+        for cand in (candidate("sft", 90, alpha=0), candidate("kd_a0.1", 84)):
+            with mlflow.start_run(run_name=cand.name, nested=True) as run:
+                _log_candidate(cand)
+            versions[cand.name] = register_version(client, name, source.model_uri, run.info.run_id,
+                                                   {"candidate": cand.name, "alpha": f"{cand.alpha:g}"})
+    assert client.get_run(run.info.run_id).data.tags["mlflow.parentRunId"] == parent.info.run_id
+    cfg = _cfg(world, name, kd_not_worse_than_sft=True)
+    refused = repromote(client, cfg.promotion, cfg.eval, name, versions["kd_a0.1"], uri)
+    failed = [c for c in refused["criteria"] if c["verdict"] == "fail"]
+    assert [c["name"] for c in failed] == ["cnndm/factual_consistency vs sft"]
+    assert failed[0]["value"] == pytest.approx(-6.0) and refused["outcome"] == "failed gate"
+    assert champion_version(client, name) is None
+    # The same student without the criterion clears the floors and becomes champion.
+    plain = _cfg(world, name)
+    assert repromote(client, plain.promotion, plain.eval, name, versions["kd_a0.1"], uri)["outcome"] == \
+        "champion"
+    assert champion_version(client, name) == versions["kd_a0.1"]
 
 
 class Crash(Exception):
@@ -423,15 +607,19 @@ with promotion_lock(sys.argv[1], sys.argv[2]):
 """
 
 
-@pytest.mark.skipif(not os.environ.get("SMOOTHKD_TEST_POSTGRES_URI"),
-                    reason="needs a Postgres server (SMOOTHKD_TEST_POSTGRES_URI) and psycopg2")
+POSTGRES_URI = os.environ.get("SMOOTHKD_TEST_POSTGRES_URI")
+needs_postgres = pytest.mark.skipif(
+    not POSTGRES_URI, reason="needs a Postgres server: SMOOTHKD_TEST_POSTGRES_URI (.ci/run starts one)")
+
+
+@needs_postgres
 def test_the_postgres_advisory_lock_excludes_other_processes_and_dies_with_its_holder():
     import subprocess
     import sys
 
     from smoothkd.registry.store import promotion_lock
 
-    uri = os.environ["SMOOTHKD_TEST_POSTGRES_URI"]
+    uri = POSTGRES_URI
     with promotion_lock(uri, "pg-warm-up"):  # the driver's import and first connection are not timed
         pass
     for kill in (False, True):
@@ -447,6 +635,63 @@ def test_the_postgres_advisory_lock_excludes_other_processes_and_dies_with_its_h
             waited = time.monotonic() - start
         holder.wait(60)
         assert (waited < 30) if kill else (waited > 3), waited
+
+
+@pytest.fixture
+def postgres_store():
+    """A fresh database on the test server, for one MLflow store; dropped after."""
+    import uuid
+
+    import sqlalchemy
+
+    admin = sqlalchemy.create_engine(POSTGRES_URI, isolation_level="AUTOCOMMIT",
+                                     poolclass=sqlalchemy.pool.NullPool)
+    database = f"smoothkd_test_{uuid.uuid4().hex[:12]}"
+    with admin.connect() as connection:
+        connection.execute(sqlalchemy.text(f'CREATE DATABASE "{database}"'))
+    try:
+        yield sqlalchemy.engine.make_url(POSTGRES_URI).set(database=database).render_as_string(
+            hide_password=False)
+    finally:
+        with admin.connect() as connection:  # MLflow keeps its pooled connections open: end them
+            connection.execute(sqlalchemy.text(f'DROP DATABASE "{database}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def _local_stack(zenml_dir, uri):
+    """Register and activate, in the ZenML store `zenml_dir`, the local stack whose MLflow is on `uri`."""
+    _use_zenml_store(zenml_dir)
+    from pipelines.stack import ensure_local_stack
+
+    ensure_local_stack(uri)
+
+
+@needs_postgres
+def test_pipeline_promoters_race_through_the_zenml_registry_on_postgres(world, postgres_store, tmp_path):
+    """Two processes promote through the stack's MLflow model registry (the pipeline's path) on a Postgres
+    MLflow store, serialised by its advisory lock: every move of the alias chains from the one before."""
+    uri, name, rounds = postgres_store, "pg-race", 8
+    ensure_experiment(uri, "registry-test", tmp_path / "artifacts")  # also creates MLflow's tables
+    previous = mlflow.get_tracking_uri()
+    try:
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_experiment("registry-test")
+        with mlflow.start_run(run_name="racer"):
+            model_uri = log_student_model(world["model_dir"])
+    finally:
+        mlflow.set_tracking_uri(previous)
+    ctx = multiprocessing.get_context("spawn")
+    setup = ctx.Process(target=_local_stack, args=(tmp_path / "zenml", uri))
+    setup.start()
+    setup.join(timeout=300)
+    assert setup.exitcode == 0
+    race([(uri, tmp_path / f"promoter-{i}", name, i, rounds, model_uri, tmp_path / "zenml") for i in (0, 1)])
+    client = mlflow.MlflowClient(uri)
+    assert_moves_chain(client, name, 2 * rounds)
+    versions = client.search_model_versions(f"name = '{name}'")
+    assert len(versions) == 2 * rounds
+    assert {(v.tags["zenml_pipeline_name"], v.tags["zenml_run_name"]) for v in versions} == {
+        ("distill", "race-0"), ("distill", "race-1")}  # registered through ZenML's model registry
 
 
 @pytest.mark.parametrize("config", sorted(Path(__file__).resolve().parents[1].glob("configs/paper/*.yaml")),

@@ -94,7 +94,9 @@ def fused_model(model: nn.Module, unwrapped: nn.Module) -> tuple[FusedModel | No
     if decoder is None or decoder is base:
         return None, f"{name} has no separate decoder module"
     if type(head) is not nn.Linear:  # a LoRA-wrapped or custom head computes something else
-        return None, f"{name}'s output head is a {type(head).__name__}, not a plain Linear"
+        # Named with its module: a LoRA-wrapped head is also a class called Linear.
+        kind = f"{type(head).__module__}.{type(head).__qualname__}"
+        return None, f"{name}'s output head is a {kind}, not a plain torch.nn.Linear"
     config = base.config
     scale = float(getattr(config, "logit_scale", None) or 1.0)
     if getattr(config, "logits_scaling", None):

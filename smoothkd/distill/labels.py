@@ -45,6 +45,7 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
+from smoothkd.config import ConfigError
 from smoothkd.data.tokenize import IGNORE_INDEX, CausalLMCollator
 from smoothkd.distill import sampled
 from smoothkd.distill.losses import log1mexp
@@ -270,7 +271,7 @@ def precompute_labels(model, examples: list[dict], root: str | Path, spec: Label
     """
     vocab_size = vocab_size or model.config.vocab_size
     if spec.top_k > vocab_size:
-        raise ValueError(f"distill.top_k={spec.top_k} exceeds the teacher vocabulary ({vocab_size})")
+        raise ConfigError(f"distill.top_k={spec.top_k} exceeds the teacher vocabulary ({vocab_size})")
     data_hash = examples_hash(examples)
     key = content_hash(FORMAT_VERSION, identity, data_hash, spec.__dict__)[:20]
     out = Path(root) / key
