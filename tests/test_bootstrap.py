@@ -120,7 +120,9 @@ def test_missing_values_drop_the_example_from_every_seed():
         seed_example_ci([[np.inf, 1.0], [2.0, 1.0]])
     with pytest.raises(ValueError, match="one seed and one value"):
         seed_example_ci([[1.0]])
-    assert seed_example_ci(np.zeros((3, 5))).p_value() == 1.0  # identical arms: nothing to see
+    identical = seed_example_ci(np.zeros((3, 5)))  # identical arms: nothing to see, no power to judge
+    assert identical.p_value() == 1.0 and identical.detectable(0.95) is None
+    assert identical.seeds_to_resolve(1.4, 0.95) is None
 
 
 def _noise(kind: str, rng: np.random.Generator, seeds: int, examples: int) -> np.ndarray:

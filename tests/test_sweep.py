@@ -105,11 +105,13 @@ def test_holm_decides_the_family_and_the_sentence_says_so():
     cells = [_cell("kd_a0.1", "cnndm", 0.01), _cell("kd_a0.1", "xsum", 0.03), _cell("kd_a1", "cnndm", 0.04),
              _cell("kd_a1", "xsum", 0.001, seeds=2)]
     said = conclusions(cells, 0.95)
-    assert KD_HELPS in said["kd_a0.1"]["cnndm"] and "Holm-adjusted over 3 arm × split cells, p = 0.03" in (
-        said["kd_a0.1"]["cnndm"])
+    assert KD_HELPS in said["kd_a0.1"]["cnndm"]
+    assert "Holm-adjusted over 3 arm × split cells, p = 0.03 < 0.05" in said["kd_a0.1"]["cnndm"]
     for arm, split in (("kd_a0.1", "xsum"), ("kd_a1", "cnndm")):
-        assert said[arm][split].startswith("no difference resolved") and "p = 0.06" in said[arm][split]
-    assert said["kd_a1"]["xsum"].startswith("no conclusion from 2 seeds")
+        assert said[arm][split].startswith("no difference resolved")
+        assert "p = 0.06, not below 0.05" in said[arm][split]
+    assert said["kd_a1"]["xsum"].startswith("no conclusion from this many seeds")
+    assert "over 2 seeds" in said["kd_a1"]["xsum"]
     assert "80% power to resolve ±2.00 points" in said["kd_a0.1"]["cnndm"]
     assert "the paper's +1.4 needs 12 seeds" in said["kd_a0.1"]["cnndm"]
     lowers = conclusions([_cell("kd_a0.1", "cnndm", 0.001, mean=-3.0)], 0.95)["kd_a0.1"]["cnndm"]
@@ -200,7 +202,7 @@ def test_sweep_json_reports_each_alpha_and_split_with_a_ci(tiny_sweep):
         assert metrics["factual_consistency"]["mean"] == pytest.approx(np.mean(
             [models[f"kd_a0.5_s{s}"][f"{split}/factual_consistency"]
              - models[f"sft_s{s}"][f"{split}/factual_consistency"] for s in ("10", "11")]))
-        assert summary["conclusions"]["kd_a0.5"][split].startswith("no conclusion from 2 seeds")
+        assert summary["conclusions"]["kd_a0.5"][split].startswith("no conclusion from this many seeds")
     # Progress: one line per model on stderr, stdout holds the JSON alone.
     assert [line.split("]")[0] for line in shown.stderr.splitlines() if line.startswith("[")] == [
         f"[{i}/5" for i in range(1, 6)]

@@ -68,15 +68,17 @@ class SeedExampleCI:
 
     def detectable(self, confidence: float, power: float = POWER) -> float | None:
         """The smallest |difference| this design resolves (two-sided, at `confidence`) with probability
-        `power`, given the variance it measured; None with one seed (its seed variance is unknown)."""
-        if self.covers == EXAMPLES_ONLY:
+        `power`, given the variance it measured; None with one seed (its seed variance is unknown) or no
+        variation at all (the measured variance is no guide)."""
+        if self.covers == EXAMPLES_ONLY or self.se == 0:
             return None
         return _detectable(self.se, self.df, confidence, power)
 
     def seeds_to_resolve(self, effect: float, confidence: float, power: float = POWER) -> int | None:
         """The fewest seeds at which `effect` is resolved with probability `power`, on as many examples;
-        None when no number of seeds does (the shared example term alone is too wide) or with one seed."""
-        if self.covers == EXAMPLES_ONLY:
+        None when no number of seeds does (the shared example term alone is too wide), with one seed or
+        with no variation measured."""
+        if self.detectable(confidence, power) is None:
             return None
         seeds = np.arange(2, MOST_SEEDS + 1, dtype=np.float64)
         seed_term = self.seed_term * len(self.seed_means) / seeds

@@ -205,7 +205,7 @@ def cell(d: Difference) -> str:
 def _power(d: Difference, confidence: float) -> str:
     """What the cell could resolve, and the seeds the paper's gain would need."""
     if d.mde is None:
-        return "power unknown with one seed"
+        return "power unknown (one seed, or no variation measured)"
     need = (f"the paper's +{PAPER_EFFECT:g} needs {d.seeds_for_paper_effect} seeds"
             if d.seeds_for_paper_effect is not None
             else f"no number of seeds resolves the paper's +{PAPER_EFFECT:g} on these "
@@ -220,17 +220,18 @@ def conclusion(consistency: Difference, confidence: float, p: float | None = Non
     above 0; nothing below `MIN_SEEDS` seeds. `adjustment` says how `p` was obtained."""
     seeds = len(consistency.per_seed)
     shown = (f"{consistency.mean:+.2f} points, {confidence:.0%} CI {consistency.low:+.2f} to "
-             f"{consistency.high:+.2f} over {seeds} seeds")
+             f"{consistency.high:+.2f} over {seeds} seed{'s' * (seeds != 1)}")
     p = consistency.p_value if p is None else p
     if seeds < MIN_SEEDS or p is None:
-        return (f"no conclusion from {seeds} seed{'s' * (seeds != 1)} (at least {MIN_SEEDS} needed to "
-                f"judge seed-to-seed variation): factual consistency {shown}")
-    tested = f"{adjustment} p = {p:.3g}; {_power(consistency, confidence)}"
-    if p < 1 - confidence and consistency.mean > 0:
-        return f"{KD_HELPS}: factual consistency {shown}; {tested}"
-    if p < 1 - confidence:
-        return f"KD lowers factual consistency here: {shown}; {tested}"
-    return f"no difference resolved: factual consistency {shown}; {tested}, not below {1 - confidence:.3g}"
+        return (f"no conclusion from this many seeds (at least {MIN_SEEDS} needed to judge seed-to-seed "
+                f"variation): factual consistency {shown}")
+    level = 1 - confidence
+    power = _power(consistency, confidence)
+    if p < level:
+        verdict = KD_HELPS if consistency.mean > 0 else "KD lowers factual consistency here"
+        return f"{verdict}: factual consistency {shown}; {adjustment} p = {p:.3g} < {level:.3g}; {power}"
+    return (f"no difference resolved: factual consistency {shown}; {adjustment} p = {p:.3g}, not below "
+            f"{level:.3g}; {power}")
 
 
 def conclusions(differences: list[Difference], confidence: float, primary: str | None = None
@@ -273,7 +274,7 @@ def differences_table(summary: SweepSummary):
     from rich.table import Table
 
     present = [(m, label) for m, label in COMPARED if any(d.metric == m for d in summary.differences)]
-    table = Table(title=f"arm − SFT over seeds {', '.join(map(str, summary.seeds))}: mean "
+    table = Table(title=f"KD − SFT over seeds {', '.join(map(str, summary.seeds))}: mean "
                         f"({summary.confidence:.0%} t-interval over seeds and examples crossed; † over seeds "
                         f"only); conclusions need ≥ {MIN_SEEDS} seeds")
     table.add_column("split")
