@@ -20,6 +20,7 @@ from smoothkd.evaluation.sweep import (
     Arm,
     Difference,
     SweepSummary,
+    check_primary,
     compare_arms,
     conclusions,
     differences_table,
@@ -112,7 +113,7 @@ def test_holm_decides_the_family_and_the_sentence_says_so():
         assert "p = 0.06, not below 0.05" in said[arm][split]
     assert said["kd_a1"]["xsum"].startswith("no conclusion from this many seeds")
     assert "over 2 seeds" in said["kd_a1"]["xsum"]
-    assert "80% power to resolve ±2.00 points" in said["kd_a0.1"]["cnndm"]
+    assert "80% power to resolve ±2.00 points at the unadjusted 0.05 level" in said["kd_a0.1"]["cnndm"]
     assert "the paper's +1.4 needs 12 seeds" in said["kd_a0.1"]["cnndm"]
     lowers = conclusions([_cell("kd_a0.1", "cnndm", 0.001, mean=-3.0)], 0.95)["kd_a0.1"]["cnndm"]
     assert lowers.startswith("KD lowers factual consistency here")
@@ -128,6 +129,10 @@ def test_a_primary_cell_is_tested_alone_and_the_rest_are_exploratory():
     assert KD_HELPS not in conclusions(cells, 0.95)["kd_a0.1"]["cnndm"]
     with pytest.raises(ConfigError, match="eval.primary: 'kd_a0.5/cnndm' is not a compared cell"):
         conclusions(cells, 0.95, primary="kd_a0.5/cnndm")
+    # Before the run, from the cells the sweep will compare.
+    check_primary("kd_a1/xsum", ["kd_a1/cnndm", "kd_a1/xsum"])
+    with pytest.raises(ConfigError, match="compares kd_a1/cnndm, kd_a1/xsum"):
+        check_primary("kd_a0.1/xsum", ["kd_a1/cnndm", "kd_a1/xsum"])
 
 
 def test_table_shows_every_seed_power_and_marks_a_seeds_only_interval():

@@ -142,16 +142,16 @@ def _table(arm: dict[int, Evaluation], sft: dict[int, Evaluation], seeds: list[i
 
 
 def _cell_table(arm: dict[int, Evaluation], sft: dict[int, Evaluation], seeds: list[int], split: str,
-                metric: str) -> tuple[np.ndarray, bool] | None:
-    """The table to analyse and whether it is per example (else one aggregate value per seed); None when
-    some model lacks the metric."""
+                metric: str) -> np.ndarray | None:
+    """The table to analyse: per example when every model keeps a column for the metric, else one
+    aggregate difference per seed; None when some model lacks the metric."""
     name, column = f"{split}/{metric}", PER_EXAMPLE.get(metric, metric)
     runs = [e for s in seeds for e in (arm[s], sft[s])]
     if any(name not in e.metrics for e in runs):
         return None
     if all(column in e.per_example.get(split, {}) for e in runs):
-        return _table(arm, sft, seeds, split, column), True
-    return np.array([[arm[s].metrics[name] - sft[s].metrics[name]] for s in seeds]), False
+        return _table(arm, sft, seeds, split, column)
+    return np.array([[arm[s].metrics[name] - sft[s].metrics[name]] for s in seeds])
 
 
 def _splits(evaluation: Evaluation) -> list[str]:
@@ -173,18 +173,17 @@ def compare_arms(sft: dict[int, Evaluation], arms: list[Arm], e: EvalConfig) -> 
             raise ValueError(f"arm {arm.name} has no evaluation for seed(s) {missing}")
         for split in _splits(sft[seeds[0]]):
             for metric, _ in COMPARED:
-                found = _cell_table(arm.evaluations, sft, seeds, split, metric)
+                table = _cell_table(arm.evaluations, sft, seeds, split, metric)
                 # No interval without two values in every seed's complete examples (e.g. a trap-row metric
                 # on a split without trap rows, or an aggregate of one seed).
-                if found is None or (~np.isnan(found[0]).any(axis=0)).sum() * len(seeds) < 2:
+                if table is None or (~np.isnan(table).any(axis=0)).sum() * len(seeds) < 2:
                     continue
-                table, per_example = found
                 ci = seed_example_ci(table, e.confidence)
                 differences.append(Difference(
                     arm.alpha, split, metric, ci.mean, ci.low, ci.high,
                     per_seed=dict(zip(seeds, ci.seed_means, strict=True)),
                     examples_per_seed=dict.fromkeys(seeds, ci.examples),
-                    covers=ci.covers if per_example else SEEDS_ONLY, arm=arm.name, se=ci.se, df=ci.df,
+                    covers=ci.covers, arm=arm.name, se=ci.se, df=ci.df,
                     p_value=ci.p_value(), mde=ci.detectable(e.confidence),
                     seeds_for_paper_effect=(ci.seeds_to_resolve(PAPER_EFFECT, e.confidence)
                                             if metric == CONSISTENCY else None)))
@@ -202,6 +201,14 @@ def cell(d: Difference) -> str:
     return f"{d.arm}/{d.split}"
 
 
+def check_primary(primary: str | None, cells: list[str]) -> None:
+    """Raise ConfigError unless `primary` is None or one of the arm × split `cells` (e.g. `kd_a0.1/cnndm`):
+    call it before training with the cells the sweep will compare."""
+    if primary is not None and primary not in cells:
+        raise ConfigError(f"eval.primary: {primary!r} is not a compared cell; the sweep compares "
+                          f"{', '.join(cells) or 'none'}")
+
+
 def _power(d: Difference, confidence: float) -> str:
     """What the cell could resolve, and the seeds the paper's gain would need."""
     if d.mde is None:
@@ -210,7 +217,8 @@ def _power(d: Difference, confidence: float) -> str:
             if d.seeds_for_paper_effect is not None
             else f"no number of seeds resolves the paper's +{PAPER_EFFECT:g} on these "
                  f"{next(iter(d.examples_per_seed.values()))} examples")
-    return f"{POWER:.0%} power to resolve ±{d.mde:.2f} points at {confidence:.0%}; {need}"
+    return (f"{POWER:.0%} power to resolve ±{d.mde:.2f} points at the unadjusted {1 - confidence:.3g} level; "
+            f"{need}")
 
 
 def conclusion(consistency: Difference, confidence: float, p: float | None = None,
@@ -243,9 +251,7 @@ def conclusions(differences: list[Difference], confidence: float, primary: str |
     marked exploratory and conclude nothing. Raises ConfigError when `primary` names no compared cell.
     """
     cells = [d for d in differences if d.metric == CONSISTENCY]
-    if primary is not None and primary not in {cell(d) for d in cells}:
-        raise ConfigError(f"eval.primary: {primary!r} is not a compared cell; the sweep compared "
-                          f"{', '.join(cell(d) for d in cells) or 'none'}")
+    check_primary(primary, [cell(d) for d in cells])
     family = [d for d in cells if len(d.per_seed) >= MIN_SEEDS and d.p_value is not None]
     adjusted = dict(zip(map(cell, family), holm([d.p_value for d in family]), strict=True))
     out: dict[str, dict[str, str]] = {}
