@@ -69,7 +69,11 @@ class SeedExampleCI:
     def detectable(self, confidence: float, power: float = POWER) -> float | None:
         """The smallest |difference| this design resolves (two-sided, at `confidence`) with probability
         `power`, given the variance it measured; None with one seed (its seed variance is unknown) or no
-        variation at all (the measured variance is no guide)."""
+        variation at all (the measured variance is no guide).
+
+        A plug-in figure: with few seeds the measured variance is itself uncertain and more often low than
+        high. In simulation (seed-dominated noise) the median figure had 64 % power at 3 seeds, 67 % at 5
+        and 77 % at 10; read it as a lower bound on what the design needs."""
         if self.covers == EXAMPLES_ONLY or self.se == 0:
             return None
         return _detectable(self.se, self.df, confidence, power)
