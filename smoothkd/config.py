@@ -270,6 +270,9 @@ class EvalConfig(_Section):
     confidence: float = Field(default=0.95, gt=0, lt=1)
     bootstrap_seed: int = 10
     lm_eval_tasks: list[str] = Field(default_factory=list)
+    # The sweep's one pre-declared arm × split cell (e.g. "kd_a0.1/cnndm"): tested alone, the rest marked
+    # exploratory. None: every cell is concluded with Holm-adjusted p-values.
+    primary: str | None = Field(default=None, pattern=r"^[^/\s]+/(cnndm|xsum)$")
 
 
 class CalibrationConfig(_Section):

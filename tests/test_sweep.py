@@ -1,5 +1,6 @@
-"""The α × seed sweep: its statistics on hand-made numbers (hierarchical bootstrap, pairing, the
-conclusion's wording), then `smoothkd sweep` end to end on the tiny config (2 seeds × α ∈ {0, 0.5})."""
+"""The α × seed sweep: its statistics on hand-made numbers (the seeds × examples table, pairing by id, Holm,
+a primary cell, an A/A arm, the conclusion's wording, the machine record), then `smoothkd sweep` end to
+end on the tiny config (2 seeds × α ∈ {0, 0.5})."""
 
 import json
 from pathlib import Path
@@ -7,53 +8,29 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
+from scipy import stats
 from typer.testing import CliRunner
 
 from smoothkd.artifacts import Evaluation
-from smoothkd.config import EvalConfig, load_config, tracking_uri
-from smoothkd.evaluation.bootstrap import bootstrap_ci, hierarchical_bootstrap_ci
+from smoothkd.config import ConfigError, EvalConfig, load_config, tracking_uri
+from smoothkd.evaluation.machine import cpu_model, machine
+from smoothkd.evaluation.seeds import EXAMPLES_ONLY, SEEDS_AND_EXAMPLES, SEEDS_ONLY
 from smoothkd.evaluation.sweep import (
     KD_HELPS,
-    SEEDS_AND_EXAMPLES,
-    SEEDS_ONLY,
+    Arm,
     Difference,
-    conclusion,
+    SweepSummary,
+    check_primary,
+    compare_arms,
     conclusions,
+    differences_table,
     kd_minus_sft,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-# ---- hierarchical bootstrap ----
-
-
-def test_hierarchical_interval_covers_seed_variation_that_pooling_hides():
-    rng = np.random.default_rng(0)
-    groups = [rng.normal(0.0, 1.0, 60), rng.normal(6.0, 1.0, 60), rng.normal(3.0, 1.0, 60)]
-    nested = hierarchical_bootstrap_ci(groups, n_resamples=2000, seed=1)
-    pooled = bootstrap_ci(np.concatenate(groups), n_resamples=2000, seed=1)
-    assert nested.mean == pytest.approx(np.mean([g.mean() for g in groups]))
-    assert nested.low < nested.mean < nested.high
-    # Three seeds 3 points apart: which seeds were drawn dominates; examples alone would not show it.
-    assert nested.high - nested.low > 4 * (pooled.high - pooled.low)
-    assert hierarchical_bootstrap_ci(groups, n_resamples=2000, seed=1) == nested
-
-
-def test_one_group_is_an_example_bootstrap_and_one_value_per_group_a_seed_bootstrap():
-    values = np.random.default_rng(3).normal(10.0, 2.0, 200)
-    alone = hierarchical_bootstrap_ci([values], n_resamples=2000, seed=2)
-    plain = bootstrap_ci(values, n_resamples=2000, seed=2)
-    assert alone.mean == pytest.approx(plain.mean)
-    assert alone.high - alone.low == pytest.approx(plain.high - plain.low, rel=0.15)
-    seeds_only = hierarchical_bootstrap_ci([[1.0], [2.0], [4.0]], n_resamples=2000, seed=2)
-    assert seeds_only.mean == pytest.approx(7 / 3)
-    assert 1.0 <= seeds_only.low < seeds_only.mean < seeds_only.high <= 4.0
-    with pytest.raises(ValueError):
-        hierarchical_bootstrap_ci([])
-
-
-# ---- KD − SFT over seeds, on hand-made evaluations ----
+# ---- arm − SFT over seeds, on hand-made evaluations ----
 
 
 def _evaluation(ids, consistency, ece=None):
@@ -64,72 +41,128 @@ def _evaluation(ids, consistency, ece=None):
     return Evaluation(metrics=metrics, per_example=per_example, predictions={})
 
 
-def test_differences_pair_examples_by_id_within_each_seed():
-    ids = ["a", "b", "c", "d"]
-    evaluations = {
-        0.0: {10: _evaluation(ids, [50.0, 60.0, 70.0, 80.0], ece=0.20),
-              # Another order of the same examples: pairing goes by id, not position.
-              11: _evaluation(ids[::-1], [40.0, 30.0, 20.0, 10.0], ece=0.30)},
-        0.5: {10: _evaluation(ids, [52.0, 62.0, 72.0, None], ece=0.10),
-              11: _evaluation(ids, [11.0, 21.0, 31.0, 41.0], ece=0.26)},
-    }
-    e = EvalConfig(bootstrap_samples=500)
-    diffs = {(d.split, d.metric): d for d in kd_minus_sft(evaluations, e)}
+# KD − SFT per seed on examples a, b: [0, 2], [2, 4], [4, 6]; example c is unscored in one KD model.
+IDS = ["a", "b", "c"]
+SFT = {10: _evaluation(IDS, [50.0, 60.0, 70.0], ece=0.20),
+       # Another order of the same examples: pairing goes by id, not position.
+       11: _evaluation(IDS[::-1], [40.0, 30.0, 20.0], ece=0.30),
+       12: _evaluation(IDS, [10.0, 10.0, 10.0], ece=0.25)}
+KD = {10: _evaluation(IDS, [50.0, 62.0, 71.0], ece=0.10),
+      11: _evaluation(IDS, [22.0, 34.0, None], ece=0.26),
+      12: _evaluation(IDS, [14.0, 16.0, 19.0], ece=0.24)}
+
+
+def test_differences_pair_examples_by_id_and_cross_seeds_with_examples():
+    diffs = {(d.split, d.metric): d for d in kd_minus_sft({0.0: SFT, 0.5: KD}, EvalConfig())}
     consistency = diffs[("cnndm", "factual_consistency")]
-    # Seed 10: +2 on the three complete pairs; seed 11: a=11-10, b=21-20, ... = +1 each.
-    assert consistency.per_seed == pytest.approx({10: 2.0, 11: 1.0})
-    assert consistency.examples_per_seed == {10: 3, 11: 4}
-    assert consistency.mean == pytest.approx(1.5)
-    assert consistency.low <= consistency.mean <= consistency.high
-    assert consistency.covers == SEEDS_AND_EXAMPLES
+    # The table [[0, 2], [2, 4], [4, 6]] (c dropped from every seed): by hand, mean 3, V = 7/3 with
+    # 49/17 df (tests/test_bootstrap.py derives it).
+    half = stats.t.ppf(0.975, 49 / 17) * np.sqrt(7 / 3)
+    assert consistency.per_seed == pytest.approx({10: 1.0, 11: 3.0, 12: 5.0})
+    assert consistency.examples_per_seed == {10: 2, 11: 2, 12: 2}
+    assert (consistency.mean, consistency.low, consistency.high) == pytest.approx((3.0, 3 - half, 3 + half))
+    assert consistency.p_value == pytest.approx(2 * stats.t.sf(3 / np.sqrt(7 / 3), 49 / 17))
+    assert consistency.covers == SEEDS_AND_EXAMPLES and consistency.arm == "kd_a0.5"
+    # Two examples cannot pin the shared example noise down to the paper's 1.4 points: no seed count does.
+    assert consistency.mde is not None and consistency.seeds_for_paper_effect is None
     # An aggregate-only metric (no per-example column) is compared over seeds alone, and says so.
     ece = diffs[("general", "ece")]
-    assert ece.per_seed == pytest.approx({10: -0.10, 11: -0.04})
-    assert ece.covers == SEEDS_ONLY
+    expected = stats.ttest_1samp([-0.10, -0.04, -0.01], 0.0).confidence_interval(0.95)
+    assert ece.per_seed == pytest.approx({10: -0.10, 11: -0.04, 12: -0.01})
+    assert (ece.low, ece.high) == pytest.approx((expected.low, expected.high))
+    assert ece.covers == SEEDS_ONLY and ece.seeds_for_paper_effect is None
     # Metrics the evaluation does not give (prior-trap rate here) are left out, not reported as missing.
     assert set(diffs) == {("cnndm", "factual_consistency"), ("general", "ece")}
 
 
-def _difference(mean, low, high):
-    return Difference(0.5, "cnndm", "factual_consistency", mean, low, high, {10: mean, 11: mean},
-                      {10: 6, 11: 6}, SEEDS_AND_EXAMPLES)
+def test_one_seed_gives_an_examples_only_interval_and_no_aggregate():
+    diffs = kd_minus_sft({0.0: {10: SFT[10]}, 0.5: {10: KD[10]}}, EvalConfig())
+    assert [(d.metric, d.covers, d.mde) for d in diffs] == [("factual_consistency", EXAMPLES_ONLY, None)]
 
 
-@pytest.mark.parametrize(("mean", "low", "high", "helps", "says"), [
-    (3.0, 1.0, 5.0, True, KD_HELPS),
-    (0.5, 0.0, 1.0, False, "includes 0"),  # touching 0 is not excluding it
-    (0.2, -1.0, 1.4, False, "includes 0"),
-    (-3.0, -5.0, -1.0, False, "KD lowers factual consistency"),
-])
-def test_the_conclusion_claims_kd_helps_only_when_the_ci_lies_above_zero(mean, low, high, helps, says):
-    text = conclusion(_difference(mean, low, high), 0.95)
-    assert (KD_HELPS in text) is helps
-    assert says in text
-    assert f"{low:+.2f} to {high:+.2f}" in text and "95% CI" in text
+def test_an_aa_arm_is_analysed_as_kd_and_named_as_itself():
+    diffs = compare_arms(SFT, [Arm("sft_null", 0.0, KD)], EvalConfig())
+    assert {d.arm for d in diffs} == {"sft_null"}
+    summary = SweepSummary("tiny", "sweep-x", "r", [10, 11, 12], [], 0.95, 1.0, [], diffs,
+                           conclusions(diffs, 0.95), machine=machine())
+    record = summary.to_dict()
+    assert set(record["differences"]) == {"sft_null"} and set(record["conclusions"]) == {"sft_null"}
+    assert record["differences"]["sft_null"]["cnndm"]["factual_consistency"]["per_seed"] == {10: 1.0, 11: 3.0,
+                                                                                             12: 5.0}
+    assert record["machine"]["threads"] >= 1
+    with pytest.raises(ValueError, match="sft_null has no evaluation for seed"):
+        compare_arms(SFT, [Arm("sft_null", 0.0, {10: KD[10]})], EvalConfig())
 
 
-def test_conclusions_speak_of_consistency_only():
-    other = Difference(0.5, "cnndm", "rougeLsum", 9.0, 8.0, 10.0, {10: 9.0}, {10: 6}, SEEDS_AND_EXAMPLES)
-    assert conclusions([other, _difference(-1.0, -2.0, 0.5)], 0.95) == {
-        "kd_a0.5": {"cnndm": conclusion(_difference(-1.0, -2.0, 0.5), 0.95)}}
+def _cell(arm, split, p, mean=3.0, seeds=5):
+    return Difference(0.1, split, "factual_consistency", mean, mean - 1, mean + 1,
+                      dict.fromkeys(range(seeds), mean), dict.fromkeys(range(seeds), 500), SEEDS_AND_EXAMPLES,
+                      arm=arm, se=0.5, df=4.0, p_value=p, mde=2.0, seeds_for_paper_effect=12)
 
 
-def test_table_shows_every_seed_and_marks_a_seeds_only_interval():
+def test_holm_decides_the_family_and_the_sentence_says_so():
+    # Each cell alone excludes 0 at 95 %; Holm over the three tested cells keeps the first only
+    # (adjusted 0.03, 0.06, 0.06). The two-seed cell is in no family and concludes nothing.
+    cells = [_cell("kd_a0.1", "cnndm", 0.01), _cell("kd_a0.1", "xsum", 0.03), _cell("kd_a1", "cnndm", 0.04),
+             _cell("kd_a1", "xsum", 0.001, seeds=2)]
+    said = conclusions(cells, 0.95)
+    assert KD_HELPS in said["kd_a0.1"]["cnndm"]
+    assert "Holm-adjusted over 3 arm × split cells, p = 0.03 < 0.05" in said["kd_a0.1"]["cnndm"]
+    for arm, split in (("kd_a0.1", "xsum"), ("kd_a1", "cnndm")):
+        assert said[arm][split].startswith("no difference resolved")
+        assert "p = 0.06, not below 0.05" in said[arm][split]
+    assert said["kd_a1"]["xsum"].startswith("no conclusion from this many seeds")
+    assert "over 2 seeds" in said["kd_a1"]["xsum"]
+    assert "80% power to resolve ±2.00 points at the unadjusted 0.05 level" in said["kd_a0.1"]["cnndm"]
+    assert "the paper's +1.4 needs 12 seeds" in said["kd_a0.1"]["cnndm"]
+    lowers = conclusions([_cell("kd_a0.1", "cnndm", 0.001, mean=-3.0)], 0.95)["kd_a0.1"]["cnndm"]
+    assert lowers.startswith("KD lowers factual consistency here")
+
+
+def test_a_primary_cell_is_tested_alone_and_the_rest_are_exploratory():
+    cells = [_cell("kd_a0.1", "cnndm", 0.04), _cell("kd_a0.1", "xsum", 0.001), _cell("kd_a1", "cnndm", 0.04)]
+    said = conclusions(cells, 0.95, primary="kd_a0.1/cnndm")
+    # Unadjusted 0.04 < 0.05 concludes; under Holm it would be 0.08.
+    assert KD_HELPS in said["kd_a0.1"]["cnndm"] and "primary cell (eval.primary)" in said["kd_a0.1"]["cnndm"]
+    for arm, split in (("kd_a0.1", "xsum"), ("kd_a1", "cnndm")):
+        assert said[arm][split].startswith("exploratory") and KD_HELPS not in said[arm][split]
+    assert KD_HELPS not in conclusions(cells, 0.95)["kd_a0.1"]["cnndm"]
+    with pytest.raises(ConfigError, match="eval.primary: 'kd_a0.5/cnndm' is not a compared cell"):
+        conclusions(cells, 0.95, primary="kd_a0.5/cnndm")
+    # Before the run, from the cells the sweep will compare.
+    check_primary("kd_a1/xsum", ["kd_a1/cnndm", "kd_a1/xsum"])
+    with pytest.raises(ConfigError, match="compares kd_a1/cnndm, kd_a1/xsum"):
+        check_primary("kd_a0.1/xsum", ["kd_a1/cnndm", "kd_a1/xsum"])
+
+
+def test_table_shows_every_seed_power_and_marks_a_seeds_only_interval():
     from rich.console import Console
-
-    from smoothkd.evaluation.sweep import SweepSummary, differences_table
 
     ece = Difference(0.5, "general", "ece", -0.07, -0.10, -0.04, {10: -0.10, 11: -0.04}, {10: 1, 11: 1},
                      SEEDS_ONLY)
     consistency = Difference(0.5, "cnndm", "factual_consistency", 1.5, -0.5, 3.25, {10: 2.0, 11: 1.0},
-                             {10: 3, 11: 4}, SEEDS_AND_EXAMPLES)
-    summary = SweepSummary("tiny", "sweep-x", "r", [10, 11], [0.5], 0.95, 1.0, [], [consistency, ece])
-    console = Console(record=True, width=200)
+                             {10: 3, 11: 3}, SEEDS_AND_EXAMPLES, mde=4.25, seeds_for_paper_effect=31)
+    null = Difference(0.0, "cnndm", "factual_consistency", 0.5, -1.0, 2.0, {10: 0.0, 11: 1.0},
+                      {10: 3, 11: 3}, SEEDS_AND_EXAMPLES, arm="sft_null", mde=3.0)
+    summary = SweepSummary("tiny", "sweep-x", "r", [10, 11], [0.5], 0.95, 1.0, [], [consistency, null, ece])
+    console = Console(record=True, width=250)
     console.print(differences_table(summary))
     text = console.export_text()
     assert "+1.50 (-0.50–+3.25)" in text and "+2.00, +1.00" in text
+    assert "±4.25" in text and " 31 " in text and "sft_null" in text and " none " in text
     assert "-0.07 (-0.10–-0.04)†" in text
     assert "prior-trap" not in text  # no column for a metric no evaluation gave
+
+
+def test_machine_record_reads_the_cpu_model(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: AMD EPYC 7B13\nflags\t: avx2\n")
+    assert cpu_model(cpuinfo) == "AMD EPYC 7B13"
+    assert cpu_model(tmp_path / "absent") != ""
+    import torch
+
+    record = machine()
+    assert record.torch == torch.__version__ and record.threads == torch.get_num_threads()
 
 
 # ---- the command on the tiny config ----
@@ -163,17 +196,18 @@ def test_sweep_json_reports_each_alpha_and_split_with_a_ci(tiny_sweep):
         metrics = per_split[split]
         assert {"factual_consistency", "rougeLsum", "hallucinated_facts_per_summary"} <= set(metrics)
         for name, d in metrics.items():
-            assert d["low"] <= d["mean"] <= d["high"], (split, name)
             assert sorted(d["per_seed"]) == ["10", "11"]
-            assert d["mean"] == pytest.approx(np.mean(list(d["per_seed"].values())))
-            assert d["covers"] == SEEDS_AND_EXAMPLES
+            assert d["covers"] == SEEDS_AND_EXAMPLES, (split, name)
         # Every example has every score here, so a seed's paired mean is the difference of the means.
         for seed in ("10", "11"):
             assert metrics["factual_consistency"]["per_seed"][seed] == pytest.approx(
                 models[f"kd_a0.5_s{seed}"][f"{split}/factual_consistency"]
                 - models[f"sft_s{seed}"][f"{split}/factual_consistency"])
-        low = metrics["factual_consistency"]["low"]
-        assert (KD_HELPS in summary["conclusions"]["kd_a0.5"][split]) is (low > 0)
+        # Every example scored: the mean over seeds and examples is the seeds' mean difference of means.
+        assert metrics["factual_consistency"]["mean"] == pytest.approx(np.mean(
+            [models[f"kd_a0.5_s{s}"][f"{split}/factual_consistency"]
+             - models[f"sft_s{s}"][f"{split}/factual_consistency"] for s in ("10", "11")]))
+        assert summary["conclusions"]["kd_a0.5"][split].startswith("no conclusion from this many seeds")
     # Progress: one line per model on stderr, stdout holds the JSON alone.
     assert [line.split("]")[0] for line in shown.stderr.splitlines() if line.startswith("[")] == [
         f"[{i}/5" for i in range(1, 6)]

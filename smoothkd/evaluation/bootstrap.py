@@ -66,29 +66,3 @@ def ci_metrics(name: str, values: Sequence[float] | np.ndarray, n_resamples: int
     ci = bootstrap_ci(values, n_resamples, confidence, seed)
     return {name: ci.mean, f"{name}_ci_low": ci.low, f"{name}_ci_high": ci.high}
 
-
-def hierarchical_bootstrap_ci(groups: Sequence[Sequence[float] | np.ndarray], n_resamples: int = 1000,
-                              confidence: float = 0.95, seed: int = 10) -> CI:
-    """Mean of the group means with a two-level percentile-bootstrap CI: each resample draws the groups
-    (e.g. training seeds) with replacement, then the values (e.g. per-example paired differences) within
-    each drawn group, so the interval covers both levels of variation.
-
-    A group drawn twice in one resample gets two independent inner resamples. With one group the interval
-    covers the values only; with one value per group, the groups only.
-    """
-    arrays = [_as_array(g) for g in groups]
-    if not arrays:
-        raise ValueError("hierarchical bootstrap needs at least one group")
-    rng = np.random.default_rng(seed)
-    n_groups = len(arrays)
-    draws = rng.integers(0, n_groups, size=(n_resamples, n_groups))
-    inner_seeds = rng.integers(0, 2**32, size=n_groups)
-    group_means = np.empty(draws.shape)
-    for g, values in enumerate(arrays):
-        drawn = draws == g
-        count = int(drawn.sum())
-        if count:
-            group_means[drawn] = _resampled_means(values, count, int(inner_seeds[g]))
-    tail = (1.0 - confidence) / 2.0
-    low, high = np.quantile(group_means.mean(axis=1), [tail, 1.0 - tail])
-    return CI(float(np.mean([a.mean() for a in arrays])), float(low), float(high))
