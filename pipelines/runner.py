@@ -69,9 +69,9 @@ def run_distill(cfg: RunConfig) -> dict:
     stack's paths live on its machines, so its tokenizer step checks them there (still before training).
     """
     if cfg.orchestration.stack == "local":
-        from smoothkd.modeling.compat import preflight
+        from smoothkd.stages import preflight_models
 
-        preflight(tokenizer_cfg=cfg.tokenizer, teacher=cfg.teacher, student=cfg.student, eval_cfg=cfg.eval)
+        preflight_models(cfg)
     configure_zenml_env(cfg)
     from zenml.integrations.mlflow.flavors.mlflow_experiment_tracker_flavor import (
         MLFlowExperimentTrackerSettings,

@@ -371,12 +371,11 @@ def data_validate(config: ConfigArg, set_: SetOpt = None, verbose: VerboseOpt = 
     from rich.console import Console
 
     with _one_line_errors(log, verbose):
-        from smoothkd.modeling.compat import preflight
-        from smoothkd.stages import prepare_data, validate_dataset
+        from smoothkd.stages import preflight_models, prepare_data, validate_dataset
         from smoothkd.validation.report import validation_table
 
         # Token counts use the run's tokenizer (the teacher's, when configured): check it first.
-        preflight(tokenizer_cfg=cfg.tokenizer, teacher=cfg.teacher, student=cfg.student, eval_cfg=cfg.eval)
+        preflight_models(cfg)
         report = validate_dataset(cfg, prepare_data(cfg))
     console = Console()
     console.print(validation_table(report))
@@ -393,22 +392,15 @@ def teacher_check(config: ConfigArg, set_: SetOpt = None, verbose: VerboseOpt = 
     from rich.console import Console
 
     with _one_line_errors(log, verbose):
+        import time
+
         from smoothkd.calibration.gate import calibration_table
         from smoothkd.config import output_root
-        from smoothkd.modeling.compat import check_run_models, preflight
-        from smoothkd.stages import check_teacher, prepare_data, prepare_teacher, prepare_tokenizer
+        from smoothkd.stages import front_half
 
-        # Model references and compatibility, from configs, in seconds.
-        checked = preflight(tokenizer_cfg=cfg.tokenizer, teacher=cfg.teacher, student=cfg.student,
-                            eval_cfg=cfg.eval)
-        data_dir = prepare_data(cfg)
-        tokenizer = prepare_tokenizer(cfg, data_dir)
-        if checked is None:  # a tokenizer trained on the data: checked once built, before the teacher trains
-            check_run_models(tokenizer, tokenizer_cfg=cfg.tokenizer, teacher=cfg.teacher, student=cfg.student,
-                             eval_cfg=cfg.eval)
-        teacher = prepare_teacher(cfg, data_dir, tokenizer)
-        out_dir = output_root(cfg) / "calibration" / Path(teacher.path).name
-        report = check_teacher(cfg, data_dir, teacher.path, out_dir)
+        # The teacher is known only once built: its diagrams go under the time of the check.
+        out_dir = output_root(cfg) / "calibration" / time.strftime("check-%Y%m%d-%H%M%S")
+        report = front_half(cfg, out_dir, labels=False).gate
     console = Console(soft_wrap=True)  # the path and the verdict stay one line each, whatever the width
     console.print(calibration_table(report))
     console.print(f"reliability diagram: {report.diagram}")
