@@ -136,6 +136,10 @@ class TrainConfig(_Section):
     # The LM head runs inside the chunked loss, so no [B, T, V] logits exist (smoothkd.distill.fused); an
     # architecture it cannot reproduce exactly, and FSDP, train unfused with a warning.
     fused_loss: bool = True
+    # Intra-op threads while training: another count changes the rounding of a CPU run, and a tiny model on
+    # a learning edge turns that into another model, so it is fixed and, being here, part of the model's
+    # content key. Tiny models are bound by per-op overhead: one thread per process, several processes.
+    threads: int = Field(default=1, gt=0)
 
 
 class LoraSettings(_Section):
