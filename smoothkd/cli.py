@@ -152,17 +152,20 @@ def sweep(
     """The α ablation: KD − SFT per α and split, mean over seeds, CI over seeds and examples."""
     cfg = _load(config, set_)
     kd_alphas = _parse_alphas(alphas)
+    if not sys.stderr.isatty():  # a file or pipe gets one line per model, not every frame of every bar
+        os.environ.setdefault("TQDM_DISABLE", "1")
     import json
 
     from rich.console import Console
 
-    from pipelines.sweep import run_sweep
+    from pipelines.sweep import run_sweep, sweep_arms
     from smoothkd.evaluation.sweep import differences_table
 
     # With --json, stdout carries the JSON alone: progress and the libraries' chatter go to stderr.
     quiet = contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext()
     with _one_line_errors(), quiet:
-        summary = run_sweep(cfg, seeds, kd_alphas, echo=lambda line: typer.echo(line, err=as_json))
+        summary = run_sweep(cfg, seeds, sweep_arms(kd_alphas),
+                            echo=lambda line: typer.echo(line, err=as_json))
     if as_json:
         typer.echo(json.dumps(summary.to_dict(), indent=1))
         return
@@ -256,11 +259,13 @@ def models(
 def results(
     as_json: Annotated[bool, typer.Option("--json", help="{run, models: {NAME: {SPLIT: {METRIC: mean}}}}")
                        ] = False,
+    of_sweep: Annotated[bool, typer.Option("--sweep", help="The latest finished sweep (its sweep.json)")
+                        ] = False,
     config: ConfigOpt = DEFAULT_CONFIG,
     set_: SetOpt = None,
     tracking_uri: TrackingOpt = None,
 ) -> None:
-    """The latest finished pipeline run's summary, read back from the config's MLflow store."""
+    """The latest finished pipeline run's (or sweep's) summary, read back from the config's MLflow store."""
     import json
 
     from rich.console import Console
@@ -271,6 +276,9 @@ def results(
 
     cfg = _load(config if config.exists() else None, set_)
     uri = tracking_uri or store_of(cfg)
+    if of_sweep:
+        _print_sweep(uri, cfg.tracking.experiment_name, config, as_json)
+        return
     with _registry_errors("results"):
         found = latest_results(uri, cfg.tracking.experiment_name)
     if found is None:
@@ -283,6 +291,29 @@ def results(
     console = Console()
     console.print(f"run {run_name} (MLflow store {uri})", highlight=False, soft_wrap=True)
     _print_summary(console, record, cfg.eval.splits)
+
+
+def _print_sweep(uri: str, experiment_name: str, config: Path, as_json: bool) -> None:
+    """The latest finished sweep's summary: as JSON, or its conclusions and where its files are."""
+    import json
+
+    from pipelines.sweep import latest_sweep
+
+    with _registry_errors("results --sweep"):
+        summary = latest_sweep(uri, experiment_name)
+    if summary is None:
+        _fail(f"no finished sweep in experiment {experiment_name}-sweeps of {uri}: run `smoothkd sweep "
+              f"{config} --seeds N` first", code=1)
+    if as_json:
+        typer.echo(json.dumps(summary, indent=1))
+        return
+    seeds = ", ".join(map(str, summary["seeds"]))
+    typer.echo(f"sweep {summary['run_name']} (MLflow store {uri}): seeds {seeds}, "
+               f"{len(summary['models'])} models, {summary['seconds']:.0f} s")
+    for arm, per_split in summary["conclusions"].items():
+        for split, text in per_split.items():
+            typer.echo(f"{arm} {split}: {text}")
+    typer.echo(f"chart: {summary['chart']}\nsummary: {summary['summary_file']}")
 
 
 @app.command()

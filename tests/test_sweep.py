@@ -214,3 +214,99 @@ def test_bad_alphas_are_one_line(tmp_path, alphas, says):
     shown = _sweep(tmp_path, "--seeds", "1", "--alphas", alphas)
     assert shown.exit_code == 2 and says in shown.output
     assert "Traceback" not in shown.output and not (tmp_path / "sweeps").exists()
+
+
+def test_a_bad_student_reference_stops_the_sweep_before_any_data_or_model(tmp_path):
+    shown = _sweep(tmp_path, "--seeds", "2", "--set", "student.name_or_path=/nonexistent")
+    assert shown.exit_code == 2, shown.output
+    lines = shown.output.strip().splitlines()
+    assert len(lines) == 1 and "student.name_or_path=/nonexistent" in lines[0]
+    # The preflight comes first: no corpus, dataset, teacher or student was made.
+    assert not [p.name for p in tmp_path.iterdir()]
+
+
+def test_a_student_trains_with_its_fixed_threads_and_the_same_weights_in_or_out_of_a_worker(tiny_sweep,
+                                                                                             tmp_path):
+    import torch
+
+    from smoothkd.artifacts import TRAIN_RECORD
+    from smoothkd.io import read_json
+    from smoothkd.stages import prepare_data, prepare_tokenizer, train_student
+
+    out, _, summary = tiny_sweep
+    swept = {m["name"]: m for m in summary["models"]}["sft_s10"]
+    runtime = read_json(Path(swept["path"]) / TRAIN_RECORD)["runtime"]
+    assert runtime == {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                       "threads": 1}
+    # The same student trained again here, as `smoothkd run` would, in this process with 3 threads set:
+    # the training's fixed count applies (and this process's is restored after), so the content key and
+    # the weights are the worker's. The worker's copy moves aside first, or it would be reused.
+    worker_copy = tmp_path / "worker"
+    Path(swept["path"]).rename(worker_copy)
+    cfg = load_config(ROOT / "configs/test/tiny.yaml", [f"output_dir={out}"])
+    data_dir = prepare_data(cfg)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        here = train_student(cfg, data_dir, prepare_tokenizer(cfg, data_dir))
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(previous)
+    assert not here.cached and here.path == swept["path"]  # one content key
+    weights = "model.safetensors"
+    assert (Path(here.path) / weights).read_bytes() == (worker_copy / weights).read_bytes()
+
+
+def test_the_thread_count_is_part_of_the_students_key(tmp_path):
+    from smoothkd.stages import prepare_data, prepare_tokenizer, train_student
+
+    paths = []
+    for threads in (1, 2):
+        cfg = load_config(ROOT / "configs/test/tiny.yaml", [
+            f"output_dir={tmp_path}", "student.train.max_steps=1", f"student.train.threads={threads}"])
+        data_dir = prepare_data(cfg)
+        paths.append(train_student(cfg, data_dir, prepare_tokenizer(cfg, data_dir)).path)
+    assert paths[0] != paths[1]
+
+
+class Killed(Exception):
+    pass
+
+
+def test_a_sweep_stopped_after_its_third_model_resumes_without_retraining_it(tmp_path):
+    from pipelines.sweep import run_sweep, sweep_arms
+
+    cfg = load_config(ROOT / "configs/test/tiny.yaml", [f"output_dir={tmp_path}", "sweep.workers=2"])
+    lines: list[str] = []
+
+    def stop_at_third(line: str) -> None:
+        lines.append(line)
+        if line.startswith("[3/"):
+            raise Killed
+
+    with pytest.raises(Killed):
+        run_sweep(cfg, 2, sweep_arms([0.5]), echo=stop_at_third)
+    first = [line.split("] ")[1].split(":")[0] for line in lines if line.startswith("[")]
+    assert len(first) == 3 and not list(tmp_path.glob("sweeps/*/sweep.json"))
+    again: list[str] = []
+    summary = run_sweep(cfg, 2, sweep_arms([0.5]), echo=again.append)
+    cached = {line.split("] ")[1].split(":")[0] for line in again if ": cached, " in line}
+    assert set(first) - {"teacher"} <= cached
+    assert len(summary.models) == 5
+
+
+def test_results_reads_the_latest_sweep_back(tiny_sweep, tmp_path):
+    from smoothkd.cli import app
+
+    out = tiny_sweep[0]
+    # The module's sweeps so far (the rerun test adds one): the newest written is the one to read back.
+    summary = json.loads(max(out.glob("sweeps/*/sweep.json"), key=lambda p: p.stat().st_mtime).read_text())
+    config = ["--config", str(ROOT / "configs/test/tiny.yaml")]
+    shown = CliRunner().invoke(app, ["results", "--sweep", "--json", *config, "--set", f"output_dir={out}"])
+    assert shown.exit_code == 0, shown.output
+    assert json.loads(shown.stdout) == summary
+    text = CliRunner().invoke(app, ["results", "--sweep", *config, "--set", f"output_dir={out}"])
+    assert text.exit_code == 0 and summary["run_name"] in text.output
+    assert f"kd_a0.5 cnndm: {summary['conclusions']['kd_a0.5']['cnndm']}" in text.output
+    none = CliRunner().invoke(app, ["results", "--sweep", *config, "--set", f"output_dir={tmp_path}"])
+    assert none.exit_code == 1 and "no finished sweep" in none.output
