@@ -1,50 +1,46 @@
-"""The α × seed ablation: the teacher and its labels once, then every (arm, seed) student, each evaluated,
-and KD − SFT per α and split over seeds (`smoothkd.evaluation.sweep`).
+"""The α × seed ablation as a ZenML pipeline: the front half once (the `distill` pipeline's own steps,
+`pipelines.distill.front_half`), then one training and one evaluation step per (arm, seed) and the
+teacher's evaluation, then one analysis step: KD − SFT per α and split over seeds
+(`smoothkd.evaluation.sweep`), `sweep.json`, the chart and the MLflow parent run with a child per model in
+the experiment `<tracking.experiment_name>-sweeps`.
 
-The front half is `smoothkd.stages.front_half`, the stages the `distill` pipeline runs as steps (preflight
-first, so a bad model reference stops the sweep in seconds). The models then train and evaluate in
-`sweep.workers` spawned processes at once, each with its training section's fixed intra-op thread count,
-so a student's weights do not depend on the schedule and its content key is the one `smoothkd run` gives
-the same-seed student: either reuses the other's. Every artifact is content-addressed by the stages, so a
-sweep killed midway resumes with what it finished. MLflow gets one parent run with a child per model in
-the experiment `<tracking.experiment_name>-sweeps`; the JSON summary and the chart go to
-`<output_dir>/sweeps/<run name>/` and to the parent run.
+A dynamic pipeline: the fan-out is known only at the command line, and `step.submit` runs the student
+steps concurrently, on the local orchestrator in threads of this process. Each thread's model trains and
+evaluates in one of `sweep.workers` spawned processes with the training's fixed intra-op thread count
+(`stages.in_worker`), so a model's weights do not depend on the schedule and its content key is the one
+`smoothkd run` gives the same-seed student: either reuses the other's. Each student step carries its own
+ResourceSettings (its thread count as CPUs), so on a kubernetes or skypilot stack every student is its own
+pod or job. Every artifact is content-addressed by the stages, so a sweep killed midway resumes with what
+it finished.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import multiprocessing
-import os
 import tempfile
+import threading
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import mlflow
+from zenml import pipeline
+from zenml.config import ResourceSettings
+from zenml.enums import ExecutionMode
 
-from smoothkd.artifacts import Evaluation, ModelArtifact
-from smoothkd.charts import sweep_chart
-from smoothkd.config import RunConfig, apply_overrides, output_root, tracking_uri
-from smoothkd.errors import TeacherRejectedError
-from smoothkd.evaluation.sweep import (
-    COMPARED,
-    SweepModel,
-    SweepSummary,
-    conclusions,
-    kd_minus_sft,
-    kd_name,
+from pipelines.distill import front_half
+from smoothkd.config import RunConfig
+from smoothkd.evaluation.sweep import SweepSummary
+from smoothkd.stages import student_name
+from steps.sweep import (
+    LISTENERS,
+    SUMMARY_FILE,
+    SWEEP_TAG,
+    analyse_sweep,
+    evaluate_sweep_model,
+    train_sweep_student,
 )
-from smoothkd.io import write_json
-from smoothkd.registry.store import PER_EXAMPLE_ARTIFACT
-from smoothkd.stages import evaluate_model, front_half, student_name, train_student
-from smoothkd.tracking import ensure_experiment, kd_label, log_metrics, log_training, path_name, run_name
-
-SUMMARY_FILE, CHART_FILE = "sweep.json", "sweep.png"
-SWEEP_TAG = "smoothkd.sweep"
+from steps.tracking import record_failure
 
 
 @dataclass(frozen=True)
@@ -58,7 +54,7 @@ class Arm:
     seed_offset: int = 0
 
     def model(self, seed: int) -> str:
-        """The name of this arm's student of (pairing) seed `seed`, in progress lines and MLflow runs."""
+        """The name of this arm's student of (pairing) seed `seed`, in step ids, progress and MLflow."""
         return f"{self.name}_s{seed}"
 
 
@@ -73,99 +69,29 @@ def sweep_seeds(cfg: RunConfig, n: int) -> list[int]:
     return [cfg.student.train.seed + i for i in range(n)]
 
 
-def with_student_seed(cfg: RunConfig, seed: int) -> RunConfig:
-    """`cfg` with the student's training seed (its initialisation and data order) set to `seed`."""
-    raw = apply_overrides(cfg.model_dump(mode="json"), [f"student.train.seed={seed}"])
-    return RunConfig.model_validate(raw)
-
-
-@dataclass(frozen=True)
-class StudentInputs:
-    """What every student of the sweep is trained from: the front half's results, as plain values."""
-
-    data_dir: str
-    tokenizer: str
-    labels_dir: str
-    teacher_path: str
-    temperature: float
-
-
-@dataclass(frozen=True)
-class Job:
-    """One model for a worker: a student (its arm and pairing seed) to train and evaluate, or the teacher
-    (`teacher` given, `arm` None) to evaluate."""
-
-    name: str
-    arm: Arm | None = None
-    seed: int | None = None
-    teacher: ModelArtifact | None = None
-
-
-@dataclass(frozen=True)
-class Finished:
-    """A job's results: the model, its evaluation and how long the evaluation took."""
-
-    job: Job
-    artifact: ModelArtifact
-    evaluation: Evaluation
-    eval_seconds: float
-
-
-def run_job(config: dict, inputs: StudentInputs, job: Job) -> Finished:
-    """Train (or reuse) the job's student, or take the teacher, and evaluate it (or reuse its evaluation)."""
-    cfg = RunConfig.model_validate(config)
-    if job.arm is None:
-        artifact = job.teacher
-    else:
-        cfg = with_student_seed(cfg, job.seed + job.arm.seed_offset)
-        artifact = train_student(cfg, inputs.data_dir, inputs.tokenizer, job.arm.alpha, inputs.labels_dir,
-                                 inputs.teacher_path, inputs.temperature)
-    began = time.perf_counter()
-    evaluation = evaluate_model(cfg, artifact.path, inputs.data_dir, progress=False, label=job.name)
-    return Finished(job, artifact, evaluation, time.perf_counter() - began)
-
-
-def start_worker(threads: int) -> None:
-    """A worker's fixed intra-op thread count (training sets its own section's again)."""
-    import torch
-
-    torch.set_num_threads(threads)
-
-
-@contextlib.contextmanager
-def _worker_environment() -> Iterator[None]:
-    """While workers start: no progress bars (several processes' bars would interleave on one console) and
-    no library chatter below errors; the parent's environment is restored after."""
-    quiet = {"TQDM_DISABLE": "1", "TRANSFORMERS_VERBOSITY": "error"}
-    previous = {key: os.environ.get(key) for key in quiet}
-    os.environ.update(quiet)
-    try:
-        yield
-    finally:
-        for key, value in previous.items():
-            if value is None:
-                os.environ.pop(key)
-            else:
-                os.environ[key] = value
-
-
-def run_jobs(cfg: RunConfig, inputs: StudentInputs, jobs: list[Job], done: Callable[[Finished], None]
-             ) -> None:
-    """Run `jobs` on `sweep.workers` spawned processes (started fresh: no torch thread pool forked), calling
-    `done` in this process as each finishes. A failing job cancels those not started and is raised."""
-    context = multiprocessing.get_context("spawn")
-    config = cfg.model_dump(mode="json")
-    pool = ProcessPoolExecutor(cfg.sweep.workers, mp_context=context, initializer=start_worker,
-                               initargs=(cfg.student.train.threads,))
-    try:
-        with _worker_environment():
-            futures = [pool.submit(run_job, config, inputs, job) for job in jobs]
-        for future in as_completed(futures):
-            done(future.result())
-    except BaseException:
-        pool.shutdown(wait=True, cancel_futures=True)
-        raise
-    pool.shutdown()
+# Fail fast re-raises the failing step's own exception, so the CLI reports a known input problem (a
+# rejected teacher, invalid data) as one line.
+@pipeline(dynamic=True, enable_cache=False, execution_mode=ExecutionMode.FAIL_FAST, on_failure=record_failure)
+def sweep(config: dict, name: str, seeds: list[int], arms: list[dict], started: float) -> None:
+    """The front half, every (arm, seed) student trained and evaluated concurrently, the analysis."""
+    front = front_half(config)
+    threads = RunConfig.model_validate(config).student.train.threads
+    resources = {"resources": ResourceSettings(cpu_count=threads)}
+    train = train_sweep_student.with_options(settings=resources)
+    evaluate = evaluate_sweep_model.with_options(settings=resources)
+    evaluations = [evaluate.submit(config, front.dataset_dir, front.teacher_summary, "teacher",
+                                   id="evaluate_teacher")]
+    students = []
+    for seed in seeds:
+        for arm in [Arm(**fields) for fields in arms]:
+            student = train.submit(config, front.dataset_dir, front.tokenizer, front.calibration_temperature,
+                                   front.label_store, front.teacher_dir, arm.alpha, seed + arm.seed_offset,
+                                   id=f"train_{arm.model(seed)}")
+            students.append(student)
+            evaluations.append(evaluate.submit(config, front.dataset_dir, student, arm.model(seed),
+                                               id=f"evaluate_{arm.model(seed)}"))
+    analyse_sweep(config, name, seeds, arms, front.teacher_summary, students, evaluations,
+                  front.calibration_temperature, front.label_store, started)
 
 
 def time_left(finished: int, total: int, seconds: float) -> str:
@@ -174,123 +100,57 @@ def time_left(finished: int, total: int, seconds: float) -> str:
     return f"~{left / 60:.1f} min left" if left >= 90 else f"~{left:.0f} s left"
 
 
-@contextlib.contextmanager
-def _tracking(uri: str) -> Iterator[None]:
-    """Point the fluent MLflow API at `uri` for the sweep, and back where it was afterwards."""
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(previous)
+def _headline(metrics: dict[str, float], splits: list[str]) -> str:
+    return ", ".join(f"{split} consistency {metrics[f'{split}/factual_consistency']:.1f}%"
+                     for split in splits if f"{split}/factual_consistency" in metrics)
 
 
-def _log_model(experiment: str, name: str, artifact: ModelArtifact, alpha: float | None, seed: int | None,
-               evaluation: Evaluation) -> str:
-    """One child run: what trained the model, its loss curve, evaluation metrics, per-example scores."""
-    # A nested run lands in the active experiment, not its parent's, unless told.
-    with mlflow.start_run(experiment_id=experiment, run_name=name, nested=True) as run:
-        log_training({"role": artifact.role, "alpha": "" if alpha is None else alpha,
-                      "seed": "" if seed is None else seed, "path": artifact.path, "cached": artifact.cached,
-                      "runtime": artifact.runtime or {}},
-                     artifact.loss_history)
-        log_metrics({**evaluation.metrics, "parameters": artifact.parameters,
-                     "train/seconds": artifact.train_seconds})
-        mlflow.log_dict(evaluation.per_example, PER_EXAMPLE_ARTIFACT)
-        return run.info.run_id
+def progress_printer(cfg: RunConfig, total: int, echo: Callable[[str], None]):
+    """A listener that prints one line per evaluated model: how it came, its headline, the time left."""
+    lock, began, done = threading.Lock(), time.perf_counter(), []
 
+    def heard(name: str, model, evaluation, seconds: float) -> None:
+        with lock:  # steps finish in several threads at once
+            done.append(name)
+            trained = "cached" if model.cached else f"trained in {model.train_seconds:.1f} s"
+            left = time_left(len(done), total, time.perf_counter() - began)
+            echo(f"[{len(done)}/{total}] {name}: {trained}, evaluated in {seconds:.1f} s; "
+                 f"{_headline(evaluation.metrics, cfg.eval.splits)}; {left}")
 
-def _headline(evaluation: Evaluation, splits: list[str]) -> str:
-    return ", ".join(f"{split} consistency {evaluation.metrics[f'{split}/factual_consistency']:.1f}%"
-                     for split in splits if f"{split}/factual_consistency" in evaluation.metrics)
+    return heard
 
 
 def run_sweep(cfg: RunConfig, n_seeds: int, arms: list[Arm], echo: Callable[[str], None] = print
               ) -> SweepSummary:
-    """Train and evaluate every arm's student for each of `n_seeds` seeds after the front half (every stage
-    reused when cached), and compare each KD arm with the SFT baseline (`kd_minus_sft` keys arms by α: one
-    arm per α).
+    """Run the sweep pipeline for every arm over `n_seeds` seeds on the config's stack and return its
+    summary. The first arm is the baseline; `kd_minus_sft` keys arms by α, so one arm per α.
 
     Raises, as `smoothkd run` would, before any student trains: on a bad model reference (in seconds, before
-    any data or teacher), DataValidationError, TeacherRejectedError.
+    any data or teacher, on the local stack), DataValidationError, TeacherRejectedError.
     """
-    start = time.perf_counter()
+    from pipelines.runner import prepare_stack
+    from smoothkd.tracking import kd_label, run_name
+
+    started = time.time()
+    _, settings, options = prepare_stack(cfg)
     seeds = sweep_seeds(cfg, n_seeds)
-    kd_alphas = [arm.alpha for arm in arms if arm.alpha]
-    sweep_name = run_name("sweep", cfg.name, kd_label(kd_alphas), f"{n_seeds} seeds")
-    out_dir = output_root(cfg) / "sweeps" / path_name(sweep_name)
-
-    def heard(teacher: ModelArtifact) -> None:
-        trained = "cached" if teacher.cached else f"trained in {teacher.train_seconds:.1f} s"
-        echo(f"teacher: {trained} ({teacher.path})")
-
-    front = front_half(cfg, out_dir / "calibration", output_root(cfg) / "data_docs" / path_name(sweep_name),
-                       on_teacher=heard)
-    gate, teacher, labels = front.gate, front.teacher, front.labels
-    if not gate.passed:
-        raise TeacherRejectedError(gate.message())
-    echo(f"teacher {gate.message()}; labels {labels.path}")
-    inputs = StudentInputs(str(front.data_dir), str(front.tokenizer), labels.path, teacher.path,
-                           gate.temperature)
-
-    uri = tracking_uri(cfg)
-    experiment = ensure_experiment(uri, f"{cfg.tracking.experiment_name}-sweeps",
-                                   output_root(cfg) / "mlartifacts")
-    jobs = [Job("teacher", teacher=teacher),
-            *(Job(arm.model(seed), arm, seed) for seed in seeds for arm in arms)]
-    finished: list[tuple[int, SweepModel]] = []
-    evaluations: dict[float, dict[int, Evaluation]] = {arm.alpha: {} for arm in arms}
-    with _tracking(uri), mlflow.start_run(experiment_id=experiment, run_name=sweep_name) as parent:
-        mlflow.set_tag(SWEEP_TAG, "true")
-        mlflow.log_params({"config": cfg.name, "seeds": ",".join(map(str, seeds)),
-                           "alphas": ",".join(f"{arm.alpha:g}" for arm in arms), "teacher": teacher.path,
-                           "labels": labels.path, "teacher_temperature": gate.temperature,
-                           "workers": cfg.sweep.workers, "threads": cfg.student.train.threads})
-        began = time.perf_counter()
-
-        def done(result: Finished) -> None:
-            job, artifact, evaluation = result.job, result.artifact, result.evaluation
-            alpha = None if job.arm is None else job.arm.alpha
-            if job.arm is not None:
-                evaluations[job.arm.alpha][job.seed] = evaluation
-            run_id = _log_model(experiment, job.name, artifact, alpha, job.seed, evaluation)
-            finished.append((jobs.index(job), SweepModel(
-                job.name, alpha, job.seed, artifact.path, run_id, artifact.cached,
-                {k: v for k, v in evaluation.metrics.items() if "_ci_" not in k})))
-            trained = "cached" if artifact.cached else f"trained in {artifact.train_seconds:.1f} s"
-            left = time_left(len(finished), len(jobs), time.perf_counter() - began)
-            echo(f"[{len(finished)}/{len(jobs)}] {job.name}: {trained}, evaluated in "
-                 f"{result.eval_seconds:.1f} s; {_headline(evaluation, cfg.eval.splits)}; {left}")
-
-        run_jobs(cfg, inputs, jobs, done)
-        models = [model for _, model in sorted(finished, key=lambda pair: pair[0])]
-        differences = kd_minus_sft(evaluations, cfg.eval)
-        summary = SweepSummary(
-            config=cfg.name, run_name=sweep_name, run_id=parent.info.run_id, seeds=seeds, alphas=kd_alphas,
-            confidence=cfg.eval.confidence, teacher_temperature=gate.temperature, models=models,
-            differences=differences, conclusions=conclusions(differences, cfg.eval.confidence),
-            chart=str(out_dir / CHART_FILE), summary_file=str(out_dir / SUMMARY_FILE))
-        for d in differences:
-            name = f"delta/{kd_name(d.alpha)}/{d.split}/{d.metric}"
-            log_metrics({name: d.mean, f"{name}_ci_low": d.low, f"{name}_ci_high": d.high})
-        for kd, per_split in summary.conclusions.items():
-            mlflow.set_tags({f"conclusion.{kd}.{split}": text for split, text in per_split.items()})
-        summary.seconds = time.perf_counter() - start
-        # The chart first, the summary last (each written then renamed): a sweep.json means a whole sweep.
-        out_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
-            drawn = sweep_chart([asdict(d) for d in differences], dict(COMPARED), cfg.eval.confidence,
-                                Path(tmp) / CHART_FILE)
-            os.replace(drawn, out_dir / CHART_FILE)
-        write_json(out_dir / SUMMARY_FILE, summary.to_dict())
-        for file in (CHART_FILE, SUMMARY_FILE):
-            mlflow.log_artifact(str(out_dir / file), "sweep")
-    return summary
+    name = run_name("sweep", cfg.name, kd_label([a.alpha for a in arms if a.alpha]), f"{n_seeds} seeds")
+    listener = progress_printer(cfg, 1 + n_seeds * len(arms), echo)
+    LISTENERS.append(listener)
+    try:
+        run = sweep.with_options(settings=settings, run_name=name, **options)(
+            config=cfg.model_dump(mode="json"), name=name, seeds=seeds, arms=[asdict(a) for a in arms],
+            started=started)
+    finally:
+        LISTENERS.remove(listener)
+    return run.steps["analyse_sweep"].outputs["sweep_summary"][0].load()
 
 
 def latest_sweep(uri: str, experiment_name: str) -> dict | None:
     """The summary (`sweep.json`) of the newest finished sweep in the experiment `<experiment_name>-sweeps`
     of the MLflow store `uri`; None when no sweep finished there."""
+    import mlflow
+
     client = mlflow.MlflowClient(tracking_uri=uri)
     experiment = client.get_experiment_by_name(f"{experiment_name}-sweeps")
     if experiment is None:

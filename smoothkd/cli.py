@@ -148,8 +148,10 @@ def sweep(
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON (progress on stderr)")
                        ] = False,
     set_: SetOpt = None,
+    verbose: VerboseOpt = False,
 ) -> None:
-    """The α ablation: KD − SFT per α and split, mean over seeds, CI over seeds and examples."""
+    """The α ablation (a ZenML pipeline): KD − SFT per α and split, mean over seeds, CI over seeds and
+    examples."""
     cfg = _load(config, set_)
     kd_alphas = _parse_alphas(alphas)
     if not sys.stderr.isatty():  # a file or pipe gets one line per model, not every frame of every bar
@@ -161,9 +163,10 @@ def sweep(
     from pipelines.sweep import run_sweep, sweep_arms
     from smoothkd.evaluation.sweep import differences_table
 
+    log = _console(cfg, "sweep", verbose, zenml=True)
     # With --json, stdout carries the JSON alone: progress and the libraries' chatter go to stderr.
     quiet = contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext()
-    with _one_line_errors(), quiet:
+    with _one_line_errors(log, verbose), quiet:
         summary = run_sweep(cfg, seeds, sweep_arms(kd_alphas),
                             echo=lambda line: typer.echo(line, err=as_json))
     if as_json:

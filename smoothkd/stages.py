@@ -10,15 +10,20 @@ a complete one.
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import multiprocessing
+import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from smoothkd.artifacts import TRAIN_RECORD, Evaluation, ModelArtifact
-from smoothkd.config import RunConfig, output_root
+from smoothkd.config import RunConfig, apply_overrides, output_root
 from smoothkd.data.dataset import (
     EVAL_KINDS,
     dataset_key,
@@ -282,6 +287,12 @@ def front_half(cfg: RunConfig, calibration_dir: str | Path, docs_dir: str | Path
     return front
 
 
+def with_student_seed(cfg: RunConfig, seed: int) -> RunConfig:
+    """`cfg` with the student's training seed (its initialisation and data order) set to `seed`."""
+    raw = apply_overrides(cfg.model_dump(mode="json"), [f"student.train.seed={seed}"])
+    return RunConfig.model_validate(raw)
+
+
 def student_name(alpha: float) -> str:
     """`sft` for the baseline, `kd_a<α>` for a KD student: the name in roles, step ids and the registry."""
     return "sft" if alpha == 0 else f"kd_a{alpha:g}"
@@ -399,3 +410,49 @@ def champion_reevaluator(cfg: RunConfig, store_uri: str, name: str | None = None
                          champion.version, EvalIdentity.from_dict(result.identity))
 
     return reevaluate
+
+
+# ---- worker processes ----
+
+
+def start_worker(threads: int) -> None:
+    """A worker's fixed intra-op thread count (training sets its own section's again)."""
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+@functools.cache
+def worker_pool(workers: int, threads: int) -> ProcessPoolExecutor:
+    """This process's pool of `workers` spawned processes (started fresh: no torch thread pool forked) with
+    `threads` intra-op threads each. One pool for every caller: the sweep's steps run concurrently in threads
+    of one process, and the pool, not their number, bounds how many models train at once."""
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=start_worker, initargs=(threads,))
+
+
+@contextlib.contextmanager
+def quiet_workers() -> Iterator[None]:
+    """While workers start: no progress bars (several processes' bars would interleave on one console) and
+    no library chatter below errors. Set in this process's environment, which a spawned worker inherits."""
+    quiet = {"TQDM_DISABLE": "1", "TRANSFORMERS_VERBOSITY": "error"}
+    previous = {key: os.environ.get(key) for key in quiet}
+    os.environ.update(quiet)
+    try:
+        yield
+    finally:
+        for key, value in previous.items():
+            if value is None:
+                os.environ.pop(key)
+            else:
+                os.environ[key] = value
+
+
+def in_worker(cfg: RunConfig, fn: Callable, *args):
+    """`fn(*args)` in one of the run's worker processes (`sweep.workers` of them, `student.train.threads`
+    intra-op threads each), waiting for its result; its exception is raised here."""
+    pool = worker_pool(cfg.sweep.workers, cfg.student.train.threads)
+    with quiet_workers():
+        future = pool.submit(fn, *args)
+    return future.result()
+

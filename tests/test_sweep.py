@@ -202,8 +202,7 @@ def test_a_rerun_reuses_the_cached_teacher_and_students(tiny_sweep):
     out, _, first = tiny_sweep
     again = _sweep(out, "--seeds", "1", "--alphas", "0.5")
     assert again.exit_code == 0, again.output
-    assert "cached" in again.output.split("[1/3]")[0]  # the teacher line comes before the first model
-    assert again.output.count(": cached, evaluated") == 3
+    assert again.output.count(": cached, evaluated") == 3  # the teacher and both students
     assert "KD − SFT over seeds 10" in again.output
     assert "kd_a0.5 cnndm: " in again.output
 
@@ -219,10 +218,10 @@ def test_bad_alphas_are_one_line(tmp_path, alphas, says):
 def test_a_bad_student_reference_stops_the_sweep_before_any_data_or_model(tmp_path):
     shown = _sweep(tmp_path, "--seeds", "2", "--set", "student.name_or_path=/nonexistent")
     assert shown.exit_code == 2, shown.output
-    lines = shown.output.strip().splitlines()
-    assert len(lines) == 1 and "student.name_or_path=/nonexistent" in lines[0]
-    # The preflight comes first: no corpus, dataset, teacher or student was made.
-    assert not [p.name for p in tmp_path.iterdir()]
+    errors = [line for line in shown.output.splitlines() if not line.startswith("log: ")]
+    assert len(errors) == 1 and "student.name_or_path=/nonexistent" in errors[0]
+    # The preflight comes first: no corpus, dataset, teacher or student was made, only the log file.
+    assert [p.name for p in tmp_path.iterdir()] == ["logs"]
 
 
 def test_a_student_trains_with_its_fixed_threads_and_the_same_weights_in_or_out_of_a_worker(tiny_sweep,
@@ -269,30 +268,56 @@ def test_the_thread_count_is_part_of_the_students_key(tmp_path):
     assert paths[0] != paths[1]
 
 
-class Killed(Exception):
-    pass
+def _progress_names(lines: list[str]) -> list[str]:
+    return [line.split("] ", 1)[1].split(":")[0] for line in lines if line.startswith("[")]
 
 
-def test_a_sweep_stopped_after_its_third_model_resumes_without_retraining_it(tmp_path):
-    from pipelines.sweep import run_sweep, sweep_arms
+def test_a_sweep_killed_after_its_third_model_resumes_without_retraining_it(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
 
-    cfg = load_config(ROOT / "configs/test/tiny.yaml", [f"output_dir={tmp_path}", "sweep.workers=2"])
-    lines: list[str] = []
-
-    def stop_at_third(line: str) -> None:
+    command = [sys.executable, "-m", "smoothkd.cli", "sweep", str(ROOT / "configs/test/tiny.yaml"),
+               "--seeds", "2", "--alphas", "0.5", "--json", "--set", f"output_dir={tmp_path}"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    # Its own session, so the kill takes the sweep's worker processes too, as a Ctrl-\ or an OOM kill would.
+    first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
+                             start_new_session=True)
+    lines = []
+    for line in first.stderr:
         lines.append(line)
         if line.startswith("[3/"):
-            raise Killed
+            os.killpg(first.pid, signal.SIGKILL)
+            break
+    first.wait(timeout=60)
+    killed = _progress_names(lines)
+    assert len(killed) == 3 and not list(tmp_path.glob("sweeps/*/sweep.json")), lines
+    again = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert again.returncode == 0, again.stderr
+    cached = [name for name, line in zip(_progress_names(again.stderr.splitlines()),
+                                         [x for x in again.stderr.splitlines() if x.startswith("[")],
+                                         strict=True) if ": cached, " in line]
+    assert set(killed) <= set(cached)
+    assert len(json.loads(again.stdout)["models"]) == 5
 
-    with pytest.raises(Killed):
-        run_sweep(cfg, 2, sweep_arms([0.5]), echo=stop_at_third)
-    first = [line.split("] ")[1].split(":")[0] for line in lines if line.startswith("[")]
-    assert len(first) == 3 and not list(tmp_path.glob("sweeps/*/sweep.json"))
-    again: list[str] = []
-    summary = run_sweep(cfg, 2, sweep_arms([0.5]), echo=again.append)
-    cached = {line.split("] ")[1].split(":")[0] for line in again if ": cached, " in line}
-    assert set(first) - {"teacher"} <= cached
-    assert len(summary.models) == 5
+
+def test_student_steps_depend_on_the_front_half_only(tiny_sweep):
+    from zenml.client import Client
+
+    _, _, summary = tiny_sweep
+    steps = Client().get_pipeline_run(summary["run_name"]).steps
+    front = {"load_data", "validate_data", "build_tokenizer", "teacher", "check_teacher_calibration",
+             "precompute_labels"}
+    students = [f"{arm}_s{seed}" for seed in (10, 11) for arm in ("sft", "kd_a0.5")]
+    assert front | {f"train_{s}" for s in students} | {f"evaluate_{s}" for s in ["teacher", *students]} | {
+        "analyse_sweep"} == set(steps)
+    for name in students:
+        assert set(steps[f"train_{name}"].spec.upstream_steps) <= front
+        assert set(steps[f"evaluate_{name}"].spec.upstream_steps) - front == {f"train_{name}"}
+        settings = steps[f"train_{name}"].config.settings["resources"]
+        assert settings.cpu_count == 1  # its own ResourceSettings: a pod or job each on a cluster stack
+    assert set(steps["analyse_sweep"].spec.upstream_steps) >= {f"evaluate_{s}" for s in students}
 
 
 def test_results_reads_the_latest_sweep_back(tiny_sweep, tmp_path):
