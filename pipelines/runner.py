@@ -116,19 +116,20 @@ def run_distill(cfg: RunConfig) -> dict:
         config=cfg.model_dump(mode="json"))
     seconds = time.perf_counter() - start
     if not local:
-        run = _finished(run, cfg.orchestration.stack)
+        run = finished_run(run, cfg.orchestration.stack, "report")
     results = run.steps["report"].outputs["results"][0].load()
     return {**results, "run_name": name, "pipeline_seconds": seconds, "tracking_uri": uri}
 
 
-def _finished(run, stack: str):
-    """The run as the server sees it now; a remote run that did not complete is a one-line error."""
+def finished_run(run, stack: str, last_step: str):
+    """The run as the server sees it now; a remote run that did not complete (through `last_step`) is a
+    one-line error."""
     from zenml.client import Client
 
     from smoothkd.errors import StackError
 
     run = Client().get_pipeline_run(run.id)
-    if "report" not in run.steps or run.status.value != "completed":
+    if last_step not in run.steps or run.status.value != "completed":
         raise StackError(f"run {run.name} is {run.status.value} on stack {stack}: follow it with "
                          f"`zenml pipeline runs get {run.id}`; results land in MLflow")
     return run

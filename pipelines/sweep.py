@@ -94,9 +94,14 @@ def sweep(config: dict, name: str, seeds: list[int], arms: list[dict], started: 
                   front.calibration_temperature, front.label_store, started)
 
 
-def time_left(finished: int, total: int, seconds: float) -> str:
-    """An estimate of the time the remaining models take, from the pace so far."""
-    left = seconds / finished * (total - finished)
+def time_left(finished: int, total: int, since_first: float) -> str:
+    """An estimate of the time the remaining models take, from the pace since the first one finished (the
+    front half before it is not a model's pace)."""
+    if finished == total:
+        return "done"
+    if finished < 2:
+        return "time left: after the next model"
+    left = since_first / (finished - 1) * (total - finished)
     return f"~{left / 60:.1f} min left" if left >= 90 else f"~{left:.0f} s left"
 
 
@@ -107,13 +112,13 @@ def _headline(metrics: dict[str, float], splits: list[str]) -> str:
 
 def progress_printer(cfg: RunConfig, total: int, echo: Callable[[str], None]):
     """A listener that prints one line per evaluated model: how it came, its headline, the time left."""
-    lock, began, done = threading.Lock(), time.perf_counter(), []
+    lock, done = threading.Lock(), []
 
     def heard(name: str, model, evaluation, seconds: float) -> None:
         with lock:  # steps finish in several threads at once
-            done.append(name)
+            done.append(time.perf_counter())
             trained = "cached" if model.cached else f"trained in {model.train_seconds:.1f} s"
-            left = time_left(len(done), total, time.perf_counter() - began)
+            left = time_left(len(done), total, done[-1] - done[0])
             echo(f"[{len(done)}/{total}] {name}: {trained}, evaluated in {seconds:.1f} s; "
                  f"{_headline(evaluation.metrics, cfg.eval.splits)}; {left}")
 
@@ -128,7 +133,7 @@ def run_sweep(cfg: RunConfig, n_seeds: int, arms: list[Arm], echo: Callable[[str
     Raises, as `smoothkd run` would, before any student trains: on a bad model reference (in seconds, before
     any data or teacher, on the local stack), DataValidationError, TeacherRejectedError.
     """
-    from pipelines.runner import prepare_stack
+    from pipelines.runner import finished_run, prepare_stack
     from smoothkd.tracking import kd_label, run_name
 
     started = time.time()
@@ -143,6 +148,8 @@ def run_sweep(cfg: RunConfig, n_seeds: int, arms: list[Arm], echo: Callable[[str
             started=started)
     finally:
         LISTENERS.remove(listener)
+    if cfg.orchestration.stack != "local":
+        run = finished_run(run, cfg.orchestration.stack, "analyse_sweep")
     return run.steps["analyse_sweep"].outputs["sweep_summary"][0].load()
 
 
