@@ -28,6 +28,7 @@ import torch
 from _kd_world import ROOT
 from _timing import interleaved_times
 
+from smoothkd import stages
 from smoothkd.calibration.gate import response_logit_batches
 from smoothkd.config import DistillConfig, TrainConfig, load_config
 from smoothkd.data.dataset import train_examples
@@ -38,12 +39,11 @@ from smoothkd.distill.trainer import DistillCollator, DistillTrainer, training_a
 from smoothkd.modeling.models import build_tiny_llama, load_causal_lm
 from smoothkd.modeling.tokenizer import load_tokenizer
 from smoothkd.stages import (
-    check_teacher,
+    check_teacher_calibration,
     evaluate_model,
     prepare_data,
     prepare_teacher,
     prepare_tokenizer,
-    teacher_labels,
     train_student,
 )
 
@@ -100,7 +100,8 @@ def demo_students(overrides: list[str], data, tokenizer_ref, teacher_dir: str, t
     found = {}
     for name, (sets, alpha) in runs.items():
         cfg = load_config(ROOT / "configs/demo.yaml", sets)
-        labels = teacher_labels(cfg, data, tokenizer_ref, teacher_dir, temperature).path if alpha else None
+        labels = (stages.precompute_labels(cfg, data, tokenizer_ref, teacher_dir, temperature).path
+                  if alpha else None)
         student = train_student(cfg, data, tokenizer_ref, alpha, labels, teacher_dir if alpha else None,
                                 temperature)
         found[name] = evaluate_model(cfg, student.path, data, progress=False).metrics
@@ -136,7 +137,7 @@ def main() -> None:
     tokenizer = load_tokenizer(str(tokenizer_ref))
     teacher_dir = prepare_teacher(cfg, data, tokenizer_ref).path
     # The gate fixes what students are taught (its fitted T with calibration.fit_temperature).
-    gate = check_teacher(cfg, data, teacher_dir, Path(tempfile.mkdtemp(prefix="smoothkd-gate-")))
+    gate = check_teacher_calibration(cfg, data, teacher_dir, Path(tempfile.mkdtemp(prefix="smoothkd-gate-")))
     if not gate.passed:
         raise SystemExit(gate.message())
     examples = train_examples(tokenizer, data, cfg.student.train)

@@ -2,6 +2,8 @@
 → students (SFT baseline and one KD student per α) → factual-rate detectors → evaluation of every model
 → registration and promotion gate → report. Wiring only."""
 
+from typing import Any, NamedTuple
+
 from zenml import pipeline
 from zenml.enums import ExecutionMode
 
@@ -21,18 +23,40 @@ from steps.tracking import record_failure
 from steps.validate import validate_data
 
 
-# Fail fast re-raises the failing step's own exception (not a generic RuntimeError), so the CLI can report
-# a known input problem (e.g. DataValidationError) as one line. The failure hook runs in every step, so the
-# MLflow runs of whichever step stops the run say where and why.
-@pipeline(enable_cache=False, execution_mode=ExecutionMode.FAIL_FAST, on_failure=record_failure)
-def distill(config: dict) -> None:
-    """Run the whole flow for one validated RunConfig (passed as a plain dict)."""
+class Front(NamedTuple):
+    """The front half's outputs inside a pipeline definition (step artifacts, wired by ZenML)."""
+
+    dataset_dir: Any
+    tokenizer: Any
+    teacher_summary: Any
+    teacher_dir: Any
+    calibration_temperature: Any
+    label_store: Any
+    validation: Any  # the gates' typed verdicts, for the report
+    calibration: Any
+
+
+def front_half(config: dict) -> Front:
+    """The steps of `smoothkd.stages.front_half`, for a pipeline definition: data → validation → tokenizer
+    (and model checks) → teacher → calibration gate → labels. The runner's preflight comes before."""
     # Everything downstream consumes the validated dataset: a stopping failure ends the run here.
     dataset_dir, validation = validate_data(config, load_data(config))
     tokenizer = build_tokenizer(config, dataset_dir)
     teacher_summary, teacher_dir = teacher(config, dataset_dir, tokenizer)
     calibration_temperature, calibration = check_teacher_calibration(config, dataset_dir, teacher_dir)
     label_store = precompute_labels(config, dataset_dir, tokenizer, teacher_dir, calibration_temperature)
+    return Front(dataset_dir, tokenizer, teacher_summary, teacher_dir, calibration_temperature, label_store,
+                 validation, calibration)
+
+
+# Fail fast re-raises the failing step's own exception (not a generic RuntimeError), so the CLI can report
+# a known input problem (e.g. DataValidationError) as one line. The failure hook runs in every step, so the
+# MLflow runs of whichever step stops the run say where and why.
+@pipeline(enable_cache=False, execution_mode=ExecutionMode.FAIL_FAST, on_failure=record_failure)
+def distill(config: dict) -> None:
+    """Run the whole flow for one validated RunConfig (passed as a plain dict)."""
+    (dataset_dir, tokenizer, teacher_summary, teacher_dir, calibration_temperature, label_store, validation,
+     calibration) = front_half(config)
     students = {
         alpha: student(config, dataset_dir, tokenizer, calibration_temperature, label_store, teacher_dir,
                        alpha=alpha, id=f"student_{student_name(alpha)}")

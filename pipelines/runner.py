@@ -64,42 +64,50 @@ def step_configurations(cfg: RunConfig, pipeline) -> dict[str, dict]:
     return configs
 
 
-def run_distill(cfg: RunConfig) -> Results:
-    """Register or activate the stack, run the pipeline, and load the report step's results.
+def prepare_stack(cfg: RunConfig) -> tuple[str, dict, dict]:
+    """Before a pipeline runs: the preflight (local stack), ZenML's environment, the stack registered or
+    activated, the MLflow experiment. Returns (MLflow store, pipeline settings, run options).
 
     On the local stack every model reference and compatibility check runs first, in seconds; a remote
     stack's paths live on its machines, so its tokenizer step checks them there (still before training).
     """
     if cfg.orchestration.stack == "local":
-        from smoothkd.modeling.compat import preflight
+        from smoothkd.stages import preflight_models
 
-        preflight(tokenizer_cfg=cfg.tokenizer, teacher=cfg.teacher, student=cfg.student, eval_cfg=cfg.eval)
+        preflight_models(cfg)
     configure_zenml_env(cfg)
     from zenml.integrations.mlflow.flavors.mlflow_experiment_tracker_flavor import (
         MLFlowExperimentTrackerSettings,
     )
 
-    from pipelines.distill import distill
     from pipelines.stack import ensure_local_stack, use_stack
-    from smoothkd.tracking import ensure_experiment, kd_label, run_name  # mlflow: not for `stack up`
+    from smoothkd.tracking import ensure_experiment  # mlflow: not for `stack up`
 
-    local = cfg.orchestration.stack == "local"
     settings = {"experiment_tracker": MLFlowExperimentTrackerSettings(
         experiment_name=cfg.tracking.experiment_name, nested=True)}
-    options: dict = {}
-    if local:
+    if cfg.orchestration.stack == "local":
         uri = tracking_uri(cfg)
         ensure_experiment(uri, cfg.tracking.experiment_name, output_root(cfg) / "mlartifacts")
         ensure_local_stack(uri)
-    else:
-        stack = cfg.orchestration.stack
-        uri = use_stack(stack)  # the server decides where artifacts go
-        if cfg.tracking.tracking_uri not in (None, uri):
-            raise ConfigError(f"tracking.tracking_uri {cfg.tracking.tracking_uri} is not stack {stack}'s "
-                              f"MLflow server ({uri}): unset it or make them agree")
-        settings["docker"] = docker_settings(cfg)
-        options = {"step_configurations": step_configurations(cfg, distill) or None,
-                   "secrets": cfg.orchestration.secrets or None}
+        return uri, settings, {}
+    stack = cfg.orchestration.stack
+    uri = use_stack(stack)  # the server decides where artifacts go
+    if cfg.tracking.tracking_uri not in (None, uri):
+        raise ConfigError(f"tracking.tracking_uri {cfg.tracking.tracking_uri} is not stack {stack}'s "
+                          f"MLflow server ({uri}): unset it or make them agree")
+    settings["docker"] = docker_settings(cfg)
+    return uri, settings, {"secrets": cfg.orchestration.secrets or None}
+
+
+def run_distill(cfg: RunConfig) -> Results:
+    """Prepare the stack, run the pipeline, and load the report step's results."""
+    uri, settings, options = prepare_stack(cfg)
+    from pipelines.distill import distill
+    from smoothkd.tracking import kd_label, run_name
+
+    local = cfg.orchestration.stack == "local"
+    if not local:
+        options["step_configurations"] = step_configurations(cfg, distill) or None
     if cfg.promotion.enabled:  # a store without a promotion lock fails now, not after training
         from smoothkd.registry.store import promotion_lock
 
@@ -110,19 +118,20 @@ def run_distill(cfg: RunConfig) -> Results:
         config=cfg.model_dump(mode="json"))
     seconds = time.perf_counter() - start
     if not local:
-        run = _finished(run, cfg.orchestration.stack)
+        run = finished_run(run, cfg.orchestration.stack, "report")
     results = run.steps["report"].outputs["results"][0].load()
     return replace(results, run_name=name, pipeline_seconds=seconds, tracking_uri=uri)
 
 
-def _finished(run, stack: str):
-    """The run as the server sees it now; a remote run that did not complete is a one-line error."""
+def finished_run(run, stack: str, last_step: str):
+    """The run as the server sees it now; a remote run that did not complete (through `last_step`) is a
+    one-line error."""
     from zenml.client import Client
 
     from smoothkd.errors import StackError
 
     run = Client().get_pipeline_run(run.id)
-    if "report" not in run.steps or run.status.value != "completed":
+    if last_step not in run.steps or run.status.value != "completed":
         raise StackError(f"run {run.name} is {run.status.value} on stack {stack}: follow it with "
                          f"`zenml pipeline runs get {run.id}`; results land in MLflow")
     return run

@@ -1,55 +1,66 @@
-"""The α × seed ablation: the teacher and its labels once, then every (α, seed) student, each evaluated,
-and KD − SFT per α and split over seeds (`smoothkd.evaluation.sweep`).
+"""The α × seed ablation as a ZenML pipeline: the front half once (the `distill` pipeline's own steps,
+`pipelines.distill.front_half`), then one training and one evaluation step per (arm, seed) and the
+teacher's evaluation, then one analysis step: KD − SFT per α and split over seeds
+(`smoothkd.evaluation.sweep`), `sweep.json`, the chart and the MLflow parent run with a child per model in
+the experiment `<tracking.experiment_name>-sweeps`.
 
-A loop over the stages in this process, not a ZenML pipeline: the sweep is an experiment that registers
-nothing and promotes nothing, its fan-out (α × seed) is known only at the command line, and every
-expensive artifact is already content-addressed by the stages, so a rerun (or the models a `smoothkd run`
-of the same config trained) is reused without an orchestrator's step cache. Stages that launch several
-processes (`train.num_processes > 1`) still do. MLflow gets one parent run with a child per model in the
-experiment `<tracking.experiment_name>-sweeps`; the JSON summary and the chart go to
-`<output_dir>/sweeps/<run name>/` and to the parent run.
+A dynamic pipeline: the fan-out is known only at the command line, and `step.submit` runs the student
+steps concurrently, on the local orchestrator in threads of this process. Each thread's model trains and
+evaluates in one of `sweep.workers` spawned processes with the training's fixed intra-op thread count
+(`stages.in_worker`), so a model's weights do not depend on the schedule and its content key is the one
+`smoothkd run` gives the same-seed student: either reuses the other's. Each student step carries its own
+ResourceSettings (its thread count as CPUs), so on a kubernetes or skypilot stack every student is its own
+pod or job. Every artifact is content-addressed by the stages, so a sweep killed midway resumes with what
+it finished.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
+import json
 import tempfile
+import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import asdict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import mlflow
+from zenml import pipeline
+from zenml.config import ResourceSettings
+from zenml.enums import ExecutionMode
 
-from smoothkd.artifacts import Evaluation, ModelArtifact
-from smoothkd.charts import sweep_chart
-from smoothkd.config import RunConfig, apply_overrides, output_root, tracking_uri
-from smoothkd.errors import TeacherRejectedError
-from smoothkd.evaluation.sweep import (
-    COMPARED,
-    SweepModel,
-    SweepSummary,
-    conclusions,
-    kd_minus_sft,
-    kd_name,
+from pipelines.distill import front_half
+from smoothkd.config import RunConfig
+from smoothkd.evaluation.sweep import SweepSummary
+from smoothkd.stages import student_name
+from steps.sweep import (
+    LISTENERS,
+    SUMMARY_FILE,
+    SWEEP_TAG,
+    analyse_sweep,
+    evaluate_sweep_model,
+    train_sweep_student,
 )
-from smoothkd.io import write_json
-from smoothkd.registry.store import PER_EXAMPLE_ARTIFACT
-from smoothkd.stages import (
-    check_teacher,
-    evaluate_model,
-    prepare_data,
-    prepare_teacher,
-    prepare_tokenizer,
-    student_name,
-    teacher_labels,
-    train_student,
-    validate_dataset,
-)
-from smoothkd.tracking import ensure_experiment, kd_label, log_metrics, log_training, path_name, run_name
+from steps.tracking import record_failure
 
-SUMMARY_FILE, CHART_FILE = "sweep.json", "sweep.png"
+
+@dataclass(frozen=True)
+class Arm:
+    """One arm of the sweep: a kind of student trained once per seed. `alpha` weighs the KD term (0: SFT);
+    the student of seed s trains from seed s + `seed_offset` (an arm with its own seed stream, e.g. a
+    second SFT arm for an A/A comparison) and is paired with the baseline's student of seed s."""
+
+    name: str
+    alpha: float
+    seed_offset: int = 0
+
+    def model(self, seed: int) -> str:
+        """The name of this arm's student of (pairing) seed `seed`, in step ids, progress and MLflow."""
+        return f"{self.name}_s{seed}"
+
+
+def sweep_arms(kd_alphas: list[float]) -> list[Arm]:
+    """The SFT baseline, then one KD arm per α > 0 (ascending, once each)."""
+    return [Arm(student_name(0.0), 0.0), *(Arm(student_name(a), a) for a in sorted(set(kd_alphas) - {0}))]
 
 
 def sweep_seeds(cfg: RunConfig, n: int) -> list[int]:
@@ -58,123 +69,104 @@ def sweep_seeds(cfg: RunConfig, n: int) -> list[int]:
     return [cfg.student.train.seed + i for i in range(n)]
 
 
-def with_student_seed(cfg: RunConfig, seed: int) -> RunConfig:
-    """`cfg` with the student's training seed (its initialisation and data order) set to `seed`."""
-    raw = apply_overrides(cfg.model_dump(mode="json"), [f"student.train.seed={seed}"])
-    return RunConfig.model_validate(raw)
+# Fail fast re-raises the failing step's own exception, so the CLI reports a known input problem (a
+# rejected teacher, invalid data) as one line.
+@pipeline(dynamic=True, enable_cache=False, execution_mode=ExecutionMode.FAIL_FAST, on_failure=record_failure)
+def sweep(config: dict, name: str, seeds: list[int], arms: list[dict], started: float) -> None:
+    """The front half, every (arm, seed) student trained and evaluated concurrently, the analysis."""
+    front = front_half(config)
+    threads = RunConfig.model_validate(config).student.train.threads
+    resources = {"resources": ResourceSettings(cpu_count=threads)}
+    train = train_sweep_student.with_options(settings=resources)
+    evaluate = evaluate_sweep_model.with_options(settings=resources)
+    evaluations = [evaluate.submit(config, front.dataset_dir, front.teacher_summary, "teacher",
+                                   id="evaluate_teacher")]
+    students = []
+    for seed in seeds:
+        for arm in [Arm(**fields) for fields in arms]:
+            student = train.submit(config, front.dataset_dir, front.tokenizer, front.calibration_temperature,
+                                   front.label_store, front.teacher_dir, arm.alpha, seed + arm.seed_offset,
+                                   id=f"train_{arm.model(seed)}")
+            students.append(student)
+            evaluations.append(evaluate.submit(config, front.dataset_dir, student, arm.model(seed),
+                                               id=f"evaluate_{arm.model(seed)}"))
+    analyse_sweep(config, name, seeds, arms, front.teacher_summary, students, evaluations,
+                  front.calibration_temperature, front.label_store, started)
 
 
-@contextlib.contextmanager
-def _tracking(uri: str) -> Iterator[None]:
-    """Point the fluent MLflow API at `uri` for the sweep, and back where it was afterwards."""
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(previous)
+def time_left(finished: int, total: int, since_first: float) -> str:
+    """An estimate of the time the remaining models take, from the pace since the first one finished (the
+    front half before it is not a model's pace)."""
+    if finished == total:
+        return "done"
+    if finished < 2:
+        return "time left: after the next model"
+    left = since_first / (finished - 1) * (total - finished)
+    return f"~{left / 60:.1f} min left" if left >= 90 else f"~{left:.0f} s left"
 
 
-def _log_model(experiment: str, name: str, artifact: ModelArtifact, alpha: float | None, seed: int | None,
-               evaluation: Evaluation) -> str:
-    """One child run: what trained the model, its loss curve, evaluation metrics, per-example scores."""
-    # A nested run lands in the active experiment, not its parent's, unless told.
-    with mlflow.start_run(experiment_id=experiment, run_name=name, nested=True) as run:
-        log_training({"role": artifact.role, "alpha": "" if alpha is None else alpha,
-                      "seed": "" if seed is None else seed, "path": artifact.path, "cached": artifact.cached},
-                     artifact.loss_history)
-        log_metrics({**evaluation.metrics, "parameters": artifact.parameters,
-                     "train/seconds": artifact.train_seconds})
-        mlflow.log_dict(evaluation.per_example, PER_EXAMPLE_ARTIFACT)
-        return run.info.run_id
+def _headline(metrics: dict[str, float], splits: list[str]) -> str:
+    return ", ".join(f"{split} consistency {metrics[f'{split}/factual_consistency']:.1f}%"
+                     for split in splits if f"{split}/factual_consistency" in metrics)
 
 
-def _headline(evaluation: Evaluation, splits: list[str]) -> str:
-    return ", ".join(f"{split} consistency {evaluation.metrics[f'{split}/factual_consistency']:.1f}%"
-                     for split in splits if f"{split}/factual_consistency" in evaluation.metrics)
+def progress_printer(cfg: RunConfig, total: int, echo: Callable[[str], None]):
+    """A listener that prints one line per evaluated model: how it came, its headline, the time left."""
+    lock, done = threading.Lock(), []
+
+    def heard(name: str, model, evaluation, seconds: float) -> None:
+        with lock:  # steps finish in several threads at once
+            done.append(time.perf_counter())
+            trained = "cached" if model.cached else f"trained in {model.train_seconds:.1f} s"
+            left = time_left(len(done), total, done[-1] - done[0])
+            echo(f"[{len(done)}/{total}] {name}: {trained}, evaluated in {seconds:.1f} s; "
+                 f"{_headline(evaluation.metrics, cfg.eval.splits)}; {left}")
+
+    return heard
 
 
-def run_sweep(cfg: RunConfig, n_seeds: int, alphas: list[float], echo: Callable[[str], None] = print
+def run_sweep(cfg: RunConfig, n_seeds: int, arms: list[Arm], echo: Callable[[str], None] = print
               ) -> SweepSummary:
-    """Train and evaluate the SFT baseline and a KD student per α in `alphas` for each of `n_seeds` seeds,
-    after the data gate, the teacher and its calibration gate and labels (each reused when cached).
+    """Run the sweep pipeline for every arm over `n_seeds` seeds on the config's stack and return its
+    summary. The first arm is the baseline; `kd_minus_sft` keys arms by α, so one arm per α.
 
-    Raises DataValidationError or TeacherRejectedError, as `smoothkd run` would, before any student trains.
+    Raises, as `smoothkd run` would, before any student trains: on a bad model reference (in seconds, before
+    any data or teacher, on the local stack), DataValidationError, TeacherRejectedError.
     """
-    start = time.perf_counter()
+    from pipelines.runner import finished_run, prepare_stack
+    from smoothkd.tracking import kd_label, run_name
+
+    started = time.time()
+    _, settings, options = prepare_stack(cfg)
     seeds = sweep_seeds(cfg, n_seeds)
-    kd_alphas = sorted({a for a in alphas if a})
-    sweep_name = run_name("sweep", cfg.name, kd_label(kd_alphas), f"{n_seeds} seeds")
-    out_dir = output_root(cfg) / "sweeps" / path_name(sweep_name)
+    name = run_name("sweep", cfg.name, kd_label([a.alpha for a in arms if a.alpha]), f"{n_seeds} seeds")
+    listener = progress_printer(cfg, 1 + n_seeds * len(arms), echo)
+    LISTENERS.append(listener)
+    try:
+        run = sweep.with_options(settings=settings, run_name=name, **options)(
+            config=cfg.model_dump(mode="json"), name=name, seeds=seeds, arms=[asdict(a) for a in arms],
+            started=started)
+    finally:
+        LISTENERS.remove(listener)
+    if cfg.orchestration.stack != "local":
+        run = finished_run(run, cfg.orchestration.stack, "analyse_sweep")
+    return run.steps["analyse_sweep"].outputs["sweep_summary"][0].load()
 
-    data_dir = prepare_data(cfg)
-    docs_dir = output_root(cfg) / "data_docs" / path_name(sweep_name)
-    validate_dataset(cfg, data_dir, docs_dir).raise_for_failures()
-    tokenizer = prepare_tokenizer(cfg, data_dir)
-    teacher = prepare_teacher(cfg, data_dir, tokenizer)
-    trained = "cached" if teacher.cached else f"trained in {teacher.train_seconds:.1f} s"
-    echo(f"teacher: {trained} ({teacher.path})")
-    gate = check_teacher(cfg, data_dir, teacher.path, out_dir / "calibration")
-    if not gate.passed:
-        raise TeacherRejectedError(gate.message())
-    labels = teacher_labels(cfg, data_dir, tokenizer, teacher.path, gate.temperature, progress=False)
-    echo(f"teacher {gate.message()}; labels {labels.path}")
 
-    uri = tracking_uri(cfg)
-    experiment = ensure_experiment(uri, f"{cfg.tracking.experiment_name}-sweeps",
-                                   output_root(cfg) / "mlartifacts")
-    models: list[SweepModel] = []
-    evaluations: dict[float, dict[int, Evaluation]] = {a: {} for a in [0.0, *kd_alphas]}
-    total = 1 + len(seeds) * len(evaluations)
-    with _tracking(uri), mlflow.start_run(experiment_id=experiment, run_name=sweep_name) as parent:
-        mlflow.set_tag("smoothkd.sweep", "true")
-        mlflow.log_params({"config": cfg.name, "seeds": ",".join(map(str, seeds)),
-                           "alphas": ",".join(f"{a:g}" for a in evaluations), "teacher": teacher.path,
-                           "labels": labels.path, "teacher_temperature": gate.temperature})
+def latest_sweep(uri: str, experiment_name: str) -> dict | None:
+    """The summary (`sweep.json`) of the newest finished sweep in the experiment `<experiment_name>-sweeps`
+    of the MLflow store `uri`; None when no sweep finished there."""
+    import mlflow
 
-        def done(name: str, artifact: ModelArtifact, alpha: float | None, seed: int | None,
-                 evaluation: Evaluation, seconds: float) -> None:
-            run_id = _log_model(experiment, name, artifact, alpha, seed, evaluation)
-            models.append(SweepModel(name, alpha, seed, artifact.path, run_id, artifact.cached,
-                                     {k: v for k, v in evaluation.metrics.items() if "_ci_" not in k}))
-            trained = "cached" if artifact.cached else f"trained in {artifact.train_seconds:.1f} s"
-            echo(f"[{len(models)}/{total}] {name}: {trained}, evaluated in {seconds:.1f} s; "
-                 f"{_headline(evaluation, cfg.eval.splits)}")
-
-        began = time.perf_counter()
-        done("teacher", teacher, None, None,
-             evaluate_model(cfg, teacher.path, data_dir, progress=False, label="teacher"),
-             time.perf_counter() - began)
-        for seed in seeds:
-            seeded = with_student_seed(cfg, seed)
-            for alpha in evaluations:
-                student = train_student(seeded, data_dir, tokenizer, alpha, labels.path, teacher.path,
-                                        gate.temperature)
-                began = time.perf_counter()
-                model = f"{student_name(alpha)}_s{seed}"
-                evaluation = evaluate_model(seeded, student.path, data_dir, progress=False, label=model)
-                evaluations[alpha][seed] = evaluation
-                done(model, student, alpha, seed, evaluation, time.perf_counter() - began)
-
-        differences = kd_minus_sft(evaluations, cfg.eval)
-        summary = SweepSummary(
-            config=cfg.name, run_name=sweep_name, run_id=parent.info.run_id, seeds=seeds, alphas=kd_alphas,
-            confidence=cfg.eval.confidence, teacher_temperature=gate.temperature, models=models,
-            differences=differences, conclusions=conclusions(differences, cfg.eval.confidence),
-            chart=str(out_dir / CHART_FILE), summary_file=str(out_dir / SUMMARY_FILE))
-        for d in differences:
-            name = f"delta/{kd_name(d.alpha)}/{d.split}/{d.metric}"
-            log_metrics({name: d.mean, f"{name}_ci_low": d.low, f"{name}_ci_high": d.high})
-        for kd, per_split in summary.conclusions.items():
-            mlflow.set_tags({f"conclusion.{kd}.{split}": text for split, text in per_split.items()})
-        summary.seconds = time.perf_counter() - start
-        # The chart first, the summary last (each written then renamed): a sweep.json means a whole sweep.
-        out_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
-            drawn = sweep_chart([asdict(d) for d in differences], dict(COMPARED), cfg.eval.confidence,
-                                Path(tmp) / CHART_FILE)
-            os.replace(drawn, out_dir / CHART_FILE)
-        write_json(out_dir / SUMMARY_FILE, summary.to_dict())
-        for file in (CHART_FILE, SUMMARY_FILE):
-            mlflow.log_artifact(str(out_dir / file), "sweep")
-    return summary
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name(f"{experiment_name}-sweeps")
+    if experiment is None:
+        return None
+    runs = client.search_runs([experiment.experiment_id],
+                              f"tags.`{SWEEP_TAG}` = 'true' and attributes.status = 'FINISHED'",
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    if not runs:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        path = client.download_artifacts(runs[0].info.run_id, f"sweep/{SUMMARY_FILE}", tmp)
+        return json.loads(Path(path).read_text(encoding="utf-8"))

@@ -42,6 +42,7 @@ class ModelArtifact:
     train_seconds: float = 0.0
     train_tokens_per_second: float = 0.0
     loss_history: list | None = None
+    runtime: dict | None = None  # torch, CPU capability, threads of its training (jobs.train_model)
 
     def to_dict(self) -> dict:
         return asdict(self)

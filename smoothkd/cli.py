@@ -161,21 +161,27 @@ def sweep(
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON (progress on stderr)")
                        ] = False,
     set_: SetOpt = None,
+    verbose: VerboseOpt = False,
 ) -> None:
-    """The α ablation: KD − SFT per α and split, mean over seeds, CI over seeds and examples."""
+    """The α ablation (a ZenML pipeline): KD − SFT per α and split, mean over seeds, CI over seeds and
+    examples."""
     cfg = _load(config, set_)
     kd_alphas = _parse_alphas(alphas)
+    if not sys.stderr.isatty():  # a file or pipe gets one line per model, not every frame of every bar
+        os.environ.setdefault("TQDM_DISABLE", "1")
     import json
 
     from rich.console import Console
 
-    from pipelines.sweep import run_sweep
+    from pipelines.sweep import run_sweep, sweep_arms
     from smoothkd.evaluation.sweep import differences_table
 
+    log = _console(cfg, "sweep", verbose, zenml=True)
     # With --json, stdout carries the JSON alone: progress and the libraries' chatter go to stderr.
     quiet = contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext()
-    with _one_line_errors(), quiet:
-        summary = run_sweep(cfg, seeds, kd_alphas, echo=lambda line: typer.echo(line, err=as_json))
+    with _one_line_errors(log, verbose), quiet:
+        summary = run_sweep(cfg, seeds, sweep_arms(kd_alphas),
+                            echo=lambda line: typer.echo(line, err=as_json))
     if as_json:
         typer.echo(json.dumps(summary.to_dict(), indent=1))
         return
@@ -273,11 +279,13 @@ def models(
 def results(
     as_json: Annotated[bool, typer.Option("--json", help="{run, models: {NAME: {SPLIT: {METRIC: mean}}}}")
                        ] = False,
+    of_sweep: Annotated[bool, typer.Option("--sweep", help="The latest finished sweep (its sweep.json)")
+                        ] = False,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     tracking_uri: TrackingOpt = None,
 ) -> None:
-    """The latest finished pipeline run's summary, read back from the config's MLflow store."""
+    """The latest finished pipeline run's (or sweep's) summary, read back from the config's MLflow store."""
     import json
 
     from rich.console import Console
@@ -289,6 +297,9 @@ def results(
     config = _named_or_default(config)
     cfg = _load(config, set_)
     uri = tracking_uri or store_of(cfg)
+    if of_sweep:
+        _print_sweep(uri, cfg.tracking.experiment_name, config or DEFAULT_CONFIG, as_json)
+        return
     with _registry_errors("results"):
         found = latest_results(uri, cfg.tracking.experiment_name)
     if found is None:
@@ -302,6 +313,29 @@ def results(
     console = Console()
     console.print(f"run {run_name} (MLflow store {uri})", highlight=False, soft_wrap=True)
     _print_summary(console, record, cfg.eval.splits)
+
+
+def _print_sweep(uri: str, experiment_name: str, config: Path, as_json: bool) -> None:
+    """The latest finished sweep's summary: as JSON, or its conclusions and where its files are."""
+    import json
+
+    from pipelines.sweep import latest_sweep
+
+    with _registry_errors("results --sweep"):
+        summary = latest_sweep(uri, experiment_name)
+    if summary is None:
+        _fail(f"no finished sweep in experiment {experiment_name}-sweeps of {uri}: run `smoothkd sweep "
+              f"{config} --seeds N` first", code=1)
+    if as_json:
+        typer.echo(json.dumps(summary, indent=1))
+        return
+    seeds = ", ".join(map(str, summary["seeds"]))
+    typer.echo(f"sweep {summary['run_name']} (MLflow store {uri}): seeds {seeds}, "
+               f"{len(summary['models'])} models, {summary['seconds']:.0f} s")
+    for arm, per_split in summary["conclusions"].items():
+        for split, text in per_split.items():
+            typer.echo(f"{arm} {split}: {text}")
+    typer.echo(f"chart: {summary['chart']}\nsummary: {summary['summary_file']}")
 
 
 @app.command()
@@ -398,12 +432,11 @@ def data_validate(config: ConfigArg, set_: SetOpt = None, verbose: VerboseOpt = 
     from rich.console import Console
 
     with _one_line_errors(log, verbose):
-        from smoothkd.modeling.compat import preflight
-        from smoothkd.stages import prepare_data, validate_dataset
+        from smoothkd.stages import preflight_models, prepare_data, validate_dataset
         from smoothkd.validation.report import validation_table
 
         # Token counts use the run's tokenizer (the teacher's, when configured): check it first.
-        preflight(tokenizer_cfg=cfg.tokenizer, teacher=cfg.teacher, student=cfg.student, eval_cfg=cfg.eval)
+        preflight_models(cfg)
         report = validate_dataset(cfg, prepare_data(cfg))
     console = Console()
     console.print(validation_table(report))
@@ -420,22 +453,15 @@ def teacher_check(config: ConfigArg, set_: SetOpt = None, verbose: VerboseOpt = 
     from rich.console import Console
 
     with _one_line_errors(log, verbose):
+        import time
+
         from smoothkd.calibration.gate import calibration_table
         from smoothkd.config import output_root
-        from smoothkd.modeling.compat import check_run_models, preflight
-        from smoothkd.stages import check_teacher, prepare_data, prepare_teacher, prepare_tokenizer
+        from smoothkd.stages import front_half
 
-        # Model references and compatibility, from configs, in seconds.
-        checked = preflight(tokenizer_cfg=cfg.tokenizer, teacher=cfg.teacher, student=cfg.student,
-                            eval_cfg=cfg.eval)
-        data_dir = prepare_data(cfg)
-        tokenizer = prepare_tokenizer(cfg, data_dir)
-        if checked is None:  # a tokenizer trained on the data: checked once built, before the teacher trains
-            check_run_models(tokenizer, tokenizer_cfg=cfg.tokenizer, teacher=cfg.teacher, student=cfg.student,
-                             eval_cfg=cfg.eval)
-        teacher = prepare_teacher(cfg, data_dir, tokenizer)
-        out_dir = output_root(cfg) / "calibration" / Path(teacher.path).name
-        report = check_teacher(cfg, data_dir, teacher.path, out_dir)
+        # The teacher is known only once built: its diagrams go under the time of the check.
+        out_dir = output_root(cfg) / "calibration" / time.strftime("check-%Y%m%d-%H%M%S")
+        report = front_half(cfg, out_dir, labels=False).gate
     console = Console(soft_wrap=True)  # the path and the verdict stay one line each, whatever the width
     console.print(calibration_table(report))
     console.print(f"reliability diagram: {report.diagram}")

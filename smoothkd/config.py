@@ -7,6 +7,7 @@ Every section forbids unknown keys so a typo fails loudly with the key path inst
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -136,6 +137,10 @@ class TrainConfig(_Section):
     # The LM head runs inside the chunked loss, so no [B, T, V] logits exist (smoothkd.distill.fused); an
     # architecture it cannot reproduce exactly, and FSDP, train unfused with a warning.
     fused_loss: bool = True
+    # Intra-op threads while training: another count changes the rounding of a CPU run, and a tiny model on
+    # a learning edge turns that into another model, so it is fixed and, being here, part of the model's
+    # content key. Tiny models are bound by per-op overhead: one thread per process, several processes.
+    threads: int = Field(default=1, gt=0)
 
 
 class LoraSettings(_Section):
@@ -405,6 +410,17 @@ class OrchestrationConfig(_Section):
     secrets: list[str] = Field(default_factory=list)
 
 
+def default_workers() -> int:
+    """Two sweep workers where there are two cores (more add little on the tiny models), else one."""
+    return min(os.cpu_count() or 1, 2)
+
+
+class SweepConfig(_Section):
+    # Models trained and evaluated at once by `smoothkd sweep`, each in its own process with its training
+    # section's fixed `threads`: which worker trains a model does not change its weights.
+    workers: int = Field(default_factory=default_workers, gt=0)
+
+
 class RunConfig(_Section):
     """The whole run: data, tokenizer, teacher, student, evaluation, tracking."""
 
@@ -422,6 +438,7 @@ class RunConfig(_Section):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     orchestration: OrchestrationConfig = Field(default_factory=OrchestrationConfig)
     promotion: PromotionConfig = Field(default_factory=PromotionConfig)
+    sweep: SweepConfig = Field(default_factory=SweepConfig)
 
     def fingerprint(self, *sections: str) -> str:
         """Stable short hash of the named sections (all when none), for content-addressed caches."""

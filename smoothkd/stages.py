@@ -10,13 +10,20 @@ a complete one.
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import multiprocessing
+import os
 import random
 import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from smoothkd.artifacts import TRAIN_RECORD, Evaluation, ModelArtifact, student_role
-from smoothkd.config import RunConfig, output_root
+from smoothkd.config import RunConfig, apply_overrides, output_root
 from smoothkd.data.dataset import (
     EVAL_KINDS,
     dataset_key,
@@ -33,6 +40,7 @@ from smoothkd.io import atomic_dir, content_hash, jsonl_text, read_json, sha256_
 if TYPE_CHECKING:
     from smoothkd.calibration.gate import CalibrationReport
     from smoothkd.distill.labels import PrecomputeResult
+    from smoothkd.modeling.compat import Compatibility
     from smoothkd.validation.features import TokenCounter
     from smoothkd.validation.report import ValidationReport
 
@@ -181,8 +189,8 @@ def prepare_teacher(cfg: RunConfig, data_dir: str | Path, tokenizer_ref: str | P
     return _train(cfg, "teacher", "teacher", tokenizer_ref, data_dir, out)
 
 
-def check_teacher(cfg: RunConfig, data_dir: str | Path, teacher_dir: str | Path, out_dir: str | Path
-                  ) -> CalibrationReport:
+def check_teacher_calibration(cfg: RunConfig, data_dir: str | Path, teacher_dir: str | Path,
+                              out_dir: str | Path) -> CalibrationReport:
     """The calibration gate on the held-out split, judging the distribution the student is taught
     (`calibrate_teacher`)."""
     from smoothkd.calibration.gate import calibrate_teacher
@@ -193,8 +201,9 @@ def check_teacher(cfg: RunConfig, data_dir: str | Path, teacher_dir: str | Path,
                              teacher_dir, out_dir, cfg.device)
 
 
-def teacher_labels(cfg: RunConfig, data_dir: str | Path, tokenizer_ref: str | Path, teacher_path: str,
-                   calibration_temperature: float | None = None, progress: bool = True) -> PrecomputeResult:
+def precompute_labels(cfg: RunConfig, data_dir: str | Path, tokenizer_ref: str | Path, teacher_path: str,
+                      calibration_temperature: float | None = None, progress: bool = True
+                      ) -> PrecomputeResult:
     """Precompute (or reuse) the teacher's top-k labels on the training split.
 
     The labels are the taught distribution: the teacher at `calibration_temperature` (the gate's;
@@ -218,8 +227,71 @@ def teacher_labels(cfg: RunConfig, data_dir: str | Path, tokenizer_ref: str | Pa
 
         shared_tokenizer(tokenizer_ref, cfg.teacher, cfg.student)  # a mismatch fails before processes start
         job_dir = output_root(cfg) / "launch" / _key("labels", str(data_dir), str(teacher_path))
-        return PrecomputeResult(**launch("labels", args, sections, n, job_dir, label="teacher_labels"))
+        return PrecomputeResult(**launch("labels", args, sections, n, job_dir, label="precompute_labels"))
     return precompute_teacher_labels(**sections, **args)
+
+
+# ---- the front half: every run's way from a config to a gated teacher and its labels ----
+
+
+def preflight_models(cfg: RunConfig) -> Compatibility | None:
+    """Every model reference and, when the tokenizer is known up front, every compatibility check: seconds,
+    before any data is made or model trained (None: the tokenizer is trained on the data, see
+    `check_models`)."""
+    from smoothkd.modeling.compat import preflight
+
+    return preflight(tokenizer_cfg=cfg.tokenizer, teacher=cfg.teacher, student=cfg.student, eval_cfg=cfg.eval)
+
+
+def check_models(cfg: RunConfig, tokenizer_ref: str | Path) -> Compatibility:
+    """The compatibility checks against the run's tokenizer once it exists, before the teacher trains."""
+    from smoothkd.modeling.compat import check_run_models
+
+    return check_run_models(tokenizer_ref, tokenizer_cfg=cfg.tokenizer, teacher=cfg.teacher,
+                            student=cfg.student, eval_cfg=cfg.eval)
+
+
+@dataclass
+class FrontHalf:
+    """What the front half hands the students: the validated dataset, the tokenizer, the teacher, the
+    calibration gate's report and, when the gate passed and they were asked for, the labels."""
+
+    data_dir: Path
+    tokenizer: Path | str
+    teacher: ModelArtifact
+    gate: CalibrationReport
+    labels: PrecomputeResult | None = None
+
+
+def front_half(cfg: RunConfig, calibration_dir: str | Path, docs_dir: str | Path | None = None,
+               labels: bool = True, on_teacher: Callable[[ModelArtifact], None] | None = None) -> FrontHalf:
+    """preflight → data → validation → tokenizer → model checks → teacher → calibration gate → labels, in
+    this process, each stage reused when cached (the `distill` pipeline runs the same stages as steps).
+
+    Raises on a bad model reference (in seconds) or a failed data gate; a rejected teacher is returned with
+    no labels, for the caller to report. `on_teacher` hears of the teacher before the gate judges it.
+    """
+    checked = preflight_models(cfg)
+    data_dir = prepare_data(cfg)
+    validate_dataset(cfg, data_dir, docs_dir).raise_for_failures()
+    tokenizer = prepare_tokenizer(cfg, data_dir)
+    if checked is None:  # a tokenizer trained on the data: checked once built
+        check_models(cfg, tokenizer)
+    teacher = prepare_teacher(cfg, data_dir, tokenizer)
+    if on_teacher is not None:
+        on_teacher(teacher)
+    gate = check_teacher_calibration(cfg, data_dir, teacher.path, calibration_dir)
+    front = FrontHalf(data_dir, tokenizer, teacher, gate)
+    if labels and gate.passed:
+        front.labels = precompute_labels(cfg, data_dir, tokenizer, teacher.path, gate.temperature,
+                                         progress=False)
+    return front
+
+
+def with_student_seed(cfg: RunConfig, seed: int) -> RunConfig:
+    """`cfg` with the student's training seed (its initialisation and data order) set to `seed`."""
+    raw = apply_overrides(cfg.model_dump(mode="json"), [f"student.train.seed={seed}"])
+    return RunConfig.model_validate(raw)
 
 
 def student_name(alpha: float) -> str:
@@ -339,3 +411,49 @@ def champion_reevaluator(cfg: RunConfig, store_uri: str, name: str | None = None
                          champion.version, EvalIdentity.from_dict(result.identity))
 
     return reevaluate
+
+
+# ---- worker processes ----
+
+
+def start_worker(threads: int) -> None:
+    """A worker's fixed intra-op thread count (training sets its own section's again)."""
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+@functools.cache
+def worker_pool(workers: int, threads: int) -> ProcessPoolExecutor:
+    """This process's pool of `workers` spawned processes (started fresh: no torch thread pool forked) with
+    `threads` intra-op threads each. One pool for every caller: the sweep's steps run concurrently in threads
+    of one process, and the pool, not their number, bounds how many models train at once."""
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=start_worker, initargs=(threads,))
+
+
+@contextlib.contextmanager
+def quiet_workers() -> Iterator[None]:
+    """While workers start: no progress bars (several processes' bars would interleave on one console) and
+    no library chatter below errors. Set in this process's environment, which a spawned worker inherits."""
+    quiet = {"TQDM_DISABLE": "1", "TRANSFORMERS_VERBOSITY": "error"}
+    previous = {key: os.environ.get(key) for key in quiet}
+    os.environ.update(quiet)
+    try:
+        yield
+    finally:
+        for key, value in previous.items():
+            if value is None:
+                os.environ.pop(key)
+            else:
+                os.environ[key] = value
+
+
+def in_worker(cfg: RunConfig, fn: Callable, *args):
+    """`fn(*args)` in one of the run's worker processes (`sweep.workers` of them, `student.train.threads`
+    intra-op threads each), waiting for its result; its exception is raised here."""
+    pool = worker_pool(cfg.sweep.workers, cfg.student.train.threads)
+    with quiet_workers():
+        future = pool.submit(fn, *args)
+    return future.result()
+

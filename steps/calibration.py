@@ -7,11 +7,11 @@ import mlflow
 from zenml import get_step_context, log_metadata, step
 from zenml.logger import get_logger
 
+from smoothkd import stages
 from smoothkd.artifacts import CalibrationVerdict
 from smoothkd.calibration.gate import GATE_NAME, CalibrationReport
 from smoothkd.config import RunConfig, output_root
 from smoothkd.errors import TeacherRejectedError
-from smoothkd.stages import check_teacher
 from smoothkd.tracking import flatten, log_metrics, path_name
 
 logger = get_logger(__name__)
@@ -48,7 +48,7 @@ def check_teacher_calibration(config: dict, dataset_dir: str, teacher_dir: str
     """
     cfg = RunConfig.model_validate(config)
     out_dir = output_root(cfg) / "runs" / path_name(get_step_context().pipeline_run.name) / "calibration"
-    report = check_teacher(cfg, dataset_dir, teacher_dir, out_dir)
+    report = stages.check_teacher_calibration(cfg, dataset_dir, teacher_dir, out_dir)
     _record(report, cfg.calibration.model_dump(mode="json"))
     logger.info("%s\nreliability diagram: %s", report.message(), report.diagram)
     if not report.passed:

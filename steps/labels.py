@@ -5,9 +5,9 @@ from typing import Annotated
 import mlflow
 from zenml import log_metadata, step
 
+from smoothkd import stages
 from smoothkd.config import RunConfig
 from smoothkd.distill.labels import PrecomputeResult
-from smoothkd.stages import teacher_labels
 from smoothkd.tracking import log_metrics
 
 
@@ -17,7 +17,7 @@ def precompute_labels(config: dict, dataset_dir: str, tokenizer: str, teacher_di
     """Run the teacher over the training split once (skipped when an identical store exists), at the
     calibration temperature the gate passed."""
     cfg = RunConfig.model_validate(config)
-    result = teacher_labels(cfg, dataset_dir, tokenizer, teacher_dir, calibration_temperature)
+    result = stages.precompute_labels(cfg, dataset_dir, tokenizer, teacher_dir, calibration_temperature)
     mlflow.log_params({"labels.key": result.key, "labels.top_k": cfg.distill.top_k,
                        "labels.calibration_temperature": calibration_temperature,
                        "labels.encoding": cfg.distill.encoding})

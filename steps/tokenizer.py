@@ -6,8 +6,7 @@ import mlflow
 from zenml import log_metadata, step
 
 from smoothkd.config import RunConfig
-from smoothkd.modeling.compat import check_run_models
-from smoothkd.stages import prepare_tokenizer
+from smoothkd.stages import check_models, prepare_tokenizer
 from steps.tracking import ON_PIPELINE_RUN
 
 
@@ -17,8 +16,7 @@ def build_tokenizer(config: dict, dataset_dir: str) -> Annotated[str, "tokenizer
     here, before the teacher trains; both recorded on the pipeline's run."""
     cfg = RunConfig.model_validate(config)
     tokenizer = prepare_tokenizer(cfg, dataset_dir)
-    compatibility = check_run_models(tokenizer, tokenizer_cfg=cfg.tokenizer, teacher=cfg.teacher,
-                                     student=cfg.student, eval_cfg=cfg.eval).describe()
+    compatibility = check_models(cfg, tokenizer).describe()
     mlflow.set_tags({"smoothkd.tokenizer": str(tokenizer), "smoothkd.compatibility": compatibility[:5000]})
     log_metadata(metadata={"compatibility": compatibility})
     return str(tokenizer)

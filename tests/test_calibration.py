@@ -22,11 +22,11 @@ from smoothkd.io import read_json
 from smoothkd.modeling.models import load_causal_lm
 from smoothkd.modeling.tokenizer import load_tokenizer
 from smoothkd.stages import (
-    check_teacher,
+    check_teacher_calibration,
+    precompute_labels,
     prepare_data,
     prepare_teacher,
     prepare_tokenizer,
-    teacher_labels,
     train_student,
 )
 
@@ -267,11 +267,11 @@ def test_student_of_the_recalibrated_teacher_is_better_calibrated(rejected_run, 
     teacher = prepare_teacher(raw_cfg, data_dir, tokenizer)
     assert teacher.cached  # the module's pipeline run trained it
     fit_cfg = load_config(TINY, [*overrides, "calibration.fit_temperature=true"])
-    fitted = check_teacher(fit_cfg, data_dir, teacher.path, out_dir / "fitted")
+    fitted = check_teacher_calibration(fit_cfg, data_dir, teacher.path, out_dir / "fitted")
     assert fitted.passed and fitted.temperature > 2  # it undoes most of the ×30
     students = {}
     for name, cfg, temperature in (("raw", raw_cfg, 1.0), ("recalibrated", fit_cfg, fitted.temperature)):
-        labels = teacher_labels(cfg, data_dir, tokenizer, teacher.path, temperature, progress=False)
+        labels = precompute_labels(cfg, data_dir, tokenizer, teacher.path, temperature, progress=False)
         assert read_json(Path(labels.path) / "manifest.json")["calibration_temperature"] == temperature
         student = train_student(cfg, data_dir, tokenizer, alpha=1.0, labels_dir=labels.path,
                                 teacher_path=teacher.path, calibration_temperature=temperature)

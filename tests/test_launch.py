@@ -29,7 +29,7 @@ def run(tmp_path_factory):
     data = stages.prepare_data(cfg)
     tokenizer = stages.prepare_tokenizer(cfg, data)
     teacher = stages.prepare_teacher(cfg, data, tokenizer)
-    labels = stages.teacher_labels(cfg, data, tokenizer, teacher.path, progress=False)
+    labels = stages.precompute_labels(cfg, data, tokenizer, teacher.path, progress=False)
     return {"out": out, "cfg": cfg, "data": data, "tokenizer": tokenizer, "teacher": teacher.path,
             "labels": labels}
 
@@ -59,7 +59,7 @@ def test_two_processes_through_accelerate_match_one_process(run, distributed):
 
 def test_label_precompute_split_over_two_processes_writes_the_same_store(run, tmp_path):
     cfg = config(tmp_path, "student.train.num_processes=2")
-    split = stages.teacher_labels(cfg, run["data"], run["tokenizer"], run["teacher"], progress=False)
+    split = stages.precompute_labels(cfg, run["data"], run["tokenizer"], run["teacher"], progress=False)
     single = run["labels"]
     assert split.key == single.key and not split.reused
     assert split.teacher_forward_passes == single.teacher_forward_passes

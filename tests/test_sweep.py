@@ -236,8 +236,7 @@ def test_a_rerun_reuses_the_cached_teacher_and_students(tiny_sweep):
     out, _, first = tiny_sweep
     again = _sweep(out, "--seeds", "1", "--alphas", "0.5")
     assert again.exit_code == 0, again.output
-    assert "cached" in again.output.split("[1/3]")[0]  # the teacher line comes before the first model
-    assert again.output.count(": cached, evaluated") == 3
+    assert again.output.count(": cached, evaluated") == 3  # the teacher and both students
     assert "KD − SFT over seeds 10" in again.output
     assert "kd_a0.5 cnndm: " in again.output
 
@@ -248,3 +247,125 @@ def test_bad_alphas_are_one_line(tmp_path, alphas, says):
     shown = _sweep(tmp_path, "--seeds", "1", "--alphas", alphas)
     assert shown.exit_code == 2 and says in shown.output
     assert "Traceback" not in shown.output and not (tmp_path / "sweeps").exists()
+
+
+def test_a_bad_student_reference_stops_the_sweep_before_any_data_or_model(tmp_path):
+    shown = _sweep(tmp_path, "--seeds", "2", "--set", "student.name_or_path=/nonexistent")
+    assert shown.exit_code == 2, shown.output
+    errors = [line for line in shown.output.splitlines() if not line.startswith("log: ")]
+    assert len(errors) == 1 and "student.name_or_path=/nonexistent" in errors[0]
+    # The preflight comes first: no corpus, dataset, teacher or student was made, only the log file.
+    assert [p.name for p in tmp_path.iterdir()] == ["logs"]
+
+
+def test_a_student_trains_with_its_fixed_threads_and_the_same_weights_in_or_out_of_a_worker(tiny_sweep,
+                                                                                             tmp_path):
+    import torch
+
+    from smoothkd.artifacts import TRAIN_RECORD
+    from smoothkd.io import read_json
+    from smoothkd.stages import prepare_data, prepare_tokenizer, train_student
+
+    out, _, summary = tiny_sweep
+    swept = {m["name"]: m for m in summary["models"]}["sft_s10"]
+    runtime = read_json(Path(swept["path"]) / TRAIN_RECORD)["runtime"]
+    assert runtime == {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                       "threads": 1}
+    # The same student trained again here, as `smoothkd run` would, in this process with 3 threads set:
+    # the training's fixed count applies (and this process's is restored after), so the content key and
+    # the weights are the worker's. The worker's copy moves aside first, or it would be reused.
+    worker_copy = tmp_path / "worker"
+    Path(swept["path"]).rename(worker_copy)
+    cfg = load_config(ROOT / "configs/test/tiny.yaml", [f"output_dir={out}"])
+    data_dir = prepare_data(cfg)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        here = train_student(cfg, data_dir, prepare_tokenizer(cfg, data_dir))
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(previous)
+    assert not here.cached and here.path == swept["path"]  # one content key
+    weights = "model.safetensors"
+    assert (Path(here.path) / weights).read_bytes() == (worker_copy / weights).read_bytes()
+
+
+def test_the_thread_count_is_part_of_the_students_key(tmp_path):
+    from smoothkd.stages import prepare_data, prepare_tokenizer, train_student
+
+    paths = []
+    for threads in (1, 2):
+        cfg = load_config(ROOT / "configs/test/tiny.yaml", [
+            f"output_dir={tmp_path}", "student.train.max_steps=1", f"student.train.threads={threads}"])
+        data_dir = prepare_data(cfg)
+        paths.append(train_student(cfg, data_dir, prepare_tokenizer(cfg, data_dir)).path)
+    assert paths[0] != paths[1]
+
+
+def _progress_names(lines: list[str]) -> list[str]:
+    return [line.split("] ", 1)[1].split(":")[0] for line in lines if line.startswith("[")]
+
+
+def test_a_sweep_killed_after_its_third_model_resumes_without_retraining_it(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "smoothkd.cli", "sweep", str(ROOT / "configs/test/tiny.yaml"),
+               "--seeds", "2", "--alphas", "0.5", "--json", "--set", f"output_dir={tmp_path}"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    # Its own session, so the kill takes the sweep's worker processes too, as a Ctrl-\ or an OOM kill would.
+    first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
+                             start_new_session=True)
+    lines = []
+    for line in first.stderr:
+        lines.append(line)
+        if line.startswith("[3/"):
+            os.killpg(first.pid, signal.SIGKILL)
+            break
+    first.wait(timeout=60)
+    killed = _progress_names(lines)
+    assert len(killed) == 3 and not list(tmp_path.glob("sweeps/*/sweep.json")), lines
+    again = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert again.returncode == 0, again.stderr
+    cached = [name for name, line in zip(_progress_names(again.stderr.splitlines()),
+                                         [x for x in again.stderr.splitlines() if x.startswith("[")],
+                                         strict=True) if ": cached, " in line]
+    assert set(killed) <= set(cached)
+    assert len(json.loads(again.stdout)["models"]) == 5
+
+
+def test_student_steps_depend_on_the_front_half_only(tiny_sweep):
+    from zenml.client import Client
+
+    _, _, summary = tiny_sweep
+    steps = Client().get_pipeline_run(summary["run_name"]).steps
+    front = {"load_data", "validate_data", "build_tokenizer", "teacher", "check_teacher_calibration",
+             "precompute_labels"}
+    students = [f"{arm}_s{seed}" for seed in (10, 11) for arm in ("sft", "kd_a0.5")]
+    assert front | {f"train_{s}" for s in students} | {f"evaluate_{s}" for s in ["teacher", *students]} | {
+        "analyse_sweep"} == set(steps)
+    for name in students:
+        assert set(steps[f"train_{name}"].spec.upstream_steps) <= front
+        assert set(steps[f"evaluate_{name}"].spec.upstream_steps) - front == {f"train_{name}"}
+        settings = steps[f"train_{name}"].config.settings["resources"]
+        assert settings.cpu_count == 1  # its own ResourceSettings: a pod or job each on a cluster stack
+    assert set(steps["analyse_sweep"].spec.upstream_steps) >= {f"evaluate_{s}" for s in students}
+
+
+def test_results_reads_the_latest_sweep_back(tiny_sweep, tmp_path):
+    from smoothkd.cli import app
+
+    out = tiny_sweep[0]
+    # The module's sweeps so far (the rerun test adds one): the newest written is the one to read back.
+    summary = json.loads(max(out.glob("sweeps/*/sweep.json"), key=lambda p: p.stat().st_mtime).read_text())
+    config = ["--config", str(ROOT / "configs/test/tiny.yaml")]
+    shown = CliRunner().invoke(app, ["results", "--sweep", "--json", *config, "--set", f"output_dir={out}"])
+    assert shown.exit_code == 0, shown.output
+    assert json.loads(shown.stdout) == summary
+    text = CliRunner().invoke(app, ["results", "--sweep", *config, "--set", f"output_dir={out}"])
+    assert text.exit_code == 0 and summary["run_name"] in text.output
+    assert f"kd_a0.5 cnndm: {summary['conclusions']['kd_a0.5']['cnndm']}" in text.output
+    none = CliRunner().invoke(app, ["results", "--sweep", *config, "--set", f"output_dir={tmp_path}"])
+    assert none.exit_code == 1 and "no finished sweep" in none.output

@@ -15,7 +15,7 @@ from smoothkd.artifacts import TRAIN_RECORD, ModelArtifact
 from smoothkd.config import CalibrationConfig, DistillConfig, ModelConfig, StudentConfig, TeacherConfig
 from smoothkd.data.dataset import train_examples, training_key
 from smoothkd.distill.labels import LabelSpec, LabelStore, PrecomputeResult, precompute_labels
-from smoothkd.distill.runtime import main_process_first
+from smoothkd.distill.runtime import intra_op_threads, main_process_first, runtime_record
 from smoothkd.distill.trainer import finetune
 from smoothkd.io import content_hash, write_json
 from smoothkd.modeling.identity import directory_identity, model_identity
@@ -52,16 +52,17 @@ def train_model(role: str, tokenizer_ref: str | Path, data_dir: str | Path, out:
         role, init_key, training_key(data_dir), train_cfg.model_dump_json(), str(alpha),
         distill.model_dump_json() if alpha else "", work_key)[:16]
     parameters = count_parameters(model)  # before LoRA adds adapters or FSDP shards the weights
-    result = finetune(model, tokenizer, train_examples(tokenizer, data_dir, train_cfg), train_cfg, out,
-                      device=device, alpha=alpha, distill=distill, label_store=store, teacher=teacher,
-                      work_dir=work_dir, lora=model_cfg.lora,
-                      teacher_scale=calibration.logit_scale / calibration.taught_temperature(
-                          calibration_temperature),
-                      desc=f"train {role}")
+    with intra_op_threads(train_cfg.threads):
+        result = finetune(model, tokenizer, train_examples(tokenizer, data_dir, train_cfg), train_cfg, out,
+                          device=device, alpha=alpha, distill=distill, label_store=store, teacher=teacher,
+                          work_dir=work_dir, lora=model_cfg.lora,
+                          teacher_scale=calibration.logit_scale / calibration.taught_temperature(
+                              calibration_temperature),
+                          desc=f"train {role}")
     artifact = ModelArtifact(
         path=str(out), role=role, parameters=parameters, train_steps=result.steps,
         train_seconds=result.seconds, train_tokens_per_second=result.tokens_per_second,
-        loss_history=result.loss_history,
+        loss_history=result.loss_history, runtime=runtime_record(train_cfg.threads),
     )
     if result.main_process:
         write_json(out / TRAIN_RECORD, artifact.to_dict())

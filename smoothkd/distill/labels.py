@@ -289,7 +289,9 @@ def precompute_labels(model, examples: list[dict], root: str | Path, spec: Label
     passes, start = 0, time.perf_counter()
     n_shards = (len(examples) + spec.shard_size - 1) // spec.shard_size
     mine = range(rank, n_shards, world)
-    for s in tqdm(mine, desc="teacher labels", unit="shard", disable=not progress or rank != 0):
+    # disable=None: no bar when stderr is not a terminal (a log file gets no carriage-return frames).
+    bars = None if progress and rank == 0 else True
+    for s in tqdm(mine, desc="teacher labels", unit="shard", disable=bars):
         name = f"shard-{s:05d}.npz"
         file, record = out / name, out / f"shard-{s:05d}.json"
         if record.exists() and file.exists() and sha256_file(file) == read_json(record)["sha256"]:

@@ -22,7 +22,9 @@ class TrainProgress(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
-            self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc=self.desc, unit="step")
+            # disable=None: no bar when stderr is not a terminal (a log file gets no carriage-return frames).
+            self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc=self.desc, unit="step",
+                            disable=None)
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.bar is not None:
