@@ -20,6 +20,8 @@ from smoothkd.evaluation.sweep import (
     Arm,
     Difference,
     SweepSummary,
+    baseline,
+    baseline_lines,
     check_primary,
     compare_arms,
     conclusions,
@@ -50,6 +52,28 @@ SFT = {10: _evaluation(IDS, [50.0, 60.0, 70.0], ece=0.20),
 KD = {10: _evaluation(IDS, [50.0, 62.0, 71.0], ece=0.10),
       11: _evaluation(IDS, [22.0, 34.0, None], ece=0.26),
       12: _evaluation(IDS, [14.0, 16.0, 19.0], ece=0.24)}
+
+
+def test_the_baseline_check_reports_the_sft_spread_and_its_overconfidence_over_seeds():
+    """The regime's check: SFT consistency mean and SD over seeds beside the teacher's, and held-out
+    overconfidence with a seed-level t-interval (one value per seed)."""
+    over = {10: 0.010, 11: 0.020, 12: 0.015}
+    sft = {s: Evaluation(metrics={**e.metrics, "general/overconfidence": over[s],
+                                  "cnndm/prior_trap_rate": 4.0 * i},
+                         per_example=e.per_example, predictions={}) for i, (s, e) in enumerate(SFT.items())}
+    teacher = _evaluation(IDS, [90.0, 95.0, 100.0])
+    b = baseline(sft, teacher, 0.95)
+    means = [60.0, 30.0, 10.0]  # the SFT evaluations' own consistency
+    assert b.consistency["cnndm"] == pytest.approx((np.mean(means), np.std(means, ddof=1)))
+    assert b.prior_trap_rate == {"cnndm": pytest.approx(4.0)} and b.teacher_consistency == {"cnndm": 95.0}
+    half = stats.t.ppf(0.975, 2) * np.std(list(over.values()), ddof=1) / np.sqrt(3)
+    assert b.overconfidence == pytest.approx((0.015, 0.015 - half, 0.015 + half))
+    lines = baseline_lines(b, 0.95)
+    assert "teacher 95.0" in lines[0] and lines[-1].endswith(": overconfident")
+    under = baseline({s: Evaluation(metrics={**e.metrics, "general/overconfidence": -over[s]},
+                                    per_example=e.per_example, predictions={}) for s, e in SFT.items()},
+                     None, 0.95)
+    assert baseline_lines(under, 0.95)[-1].endswith(": underconfident")
 
 
 def test_differences_pair_examples_by_id_and_cross_seeds_with_examples():

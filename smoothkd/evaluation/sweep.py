@@ -91,6 +91,62 @@ class SweepModel:
     metrics: dict[str, float]
 
 
+@dataclass(frozen=True)
+class Baseline:
+    """The regime's own check, read before any KD student: the SFT baseline over seeds (per split its
+    factual consistency's mean and SD over seeds, and its prior-trap rate's mean) and its held-out
+    overconfidence (confidence − accuracy) with a CI over seeds, beside the teacher's consistency."""
+
+    seeds: int
+    consistency: dict[str, tuple[float, float]]
+    prior_trap_rate: dict[str, float]
+    overconfidence: tuple[float, float, float] | None
+    teacher_consistency: dict[str, float]
+
+
+def baseline(sft: dict[int, Evaluation], teacher: Evaluation | None, confidence: float) -> Baseline:
+    """`Baseline` of the SFT students in `sft` (seed → evaluation) and the `teacher`'s evaluation."""
+    runs = [sft[s] for s in sorted(sft)]
+    splits = [split for split in _splits(runs[0]) if f"{split}/{CONSISTENCY}" in runs[0].metrics]
+
+    def values(name: str) -> np.ndarray:
+        return np.array([r.metrics[name] for r in runs if name in r.metrics])
+
+    consistency = {}
+    for split in splits:
+        v = values(f"{split}/{CONSISTENCY}")
+        consistency[split] = (float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else float("nan"))
+    traps = {split: float(values(f"{split}/prior_trap_rate").mean()) for split in splits
+             if values(f"{split}/prior_trap_rate").size}
+    over = values("general/overconfidence")
+    interval = None
+    if over.size > 1:
+        ci = seed_example_ci(over[:, None], confidence)
+        interval = (ci.mean, ci.low, ci.high)
+    teacher_consistency = {split: teacher.metrics[f"{split}/{CONSISTENCY}"] for split in splits
+                           if teacher is not None and f"{split}/{CONSISTENCY}" in teacher.metrics}
+    return Baseline(len(runs), consistency, traps, interval, teacher_consistency)
+
+
+def baseline_lines(b: Baseline, confidence: float) -> list[str]:
+    """The regime check as printed lines: teacher vs SFT consistency, SFT spread, overconfidence."""
+    lines = []
+    for split, (mean, sd) in b.consistency.items():
+        teacher = b.teacher_consistency.get(split)
+        versus = f"; teacher {teacher:.1f}" if teacher is not None else ""
+        trap = b.prior_trap_rate.get(split)
+        traps = f", prior-trap rate {trap:.1f} %" if trap is not None else ""
+        lines.append(f"SFT baseline {split}: consistency {mean:.1f} % (SD {sd:.1f} over {b.seeds} seeds)"
+                     f"{traps}{versus}")
+    if b.overconfidence is not None:
+        mean, low, high = b.overconfidence
+        state = ("overconfident" if low > 0 else "underconfident" if high < 0
+                 else "neither over- nor underconfidence resolved")
+        lines.append(f"SFT baseline held-out overconfidence {mean:+.4f} ({confidence:.0%} CI {low:+.4f} to "
+                     f"{high:+.4f} over {b.seeds} seeds): {state}")
+    return lines
+
+
 @dataclass
 class SweepSummary:
     """The sweep's record: what ran (and on which machine), every model, every arm − SFT difference and the
@@ -110,6 +166,7 @@ class SweepSummary:
     summary_file: str = ""
     seconds: float = 0.0
     machine: Machine | None = None
+    baseline: Baseline | None = None
 
     def to_dict(self) -> dict:
         """JSON form: `differences` and `conclusions` nested as {arm: {split: {metric: ...}}}."""
