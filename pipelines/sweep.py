@@ -30,7 +30,8 @@ from zenml.enums import ExecutionMode
 
 from pipelines.distill import front_half
 from smoothkd.config import RunConfig
-from smoothkd.evaluation.sweep import SweepSummary
+from smoothkd.data.dataset import uses_embedded
+from smoothkd.evaluation.sweep import SweepSummary, check_primary
 from smoothkd.stages import student_name
 from steps.sweep import (
     LISTENERS,
@@ -61,6 +62,29 @@ class Arm:
 def sweep_arms(kd_alphas: list[float]) -> list[Arm]:
     """The SFT baseline, then one KD arm per α > 0 (ascending, once each)."""
     return [Arm(student_name(0.0), 0.0), *(Arm(student_name(a), a) for a in sorted(set(kd_alphas) - {0}))]
+
+
+# The A/A check's second SFT arm trains from seeds this far from the baseline's, so no seed is shared.
+NULL_ARM, NULL_SEED_OFFSET = "sft_null", 1000
+
+
+def null_arms() -> list[Arm]:
+    """The A/A check (`--null`): the SFT baseline and, in place of the KD arms, a second SFT arm from its own
+    seed stream, analysed exactly as a KD arm: it must resolve no difference."""
+    return [Arm(student_name(0.0), 0.0), Arm(NULL_ARM, 0.0, NULL_SEED_OFFSET)]
+
+
+def sweep_config(cfg: RunConfig) -> RunConfig:
+    """The config the sweep runs: on the embedded corpus, evaluation splits of at least `sweep.eval_rows`
+    rows (the demo itself may score fewer). Models are keyed by the training splits alone
+    (`data.dataset.training_key`), so the teacher and students of a `smoothkd run` are reused."""
+    embedded = cfg.data.embedded
+    if not uses_embedded(cfg.data):
+        return cfg
+    rows = cfg.sweep.eval_rows
+    sizes = {"n_cnndm": max(embedded.n_cnndm, rows), "n_xsum": max(embedded.n_xsum, rows)}
+    return cfg.model_copy(update={"data": cfg.data.model_copy(update={
+        "embedded": embedded.model_copy(update=sizes)})})
 
 
 def sweep_seeds(cfg: RunConfig, n: int) -> list[int]:
@@ -128,7 +152,7 @@ def progress_printer(cfg: RunConfig, total: int, echo: Callable[[str], None]):
 def run_sweep(cfg: RunConfig, n_seeds: int, arms: list[Arm], echo: Callable[[str], None] = print
               ) -> SweepSummary:
     """Run the sweep pipeline for every arm over `n_seeds` seeds on the config's stack and return its
-    summary. The first arm is the baseline; `kd_minus_sft` keys arms by α, so one arm per α.
+    summary. The first arm is the baseline, the others are compared with it (by name).
 
     Raises, as `smoothkd run` would, before any student trains: on a bad model reference (in seconds, before
     any data or teacher, on the local stack), DataValidationError, TeacherRejectedError.
@@ -137,9 +161,12 @@ def run_sweep(cfg: RunConfig, n_seeds: int, arms: list[Arm], echo: Callable[[str
     from smoothkd.tracking import kd_label, run_name
 
     started = time.time()
+    cfg = sweep_config(cfg)
+    check_primary(cfg.eval.primary, [f"{arm.name}/{split}" for arm in arms[1:] for split in cfg.eval.splits])
     _, settings, options = prepare_stack(cfg)
     seeds = sweep_seeds(cfg, n_seeds)
-    name = run_name("sweep", cfg.name, kd_label([a.alpha for a in arms if a.alpha]), f"{n_seeds} seeds")
+    compared = kd_label([a.alpha for a in arms if a.alpha]) if any(a.alpha for a in arms) else "A/A"
+    name = run_name("sweep", cfg.name, compared, f"{n_seeds} seeds")
     listener = progress_printer(cfg, 1 + n_seeds * len(arms), echo)
     LISTENERS.append(listener)
     try:

@@ -66,9 +66,10 @@ def loss_curves_chart(curves: dict[str, list], path: str | Path) -> Path:
 
 def sweep_chart(differences: list[dict], labels: dict[str, str], confidence: float, path: str | Path
                 ) -> Path:
-    """The α ablation: one panel per (split, metric), KD − SFT against α with its CI as whiskers and each
-    seed's own difference as a dot, so seed-to-seed spread stays visible. `differences` are records with
-    alpha, split, metric, mean, low, high and per_seed; `labels` names the metrics in panel order."""
+    """The α ablation: one panel per (split, metric), each arm (a KD α, or an A/A arm) − SFT with its CI as
+    whiskers and each seed's own difference as a dot, so seed-to-seed spread stays visible. `differences`
+    are records with arm, alpha, split, metric, mean, low, high and per_seed; `labels` names the metrics in
+    panel order."""
     splits = list(dict.fromkeys(d["split"] for d in differences))
     metrics = [m for m in labels if any(d["metric"] == m for d in differences)]
     fig = _figure((3.6 * max(len(metrics), 1), 3.0 * max(len(splits), 1)))
@@ -77,7 +78,7 @@ def sweep_chart(differences: list[dict], labels: dict[str, str], confidence: flo
         for col, metric in enumerate(metrics):
             ax = axes[row][col]
             cells = sorted((d for d in differences if d["split"] == split and d["metric"] == metric),
-                           key=lambda d: d["alpha"])
+                           key=lambda d: (d["alpha"], d["arm"]))
             if not cells:  # e.g. a calibration metric of the held-out split only: no panel for cnndm
                 ax.set_axis_off()
                 continue
@@ -87,10 +88,10 @@ def sweep_chart(differences: list[dict], labels: dict[str, str], confidence: flo
                             fmt="o", color="tab:blue", capsize=4)
                 seeds = list(d["per_seed"].values())
                 ax.scatter([x + 0.15] * len(seeds), seeds, s=10, color="tab:orange", zorder=3)
-            ax.set_xticks(range(len(cells)), [f"α={d['alpha']:g}" for d in cells])
+            ax.set_xticks(range(len(cells)), [d["arm"] for d in cells])
             ax.set_xlim(-0.5, len(cells) - 0.5)
             ax.set_title(f"{split}: {labels[metric]}", fontsize=10)
             ax.grid(axis="y", alpha=0.3)
-    fig.suptitle(f"KD − SFT (same seed, same examples): mean and {confidence:.0%} CI; dots: one seed each")
+    fig.suptitle(f"arm − SFT (same seed, same examples): mean and {confidence:.0%} CI; dots: one seed each")
     fig.savefig(path, dpi=110)
     return Path(path)

@@ -160,6 +160,9 @@ def sweep(
                       ] = "0,0.1,0.5,1.0",
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON (progress on stderr)")
                        ] = False,
+    null: Annotated[bool, typer.Option("--null", help="A/A check: a second SFT arm from its own seeds in "
+                                                      "place of the KD arms; it must resolve no difference")
+                    ] = False,
     set_: SetOpt = None,
     verbose: VerboseOpt = False,
 ) -> None:
@@ -173,19 +176,21 @@ def sweep(
 
     from rich.console import Console
 
-    from pipelines.sweep import run_sweep, sweep_arms
-    from smoothkd.evaluation.sweep import differences_table
+    from pipelines.sweep import null_arms, run_sweep, sweep_arms
+    from smoothkd.evaluation.sweep import baseline_lines, differences_table
 
     log = _console(cfg, "sweep", verbose, zenml=True)
     # With --json, stdout carries the JSON alone: progress and the libraries' chatter go to stderr.
     quiet = contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext()
     with _one_line_errors(log, verbose), quiet:
-        summary = run_sweep(cfg, seeds, sweep_arms(kd_alphas),
+        summary = run_sweep(cfg, seeds, null_arms() if null else sweep_arms(kd_alphas),
                             echo=lambda line: typer.echo(line, err=as_json))
     if as_json:
         typer.echo(json.dumps(summary.to_dict(), indent=1))
         return
     console = Console(soft_wrap=True)
+    for line in baseline_lines(summary.baseline, summary.confidence) if summary.baseline else []:
+        console.print(line, highlight=False)
     console.print(differences_table(summary))
     for kd, per_split in summary.conclusions.items():
         for split, text in per_split.items():
@@ -332,6 +337,11 @@ def _print_sweep(uri: str, experiment_name: str, config: Path, as_json: bool) ->
     seeds = ", ".join(map(str, summary["seeds"]))
     typer.echo(f"sweep {summary['run_name']} (MLflow store {uri}): seeds {seeds}, "
                f"{len(summary['models'])} models, {summary['seconds']:.0f} s")
+    if summary.get("baseline"):
+        from smoothkd.evaluation.sweep import Baseline, baseline_lines
+
+        for line in baseline_lines(Baseline(**summary["baseline"]), summary["confidence"]):
+            typer.echo(line)
     for arm, per_split in summary["conclusions"].items():
         for split, text in per_split.items():
             typer.echo(f"{arm} {split}: {text}")

@@ -419,6 +419,9 @@ class SweepConfig(_Section):
     # Models trained and evaluated at once by `smoothkd sweep`, each in its own process with its training
     # section's fixed `threads`: which worker trains a model does not change its weights.
     workers: int = Field(default_factory=default_workers, gt=0)
+    # Rows per evaluation split the sweep scores on the embedded corpus (more rows, less example noise in
+    # every difference); a run of the same config may score fewer. Hub and local splits are scored whole.
+    eval_rows: int = Field(default=500, gt=0)
 
 
 class RunConfig(_Section):

@@ -21,13 +21,15 @@ from smoothkd.artifacts import Evaluation, ModelArtifact
 from smoothkd.charts import sweep_chart
 from smoothkd.config import RunConfig, output_root, tracking_uri
 from smoothkd.distill.labels import PrecomputeResult
+from smoothkd.evaluation.machine import machine
 from smoothkd.evaluation.sweep import (
     COMPARED,
+    Arm,
     SweepModel,
     SweepSummary,
+    baseline,
+    compare_arms,
     conclusions,
-    kd_minus_sft,
-    kd_name,
 )
 from smoothkd.io import write_json
 from smoothkd.registry.store import PER_EXAMPLE_ARTIFACT
@@ -92,8 +94,9 @@ def analyse_sweep(config: dict, sweep_name: str, seeds: list[int], arms: list[di
                   students: list[ModelArtifact], evaluations: list[Evaluation],
                   calibration_temperature: float, label_store: PrecomputeResult, started: float
                   ) -> Annotated[SweepSummary, "sweep_summary"]:
-    """KD − SFT per α and split over seeds and its conclusions, recorded as the sweep's MLflow parent run
-    `sweep_name` (a child per model, in `<experiment>-sweeps`), `sweep.json` and the chart under
+    """Every arm − the baseline (the first arm) per split over seeds, the baseline's own check and the
+    conclusions, recorded as the sweep's MLflow parent run `sweep_name` (a child per model, in
+    `<experiment>-sweeps`), `sweep.json` and the chart under
     `<output_dir>/sweeps/<sweep name>/`. `students` are in seed-major, arm-minor order; `evaluations` are the
     teacher's, then the students' in that order. `started`: when the sweep began (epoch seconds)."""
     cfg = RunConfig.model_validate(config)
@@ -103,9 +106,10 @@ def analyse_sweep(config: dict, sweep_name: str, seeds: list[int], arms: list[di
     experiment = ensure_experiment(uri, f"{cfg.tracking.experiment_name}-sweeps",
                                    output_root(cfg) / "mlartifacts")
     keyed = [(arm, seed) for seed in seeds for arm in arms]
-    by_alpha: dict[float, dict[int, Evaluation]] = {arm["alpha"]: {} for arm in arms}
+    by_arm: dict[str, dict[int, Evaluation]] = {arm["name"]: {} for arm in arms}
     for (arm, seed), evaluation in zip(keyed, evaluations[1:], strict=True):
-        by_alpha[arm["alpha"]][seed] = evaluation
+        by_arm[arm["name"]][seed] = evaluation
+    sft = by_arm[arms[0]["name"]]
     with _tracking(uri), mlflow.start_run(experiment_id=experiment, run_name=sweep_name) as parent:
         mlflow.set_tags({SWEEP_TAG: "true", "smoothkd.zenml_run": get_step_context().pipeline_run.name})
         mlflow.log_params({"config": cfg.name, "seeds": ",".join(map(str, seeds)),
@@ -121,14 +125,18 @@ def analyse_sweep(config: dict, sweep_name: str, seeds: list[int], arms: list[di
                                {k: v for k, v in evaluation.metrics.items() if "_ci_" not in k})
             models.append(SweepModel(**{**asdict(model), "run_id": _log_model(experiment, model, artifact,
                                                                                evaluation)}))
-        differences = kd_minus_sft(by_alpha, cfg.eval)
+        differences = compare_arms(sft, [Arm(arm["name"], arm["alpha"], by_arm[arm["name"]])
+                                         for arm in arms[1:]], cfg.eval)
         summary = SweepSummary(
             config=cfg.name, run_name=sweep_name, run_id=parent.info.run_id, seeds=seeds, alphas=kd_alphas,
             confidence=cfg.eval.confidence, teacher_temperature=calibration_temperature, models=models,
-            differences=differences, conclusions=conclusions(differences, cfg.eval.confidence),
-            chart=str(out_dir / CHART_FILE), summary_file=str(out_dir / SUMMARY_FILE))
+            differences=differences,
+            conclusions=conclusions(differences, cfg.eval.confidence, cfg.eval.primary),
+            chart=str(out_dir / CHART_FILE), summary_file=str(out_dir / SUMMARY_FILE),
+            machine=machine(cfg.student.train.threads),
+            baseline=baseline(sft, evaluations[0], cfg.eval.confidence))
         for d in differences:
-            name = f"delta/{kd_name(d.alpha)}/{d.split}/{d.metric}"
+            name = f"delta/{d.arm}/{d.split}/{d.metric}"
             log_metrics({name: d.mean, f"{name}_ci_low": d.low, f"{name}_ci_high": d.high})
         for kd, per_split in summary.conclusions.items():
             mlflow.set_tags({f"conclusion.{kd}.{split}": text for split, text in per_split.items()})

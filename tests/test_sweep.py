@@ -265,6 +265,30 @@ def test_a_rerun_reuses_the_cached_teacher_and_students(tiny_sweep):
     assert "kd_a0.5 cnndm: " in again.output
 
 
+def test_a_null_sweep_compares_a_second_sft_arm_from_its_own_seeds(tiny_sweep):
+    """`--null`: the A/A check trains SFT students from seeds 1000 apart in place of the KD arms and
+    analyses them exactly as a KD arm (the baseline's students reused from the cache)."""
+    out, _, _ = tiny_sweep
+    shown = _sweep(out, "--seeds", "2", "--null", "--json")
+    assert shown.exit_code == 0, shown.output
+    summary = json.loads(shown.stdout)
+    assert [m["name"] for m in summary["models"]] == ["teacher", "sft_s10", "sft_null_s10", "sft_s11",
+                                                      "sft_null_s11"]
+    assert summary["alphas"] == [] and "A/A" in summary["run_name"]
+    assert set(summary["differences"]) == {"sft_null"} and set(summary["conclusions"]) == {"sft_null"}
+    models = {m["name"]: m for m in summary["models"]}
+    assert models["sft_s10"]["cached"] and models["sft_s11"]["cached"]
+    # The null student of pairing seed 10 is the SFT student `smoothkd run` would train from seed 1010.
+    from smoothkd.stages import prepare_data, prepare_tokenizer, train_student, with_student_seed
+
+    cfg = load_config(ROOT / "configs/test/tiny.yaml", [f"output_dir={out}"])
+    data = prepare_data(cfg)
+    again = train_student(with_student_seed(cfg, 1010), data, prepare_tokenizer(cfg, data), 0.0)
+    assert again.cached and again.path == models["sft_null_s10"]["path"] != models["sft_s10"]["path"]
+    assert summary["baseline"]["seeds"] == 2 and set(summary["baseline"]["consistency"]) == {"cnndm", "xsum"}
+    assert summary["machine"]["threads"] == cfg.student.train.threads
+
+
 @pytest.mark.parametrize(("alphas", "says"), [("0", "at least one KD weight"), ("0,1.5", "1.5 is outside"),
                                               ("a,b", "comma-separated numbers")])
 def test_bad_alphas_are_one_line(tmp_path, alphas, says):
@@ -390,6 +414,7 @@ def test_results_reads_the_latest_sweep_back(tiny_sweep, tmp_path):
     assert json.loads(shown.stdout) == summary
     text = CliRunner().invoke(app, ["results", "--sweep", *config, "--set", f"output_dir={out}"])
     assert text.exit_code == 0 and summary["run_name"] in text.output
-    assert f"kd_a0.5 cnndm: {summary['conclusions']['kd_a0.5']['cnndm']}" in text.output
+    arm, per_split = next(iter(summary["conclusions"].items()))  # kd_a0.5, or sft_null after the A/A test
+    assert f"{arm} cnndm: {per_split['cnndm']}" in text.output
     none = CliRunner().invoke(app, ["results", "--sweep", *config, "--set", f"output_dir={tmp_path}"])
     assert none.exit_code == 1 and "no finished sweep" in none.output

@@ -34,9 +34,11 @@ def cpu_model(cpuinfo: Path = CPUINFO) -> str:
     return platform.processor() or "unknown"
 
 
-def machine() -> Machine:
-    """This process's machine record (for sweep.json)."""
+def machine(threads: int | None = None) -> Machine:
+    """This process's machine record (for sweep.json), with `threads` the intra-op threads the models
+    trained with (default: this process's)."""
     import torch
 
     return Machine(cpu_capability=torch.backends.cpu.get_cpu_capability(), torch=torch.__version__,
-                   threads=torch.get_num_threads(), cpu_model=cpu_model(), platform=platform.platform())
+                   threads=threads or torch.get_num_threads(), cpu_model=cpu_model(),
+                   platform=platform.platform())
