@@ -119,6 +119,11 @@ def run(config: ConfigArg, set_: SetOpt = None, verbose: VerboseOpt = False) -> 
     for line in gate_lines(results.gates):
         console.print(line, highlight=False)
     _print_summary(console, results, cfg.eval.splits)
+    # One student seed on one corpus draw is an anecdote; the sweep is the evidence (docs/evidence.md).
+    console.print(f"one student seed ({cfg.student.train.seed}) on one corpus draw "
+                  f"(data.seed {cfg.data.seed}), not evidence: `smoothkd sweep {config} --seeds 10` "
+                  "compares KD with SFT over seeds",
+                  highlight=False, soft_wrap=True)
     console.print(f"pipeline wall time: {results.pipeline_seconds:.1f} s (run {results.run_name})")
     ui_cmd = "smoothkd ui" if config == DEFAULT_CONFIG else f"smoothkd ui --config {config}"
     console.print(f"runs, charts, registry: {ui_cmd}   (MLflow store {results.tracking_uri})",
