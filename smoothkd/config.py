@@ -217,6 +217,12 @@ class DistillConfig(_Section):
     labels: Literal["topk", "sampled"] = "topk"
     samples: int = Field(default=24, gt=0)
 
+    def student_key(self) -> str:
+        """What shapes one KD student, for its content key: every setting but `alphas`, the list of the other
+        students a run trains (a sweep's α = 1 student is the one `smoothkd run` trained, whatever else that
+        run trained beside it)."""
+        return self.model_dump_json(exclude={"alphas"})
+
     @model_validator(mode="after")
     def _sampled_needs_stored_forward_kl(self) -> DistillConfig:
         if self.labels == "sampled" and (self.divergence != "forward_kl" or self.mode != "stored"):

@@ -314,7 +314,7 @@ def train_student(cfg: RunConfig, data_dir: str | Path, tokenizer_ref: str | Pat
     online = cfg.distill.mode == "online"
     teacher_ref = (f"{teacher_path}@{calibration}" if online else str(labels_dir)) if alpha else ""
     key = _key(name, training_key(data_dir), str(tokenizer_ref), cfg.student.model_dump_json(), cfg.device,
-               cfg.distill.model_dump_json() if alpha else "", teacher_ref)
+               cfg.distill.student_key() if alpha else "", teacher_ref)
     out = output_root(cfg) / "students" / key
     record = out / TRAIN_RECORD
     if record.exists():

@@ -101,3 +101,10 @@ def test_an_unnamed_config_is_the_demo_config_where_it_exists_else_the_defaults(
     DEFAULT_CONFIG.unlink()  # outside a checkout: the built-in defaults
     read = CliRunner().invoke(app, ["results", *store])
     assert read.exit_code == 1 and f"experiment {RunConfig().tracking.experiment_name} of" in read.output
+
+
+def test_a_kd_students_key_ignores_the_other_alphas_of_its_run():
+    from smoothkd.config import DistillConfig
+
+    assert DistillConfig(alphas=[0.1, 1.0]).student_key() == DistillConfig(alphas=[1.0]).student_key()
+    assert DistillConfig(alphas=[1.0]).student_key() != DistillConfig(alphas=[1.0], top_k=8).student_key()

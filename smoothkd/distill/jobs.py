@@ -50,7 +50,7 @@ def train_model(role: str, tokenizer_ref: str | Path, data_dir: str | Path, out:
     # (`work_key` names the teacher labels: the store, or the online teacher at its calibration).
     work_dir = root / "checkpoints" / content_hash(
         role, init_key, training_key(data_dir), train_cfg.model_dump_json(), str(alpha),
-        distill.model_dump_json() if alpha else "", work_key)[:16]
+        distill.student_key() if alpha else "", work_key)[:16]
     parameters = count_parameters(model)  # before LoRA adds adapters or FSDP shards the weights
     with intra_op_threads(train_cfg.threads):
         result = finetune(model, tokenizer, train_examples(tokenizer, data_dir, train_cfg), train_cfg, out,
