@@ -3,11 +3,9 @@ the core count) and sequential (one worker), each on its own fresh output direct
 (its own ZenML store and worker pool).
 
 Usage: python bench/sweep_time.py [CONFIG] [KEY=VALUE ...] — overrides as `--set` takes them. In each
-directory the front half's stages (corpus, tokenizer, teacher, calibration gate, labels) are built first
-from the config as given and not timed, as they are the same sequential work in both; then the sweep
-pipeline runs, timed: its front-half steps reuse the tokenizer, teacher and labels, but on the embedded
-corpus they generate and validate the sweep's larger evaluation splits (`sweep.eval_rows`), the same
-sequential work in both modes. Prints `sweep_sequential_seconds=…`, `sweep_concurrent_seconds=…` and, last,
+directory the front half's stages (corpus with the sweep's evaluation rows, tokenizer, teacher, calibration
+gate, labels) are built first and not timed, as they are the same sequential work in both; then the sweep
+pipeline runs, timed: its front-half steps reuse all of it. Prints `sweep_sequential_seconds=…`, `sweep_concurrent_seconds=…` and, last,
 `sweep_concurrent_over_sequential=…` (the goal: ≤ 0.65 on 2 cores). Run it on a quiet machine.
 """
 
@@ -26,12 +24,12 @@ ONE = "--one"  # the child process's mode: one sweep, its seconds and workers on
 
 def one_sweep(config: str, overrides: list[str]) -> None:
     """Build the front half, then time the sweep; print `<seconds> <workers>`."""
-    from pipelines.sweep import run_sweep, sweep_arms
+    from pipelines.sweep import run_sweep, sweep_arms, sweep_config
     from smoothkd.config import load_config, output_root
     from smoothkd.stages import front_half
 
     cfg = load_config(config, overrides)
-    front_half(cfg, output_root(cfg) / "calibration")
+    front_half(sweep_config(cfg), output_root(cfg) / "calibration")
     start = time.perf_counter()
     run_sweep(cfg, SEEDS, sweep_arms(ALPHAS), echo=lambda line: print(line, file=sys.stderr))
     print(f"{time.perf_counter() - start} {cfg.sweep.workers}")
