@@ -5,8 +5,9 @@ the core count) and sequential (one worker), each on its own fresh output direct
 Usage: python bench/sweep_time.py [CONFIG] [KEY=VALUE ...] — overrides as `--set` takes them. In each
 directory the front half's stages (corpus with the sweep's evaluation rows, tokenizer, teacher,
 calibration gate, labels) are built first and not timed, as they are the same sequential work in both;
-then the sweep pipeline runs, timed: its front-half steps reuse all of it. Prints `sweep_sequential_seconds=…`, `sweep_concurrent_seconds=…` and, last,
-`sweep_concurrent_over_sequential=…` (the goal: ≤ 0.65 on 2 cores). Run it on a quiet machine.
+then the sweep pipeline runs, timed: its front-half steps reuse all of it. Prints
+`sweep_sequential_seconds=…`, `sweep_concurrent_seconds=…` and, last, `sweep_concurrent_over_sequential=…`
+(the goal: ≤ 0.65 on 2 cores). Run it on a quiet machine.
 """
 
 import subprocess
