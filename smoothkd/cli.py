@@ -246,27 +246,22 @@ def models(
     config: ConfigOpt = None,
     tracking_uri: TrackingOpt = None,
 ) -> None:
-    """Registered versions with their aliases and gate verdicts, newest first."""
+    """Registered versions with their aliases and gate verdicts, newest first (--json: every field)."""
     import json
+    import shutil
+    from dataclasses import asdict
 
-    from rich.console import Console
-    from rich.table import Table
-
-    from smoothkd.registry.store import list_versions
+    from smoothkd.registry.store import list_versions, version_lines
 
     _, client = _registry_client(config, None, tracking_uri)
     with _registry_errors(name or "registry"):
         rows = list_versions(client, name)
     if as_json:
-        typer.echo(json.dumps(rows, indent=1))
+        typer.echo(json.dumps([asdict(row) for row in rows], indent=1))
         return
-    table = Table(title="registered models")
-    columns = ("name", "version", "aliases", "candidate", "gate", "primary", "forced_by", "created")
-    for column in columns:
-        table.add_column(column)
-    for row in rows:
-        table.add_row(*[", ".join(row[c]) if c == "aliases" else str(row[c]) for c in columns])
-    Console().print(table)
+    # Lines cut to the terminal (COLUMNS, else 80 when piped) rather than a table whose every cell wraps.
+    width = shutil.get_terminal_size((80, 24)).columns
+    typer.echo("\n".join(version_lines(rows, width)) if rows else "no registered model versions")
 
 
 @app.command()

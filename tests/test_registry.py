@@ -195,7 +195,7 @@ def test_register_gate_promote_refuse_and_force(world, monkeypatch):
     assert champion_version(client, "student") == "3"
     tags = client.get_model_version("student", "3").tags
     assert tags["promotion.reason"] == "hotfix" and tags["promotion.forced_by"]
-    assert [r["version"] for r in list_versions(client, "student")] == ["3", "2", "1"]
+    assert [r.version for r in list_versions(client, "student")] == ["3", "2", "1"]
     # v1 judged against today's champion: the gate's verdict and the criteria it failed come first; that v3
     # is newer is a second reason. The registry reads show no download bars (a fresh process has none set).
     monkeypatch.delenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", raising=False)
@@ -206,6 +206,43 @@ def test_register_gate_promote_refuse_and_force(world, monkeypatch):
     assert "Downloading artifacts" not in old.output and "log: " in old.output
     unknown = CliRunner().invoke(app, ["promote", "student", "99", *promote_args])
     assert unknown.exit_code == 2 and "student v99" in unknown.output and "Traceback" not in unknown.output
+
+
+def test_an_overconfident_student_is_refused_on_record_and_in_the_listing(world):
+    """`promotion.max_overconfidence`: the KD student ranks first on the primary metric, but its held-out
+    overconfidence is above the ceiling, so the SFT baseline becomes champion."""
+    client, name = mlflow.MlflowClient(world["uri"]), "calibrated"
+    cfg = _cfg(world, name, max_ece=0.05, max_overconfidence=0.03)
+    sft, kd = candidate("sft", 86, alpha=0), candidate("kd_a0.1", 92)
+    sft.metrics |= {"general/ece": 0.02, "general/overconfidence": 0.01}
+    kd.metrics |= {"general/ece": 0.04, "general/overconfidence": 0.035}
+    records = register_and_promote(client, cfg.promotion, cfg.eval, [_logged(world, sft), _logged(world, kd)],
+                                   world["uri"])
+    assert [r["outcome"] for r in records] == ["champion", "failed gate"]
+    refused = [c for c in records[1]["criteria"] if c["verdict"] == "fail"]
+    assert refused == [{"name": "general/overconfidence", "value": 0.035, "threshold": 0.03,
+                        "verdict": "fail", "detail": "<="}]
+    version = client.get_model_version(name, "2")
+    assert version.tags["gate.general/overconfidence"] == "fail: 0.035 (threshold 0.03)"
+    assert ("- general: **fail**: ece: 0.040 (pass, threshold 0.05); overconfidence: 0.035 (fail, threshold "
+            "0.03)") in version.description
+    assert "held-out overconfidence (confidence − accuracy) ≤ 0.03" in \
+        client.get_registered_model(name).description
+    # Listed at 80 columns: one line per version, the failed criterion under it; --json keeps every field.
+    args = ["models", name, "--tracking-uri", world["uri"]]
+    shown = CliRunner().invoke(app, args, env={"COLUMNS": "80"})
+    assert shown.exit_code == 0, shown.output
+    lines = shown.output.splitlines()
+    assert max(len(line) for line in lines) <= 80 and len(lines) == 4
+    assert lines[0] == f"{name}: primary factual_consistency (mean over cnndm)"
+    assert lines[1].startswith("  v2 ") and lines[1].endswith("kd_a0.1      92.000  failed gate")
+    assert lines[2] == "         fail general/overconfidence: 0.035 (threshold 0.03)"
+    assert lines[3].startswith("  v1 ") and lines[3].endswith("sft          86.000  @champion  champion")
+    narrow = CliRunner().invoke(app, args, env={"COLUMNS": "40"}).output.splitlines()
+    assert max(len(line) for line in narrow) == 40 and narrow[2].endswith("…")
+    listed = json.loads(CliRunner().invoke(app, [*args, "--json"]).output)
+    assert listed[0]["failed"] == ["general/overconfidence: 0.035 (threshold 0.03)"]
+    assert listed[0]["primary"] == "factual_consistency (mean over cnndm) = 92.000"
 
 
 def test_champion_loads_back_and_generates_the_same_summary(world):
@@ -704,6 +741,7 @@ def test_paper_configs_gate_on_real_floors_with_a_model_scorer(config):
     for split in cfg.eval.splits:
         floors = cfg.promotion.splits[split]
         assert floors.min_rougeLsum > 0 and floors.min_factual_consistency > 0
+    assert 0 < cfg.promotion.max_ece < 0.1 and 0 < cfg.promotion.max_overconfidence < 0.1
     # An empty-output student: perfect consistency (nothing to contradict), no shared word. Refused.
     empty = Candidate("kd", 0.1, {f"{s}/{m}": v for s in cfg.eval.splits
                                   for m, v in (("rougeLsum", 0.0), ("factual_consistency", 100.0))})

@@ -18,6 +18,7 @@ from __future__ import annotations
 import fcntl
 import getpass
 import hashlib
+import itertools
 import json
 import tempfile
 import time
@@ -304,6 +305,11 @@ def _number(value: float | None, digits: int = 3) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
+def _figure(value: float | None) -> str:
+    """A value to read: two decimals, three below 1 (a calibration error of 0.035 is not 0.04)."""
+    return _number(value, 2 if value is None or abs(value) >= 1 else 3)
+
+
 def primary_line(record: dict) -> str:
     """`factual_consistency (mean over cnndm, xsum) = 23.460`: what a decision ranks candidates by."""
     over = record.get("primary_splits")
@@ -341,7 +347,7 @@ def version_description(tags: dict[str, str], record: dict) -> str:
         by_split.setdefault(c["name"].partition("/")[0], []).append(c)
     for split, criteria in by_split.items():
         verdict = "pass" if all(c["verdict"] == "pass" for c in criteria) else "fail"
-        judged_on = [f"{c['name'].partition('/')[2]}: {_number(c['value'], 2)} ({c['verdict']}, threshold "
+        judged_on = [f"{c['name'].partition('/')[2]}: {_figure(c['value'])} ({c['verdict']}, threshold "
                      f"{'n/a' if c['threshold'] is None else format(c['threshold'], 'g')})" for c in criteria]
         lines.append(f"- {split}: **{verdict}**: " + "; ".join(judged_on))
     return "\n".join(lines)[:DESCRIPTION_CHARS]
@@ -384,7 +390,31 @@ def read_decisions(client: MlflowClient, name: str, version: str) -> list[dict]:
             for _, r in sorted(records.items())]
 
 
-def list_versions(client: MlflowClient, name: str | None = None) -> list[dict]:
+@dataclass
+class VersionRow:
+    """One registered version as `smoothkd models` lists it: aliases, what it is, the gate's outcome, its
+    primary value (`primary_line`), the criteria it failed (`name: value (threshold t)`) and its run."""
+
+    name: str
+    version: str
+    aliases: list[str]
+    candidate: str
+    gate: str
+    primary: str
+    failed: list[str]
+    forced_by: str
+    created: str
+    run_id: str
+
+
+def failed_criteria(tags: dict[str, str]) -> list[str]:
+    """`name: value (threshold t)` for each criterion a version's gate.* tags (`gate_tags`) mark failed."""
+    return [f"{key.removeprefix(GATE_PREFIX)}: {value.removeprefix('fail: ')}"
+            for key, value in sorted(tags.items())
+            if key.startswith(GATE_PREFIX) and value.startswith("fail: ")]
+
+
+def list_versions(client: MlflowClient, name: str | None = None) -> list[VersionRow]:
     """Versions (newest first) with aliases and gate verdicts, for one registered model or all of them."""
     names = [name] if name else [m.name for m in client.search_registered_models()]
     rows = []
@@ -395,12 +425,32 @@ def list_versions(client: MlflowClient, name: str | None = None) -> list[dict]:
             aliases.setdefault(str(aliased), []).append(alias)
         for mv in client.search_model_versions(f"name = '{model}'"):
             version = str(mv.version)
-            rows.append({"name": model, "version": version, "aliases": aliases.get(version, []),
-                         "candidate": mv.tags.get("candidate", ""),
-                         "gate": mv.tags.get("gate.outcome") or mv.tags.get("gate.passed", ""),
-                         "primary": mv.tags.get("gate.primary", ""),
-                         "forced_by": mv.tags.get("promotion.forced_by", ""),
-                         "created": time.strftime("%Y-%m-%d %H:%M:%S",
-                                                  time.localtime(mv.creation_timestamp / 1000)),
-                         "run_id": mv.run_id})
-    return sorted(rows, key=lambda r: (r["name"], -int(r["version"])))
+            tags = mv.tags
+            rows.append(VersionRow(
+                model, version, aliases.get(version, []), tags.get("candidate", ""),
+                tags.get("gate.outcome") or tags.get("gate.passed", ""), tags.get("gate.primary", ""),
+                failed_criteria(tags), tags.get("promotion.forced_by", ""),
+                time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(mv.creation_timestamp / 1000)), mv.run_id))
+    return sorted(rows, key=lambda r: (r.name, -int(r.version)))
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[:max(width - 1, 0)] + "…"
+
+
+def version_lines(rows: list[VersionRow], width: int = 80) -> list[str]:
+    """`smoothkd models` as lines of at most `width` characters: per registered model a line naming it and
+    its primary metric, then per version one line (version, created, candidate, primary value, aliases,
+    gate outcome) and one more per failed criterion. What a line cuts short, `--json` gives whole."""
+    lines: list[str] = []
+    for model, group in itertools.groupby(rows, key=lambda r: r.name):
+        versions = list(group)
+        metric = next((r.primary.rpartition(" = ")[0] for r in versions if r.primary), "")
+        lines.append(_cut(model + (f": primary {metric}" if metric else ""), width))
+        for row in versions:
+            value = row.primary.rpartition(" = ")[2] or "-"
+            aliases = "".join(f"@{a}  " for a in row.aliases)
+            lines.append(_cut(f"  v{row.version:<4} {row.created[:16]}  {_cut(row.candidate, 10):<10} "
+                              f"{value:>8}  {aliases}{row.gate or 'not judged'}", width))
+            lines += [_cut(f"         fail {criterion}", width) for criterion in row.failed]
+    return lines
