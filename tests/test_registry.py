@@ -24,6 +24,7 @@ from smoothkd.modeling.tokenizer import load_tokenizer
 from smoothkd.registry.gate import Candidate, best_passing, judge
 from smoothkd.registry.identity import IDENTITY_ARTIFACT, EvalIdentity
 from smoothkd.registry.promote import Registered, register_and_promote
+from smoothkd.registry.serving import GenerationSettings
 from smoothkd.registry.store import (
     PER_EXAMPLE_ARTIFACT,
     champion_version,
@@ -37,6 +38,7 @@ EVAL = EvalConfig(splits=["cnndm"], bootstrap_samples=500)
 FLOORS = PromotionConfig(splits={"cnndm": SplitGate(min_factual_consistency=80, min_rougeLsum=20)},
                          max_regression=2.0)
 IDS = [f"cnndm-{i:03d}" for i in range(60)]
+SETTINGS = GenerationSettings(max_new_tokens=24, max_prompt_length=512, batch_size=4)
 # One evaluation identity shared by the hand-made candidates: same rows, scorers, settings and code.
 IDENTITY = EvalIdentity({"cnndm": "rows"}, {"factual_consistency": "fact", "rougeLsum": "rouge"}, "gen",
                         "code")
@@ -130,8 +132,8 @@ def _logged(world, cand: Candidate, model_dir=None) -> Registered:
     mlflow.set_experiment("registry-test")
     with mlflow.start_run(run_name=cand.name) as run:
         _log_candidate(cand)
-        uri = log_student_model(model_dir or world["model_dir"])
-    return Registered(cand, uri, run.info.run_id)
+        logged = log_student_model(model_dir or world["model_dir"], SETTINGS)
+    return Registered(cand, logged.model_uri, run.info.run_id, model_id=logged.model_id)
 
 
 def _cfg(world, name, **promotion) -> RunConfig:
@@ -245,25 +247,117 @@ def test_an_overconfident_student_is_refused_on_record_and_in_the_listing(world)
     assert listed[0]["primary"] == "factual_consistency (mean over cnndm) = 92.000"
 
 
-def test_champion_loads_back_and_generates_the_same_summary(world):
+def test_champion_loads_back_and_answers_as_the_evaluation_generates(world):
+    """The logged model (a LoggedModel with its own code) loads from the registry with the student's exact
+    weights and answers a prompt with the completion the evaluation's greedy generation gives."""
     client = mlflow.MlflowClient(world["uri"])
     cfg = _cfg(world, "loadback")
     records = register_and_promote(client, cfg.promotion, cfg.eval,
                                    [_logged(world, candidate("kd_a0.1", 90))], world["uri"])
     assert records[0]["outcome"] == "champion"
-    article = read_jsonl(world["corpus"] / "cnndm.jsonl")[0]["article"]
-    prompts = [eval_prompt("cnndm", article)]
+    articles = [row["article"] for row in read_jsonl(world["corpus"] / "cnndm.jsonl")[:3]]
+    prompts = [eval_prompt("cnndm", article) for article in articles]
     tokenizer = load_tokenizer(str(world["model_dir"]))
-    before = generate(load_causal_lm(world["model_dir"]), tokenizer, prompts, max_new_tokens=24,
-                      progress=False)
+    student = load_causal_lm(world["model_dir"])
+    before = generate(student, tokenizer, prompts, max_new_tokens=24, progress=False)
     mlflow.set_tracking_uri(world["uri"])
-    components = mlflow.transformers.load_model("models:/loadback@champion", return_type="components")
-    loaded = components["model"]
-    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(),
-                                                 load_causal_lm(world["model_dir"]).state_dict().values(),
+    loaded = mlflow.pyfunc.load_model("models:/loadback@champion")
+    served = loaded.unwrap_python_model().model
+    assert all(torch.equal(a, b) for a, b in zip(served.state_dict().values(), student.state_dict().values(),
                                                  strict=True))
-    after = generate(loaded, components["tokenizer"], prompts, max_new_tokens=24, progress=False)
-    assert after == before and before[0]
+    after = loaded.predict(prompts)
+    assert after == before and all(before) and not any("\n" in text for text in after)
+    short = generate(student, tokenizer, prompts[:1], max_new_tokens=3, progress=False)
+    assert loaded.predict(prompts[:1], params={"max_new_tokens": 3}) == short != before[:1]
+
+
+def test_a_registered_student_is_a_logged_model_with_its_evaluation_metrics(world):
+    """MLflow 3: the version comes from the student's LoggedModel, whose page shows the metrics the gate
+    judged (logged by the evaluation after the model, as `steps/evaluate.py` does) and the version."""
+    from smoothkd.tracking import log_metrics
+
+    client, name = mlflow.MlflowClient(world["uri"]), "logged"
+    registered = _logged(world, candidate("kd_a0.1", 90))
+    evaluation = {"cnndm/factual_consistency": 90.0, "cnndm/rougeLsum": 30.0, "general/ece": 0.02}
+    log_metrics(evaluation, registered.run_id, registered.model_id)
+    [record] = register_and_promote(client, _cfg(world, name).promotion, EVAL, [registered], world["uri"])
+    model = client.get_logged_model(registered.model_id)
+    assert {m.key: m.value for m in model.metrics} == evaluation
+    assert model.source_run_id == registered.run_id
+    assert client.get_model_version(name, record["version"]).source == f"models:/{registered.model_id}"
+    assert json.loads(model.tags["mlflow.modelVersions"]) == [{"name": name, "version": record["version"]}]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _post(url: str, payload: dict) -> dict:
+    import urllib.request
+
+    request = urllib.request.Request(url, json.dumps(payload).encode(), {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return json.loads(response.read())
+
+
+def test_serve_answers_with_the_champions_completion_only(world, tmp_path):
+    """`smoothkd serve` (MLflow's scoring server on loopback, started with the venv off PATH) answers a
+    prompt with the completion the evaluation's generation gives: no prompt, no newline."""
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+
+    name, root = "served", Path(__file__).resolve().parents[1]
+    cfg = _cfg(world, name)
+    register_and_promote(mlflow.MlflowClient(world["uri"]), cfg.promotion, cfg.eval,
+                         [_logged(world, candidate("kd_a0.1", 90))], world["uri"])
+    config = tmp_path / "serve.yaml"
+    config.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    missing = CliRunner().invoke(app, ["serve", "--config", str(config), "--model", f"models:/{name}@nope"])
+    assert missing.exit_code == 2 and f"models:/{name}@nope: not in the registry" in missing.output
+    assert len(missing.output.strip().splitlines()) == 1
+    prompt = eval_prompt("cnndm", read_jsonl(world["corpus"] / "cnndm.jsonl")[1]["article"])
+    student, tokenizer = load_causal_lm(world["model_dir"]), load_tokenizer(str(world["model_dir"]))
+    expected = generate(student, tokenizer, [prompt], max_new_tokens=SETTINGS.max_new_tokens, progress=False)
+    port = _free_port()
+    env = {**os.environ, "PATH": "/usr/bin:/bin", "PYTHONPATH": str(root)}
+    log = (tmp_path / "serve.log").open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "smoothkd.cli", "serve", "--config", str(config), "--port",
+                             str(port)], env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, (tmp_path / "serve.log").read_text()
+            assert time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
+            try:
+                with urllib.request.urlopen(f"{url}/ping", timeout=5) as ping:
+                    if ping.status == 200:
+                        break
+            except OSError:
+                time.sleep(1)
+        [completion] = _post(f"{url}/invocations", {"inputs": [prompt]})["predictions"]
+        assert completion == expected[0] and completion and "\n" not in completion
+        assert not completion.startswith(prompt[:20])
+        short = _post(f"{url}/invocations", {"inputs": [prompt], "params": {"max_new_tokens": 2}})
+        assert short["predictions"] == generate(student, tokenizer, [prompt], max_new_tokens=2,
+                                                progress=False)
+    finally:
+        # The scoring server's workers share its process group: stop them all, leave nothing listening.
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+        log.close()
+    assert "serving models:/served@champion (served v1)" in (tmp_path / "serve.log").read_text()
 
 
 def _use_zenml_store(zenml_dir) -> None:
@@ -714,7 +808,7 @@ def test_pipeline_promoters_race_through_the_zenml_registry_on_postgres(world, p
         mlflow.set_tracking_uri(uri)
         mlflow.set_experiment("registry-test")
         with mlflow.start_run(run_name="racer"):
-            model_uri = log_student_model(world["model_dir"])
+            model_uri = log_student_model(world["model_dir"], SETTINGS).model_uri
     finally:
         mlflow.set_tracking_uri(previous)
     ctx = multiprocessing.get_context("spawn")

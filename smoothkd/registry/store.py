@@ -31,10 +31,12 @@ from urllib.parse import unquote, urlsplit
 import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
+from mlflow.models.model import ModelInfo
 
 from smoothkd.errors import RegistryLockError, one_line
 from smoothkd.registry.gate import Candidate, Decision
 from smoothkd.registry.identity import IDENTITY_ARTIFACT, EvalIdentity
+from smoothkd.registry.serving import WEIGHTS_ARTIFACT, Completion, GenerationSettings, signature
 
 CHAMPION = "champion"
 # Per-example scores stored with each model's run, so later gates can pair against that model.
@@ -62,28 +64,24 @@ MODEL_DESCRIPTION = (
 
 
 def pip_requirements() -> list[str]:
-    """Explicit requirements: MLflow's inference would import torchvision, which is not installed here."""
-    import safetensors
-    import tokenizers
-    import torch
-    import transformers
+    """Explicit requirements: MLflow's inference would import torchvision, which is not installed here.
+    Besides torch and transformers, what the served model's own code (smoothkd, carried with it) imports."""
+    from importlib.metadata import version
 
-    return [f"mlflow=={mlflow.__version__}", f"torch=={torch.__version__.split('+')[0]}",
-            f"transformers=={transformers.__version__}", f"tokenizers=={tokenizers.__version__}",
-            f"safetensors=={safetensors.__version__}"]
+    packages = ("torch", "transformers", "tokenizers", "safetensors", "numpy", "pandas", "pydantic", "pyyaml",
+                "tqdm")
+    return [f"mlflow=={mlflow.__version__}", *(f"{p}=={version(p).split('+')[0]}" for p in packages)]
 
 
-def log_student_model(model_path: str | Path) -> str:
-    """Log a saved model + tokenizer to the active MLflow run as a transformers model; return its URI."""
-    from smoothkd.modeling.models import load_causal_lm
-    from smoothkd.modeling.tokenizer import load_tokenizer
+def log_student_model(model_path: str | Path, settings: GenerationSettings) -> ModelInfo:
+    """Log a saved model + tokenizer to the active MLflow run as a `Completion` model (an MLflow
+    LoggedModel) that generates as the evaluation does with `settings`; return its ModelInfo."""
+    import smoothkd
 
-    model = load_causal_lm(model_path)
-    tokenizer = load_tokenizer(str(model_path))
-    info = mlflow.transformers.log_model(
-        transformers_model={"model": model, "tokenizer": tokenizer}, name=MODEL_ARTIFACT,
-        task="text-generation", pip_requirements=pip_requirements())
-    return info.model_uri
+    return mlflow.pyfunc.log_model(
+        name=MODEL_ARTIFACT, python_model=Completion(settings), artifacts={WEIGHTS_ARTIFACT: str(model_path)},
+        code_paths=[str(Path(smoothkd.__file__).parent)], signature=signature(settings),
+        pip_requirements=pip_requirements())
 
 
 def register_version(client: MlflowClient, name: str, model_uri: str, run_id: str,
@@ -98,6 +96,19 @@ def register_version(client: MlflowClient, name: str, model_uri: str, run_id: st
             if err.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
     return str(client.create_model_version(name, model_uri, run_id=run_id, tags=tags or {}).version)
+
+
+def link_logged_model(client: MlflowClient, model_id: str, name: str, version: str) -> None:
+    """Name version `version` of `name` on its LoggedModel (the tag `mlflow.register_model` keeps), so the
+    model's page lists the registered versions made from it, however they were registered. (The version's
+    source, `models:/<model_id>`, names the model the other way; sqlite and Postgres registries keep no
+    model id on a version.)"""
+    from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
+
+    listed = json.loads(client.get_logged_model(model_id).tags.get(MLFLOW_MODEL_VERSIONS, "[]"))
+    entry = {"name": name, "version": version}
+    if entry not in listed:
+        client.set_logged_model_tags(model_id, {MLFLOW_MODEL_VERSIONS: json.dumps([*listed, entry])})
 
 
 def version_with_weights(client: MlflowClient, name: str, weights: str) -> str | None:
