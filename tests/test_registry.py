@@ -459,6 +459,8 @@ def guarded(world, request):
     client = mlflow.MlflowClient(world["uri"])
     name = f"guarded-{request.node.name}"[:100]
     source = _source(world)
+    # The sqlite registry finds a `models:/<model_id>` source through the process-wide URI.
+    mlflow.set_tracking_uri(world["uri"])
     versions = [register_version(client, name, source.model_uri, source.run_id) for _ in range(3)]
     return client, name, lambda: promotion_lock(world["uri"], name), versions
 
@@ -583,7 +585,8 @@ def test_repromotion_judges_a_kd_student_against_the_sft_of_its_own_run(world):
     refused = repromote(client, cfg.promotion, cfg.eval, name, versions["kd_a0.1"], uri)
     failed = [c for c in refused["criteria"] if c["verdict"] == "fail"]
     assert [c["name"] for c in failed] == ["cnndm/factual_consistency vs sft"]
-    assert failed[0]["value"] == pytest.approx(-6.0) and refused["outcome"] == "failed gate"
+    assert failed[0]["value"] == pytest.approx(-6.0)
+    assert refused["outcome"] == "failed gate: cnndm/factual_consistency vs sft"
     assert champion_version(client, name) is None
     # The same student without the criterion clears the floors and becomes champion.
     plain = _cfg(world, name)
