@@ -12,7 +12,7 @@ from smoothkd.distill.labels import PrecomputeResult
 from smoothkd.io import read_json
 from smoothkd.modeling.identity import model_identity
 from smoothkd.registry.serving import GenerationSettings
-from smoothkd.registry.store import log_student_model, version_with_weights
+from smoothkd.registry.store import log_student_model, logged_model_id, version_with_weights
 from smoothkd.stages import train_student
 from smoothkd.tracking import log_training
 
@@ -43,8 +43,8 @@ def student(config: dict, dataset_dir: str, tokenizer: str, calibration_temperat
     client, name = mlflow.MlflowClient(), cfg.promotion.registered_model_name
     known = version_with_weights(client, name, model_identity(artifact.path))
     if known:
-        version = client.get_model_version(name, known)
-        uri, model_id = version.source, version.model_id
+        uri = client.get_model_version(name, known).source
+        model_id = logged_model_id(uri)  # sqlite and Postgres registries keep no model id on a version
     else:
         logged = log_student_model(artifact.path, GenerationSettings.of(cfg.eval, cfg.student.train))
         uri, model_id = logged.model_uri, logged.model_id

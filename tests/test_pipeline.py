@@ -125,6 +125,12 @@ def test_students_are_registered_and_the_gate_decides_the_champion(tiny_run):
         assert {"evaluation/per_example.json", "evaluation/cnndm", "evaluation/xsum"} <= artifacts
         tables = {a.path for a in client.list_artifacts(run_id, "evaluation/cnndm")}
         assert {f"evaluation/cnndm/localization.{ext}" for ext in ("csv", "json", "html")} <= tables
+        # The version comes from the student's LoggedModel, which holds the metrics the gate judged.
+        logged = client.get_logged_model(versions[decision.version].source.removeprefix("models:/"))
+        linked = {m.key: m.value for m in logged.metrics}
+        for metric in ("cnndm/factual_consistency", "xsum/rougeLsum", "general/ece"):
+            assert linked[metric] == pytest.approx(by_version[decision.version][metric])
+        assert {"name": name, "version": decision.version} in json.loads(logged.tags["mlflow.modelVersions"])
     # Mirrored in ZenML's Model Control Plane, the champion (if any) in production.
     from zenml.client import Client
 

@@ -30,6 +30,7 @@ from smoothkd.registry.store import (
     champion_version,
     list_versions,
     log_student_model,
+    logged_model_id,
     read_decisions,
 )
 from smoothkd.tracking import ensure_experiment
@@ -284,7 +285,9 @@ def test_a_registered_student_is_a_logged_model_with_its_evaluation_metrics(worl
     model = client.get_logged_model(registered.model_id)
     assert {m.key: m.value for m in model.metrics} == evaluation
     assert model.source_run_id == registered.run_id
-    assert client.get_model_version(name, record["version"]).source == f"models:/{registered.model_id}"
+    source = client.get_model_version(name, record["version"]).source
+    assert logged_model_id(source) == registered.model_id and source == f"models:/{registered.model_id}"
+    assert logged_model_id(f"models:/{name}/1") is None and logged_model_id("models:/m-x@champion") is None
     assert json.loads(model.tags["mlflow.modelVersions"]) == [{"name": name, "version": record["version"]}]
 
 

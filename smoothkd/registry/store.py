@@ -98,6 +98,13 @@ def register_version(client: MlflowClient, name: str, model_uri: str, run_id: st
     return str(client.create_model_version(name, model_uri, run_id=run_id, tags=tags or {}).version)
 
 
+def logged_model_id(model_uri: str) -> str | None:
+    """The LoggedModel id a `models:/<model_id>` URI names (what MLflow 3's log_model returns and a version
+    registered from it keeps as its source), else None (a registry reference, a path)."""
+    rest = model_uri.removeprefix("models:/")
+    return rest if rest != model_uri and rest.startswith("m-") and not {"/", "@"} & set(rest) else None
+
+
 def link_logged_model(client: MlflowClient, model_id: str, name: str, version: str) -> None:
     """Name version `version` of `name` on its LoggedModel (the tag `mlflow.register_model` keeps), so the
     model's page lists the registered versions made from it, however they were registered. (The version's
