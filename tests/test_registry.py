@@ -11,7 +11,7 @@ import mlflow
 import pytest
 import torch
 import yaml
-from conftest import corpus_and_tokenizer
+from conftest import corpus_and_tokenizer, free_port, http_json, stop_process_group
 from typer.testing import CliRunner
 
 from smoothkd.cli import app
@@ -291,29 +291,11 @@ def test_a_registered_student_is_a_logged_model_with_its_evaluation_metrics(worl
     assert json.loads(model.tags["mlflow.modelVersions"]) == [{"name": name, "version": record["version"]}]
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _post(url: str, payload: dict) -> dict:
-    import urllib.request
-
-    request = urllib.request.Request(url, json.dumps(payload).encode(), {"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=60) as response:
-        return json.loads(response.read())
-
-
 def test_serve_answers_with_the_champions_completion_only(world, tmp_path):
     """`smoothkd serve` (MLflow's scoring server on loopback, started with the venv off PATH) answers a
     prompt with the completion the evaluation's generation gives: no prompt, no newline."""
-    import signal
     import subprocess
     import sys
-    import urllib.request
 
     name, root = "served", Path(__file__).resolve().parents[1]
     cfg = _cfg(world, name)
@@ -327,40 +309,31 @@ def test_serve_answers_with_the_champions_completion_only(world, tmp_path):
     prompt = eval_prompt("cnndm", read_jsonl(world["corpus"] / "cnndm.jsonl")[1]["article"])
     student, tokenizer = load_causal_lm(world["model_dir"]), load_tokenizer(str(world["model_dir"]))
     expected = generate(student, tokenizer, [prompt], max_new_tokens=SETTINGS.max_new_tokens, progress=False)
-    port = _free_port()
+    port, log_file = free_port(), tmp_path / "serve.log"
     env = {**os.environ, "PATH": "/usr/bin:/bin", "PYTHONPATH": str(root)}
-    log = (tmp_path / "serve.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "smoothkd.cli", "serve", "--config", str(config), "--port",
-                             str(port)], env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, (tmp_path / "serve.log").read_text()
-            assert time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
-            try:
-                with urllib.request.urlopen(f"{url}/ping", timeout=5) as ping:
-                    if ping.status == 200:
-                        break
-            except OSError:
-                time.sleep(1)
-        [completion] = _post(f"{url}/invocations", {"inputs": [prompt]})["predictions"]
-        assert completion == expected[0] and completion and "\n" not in completion
-        assert not completion.startswith(prompt[:20])
-        short = _post(f"{url}/invocations", {"inputs": [prompt], "params": {"max_new_tokens": 2}})
-        assert short["predictions"] == generate(student, tokenizer, [prompt], max_new_tokens=2,
-                                                progress=False)
-    finally:
-        # The scoring server's workers share its process group: stop them all, leave nothing listening.
-        os.killpg(proc.pid, signal.SIGTERM)
+    with log_file.open("w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "smoothkd.cli", "serve", "--config", str(config),
+                                 "--port", str(port)], env=env, cwd=tmp_path, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
-        log.close()
-    assert "serving models:/served@champion (served v1)" in (tmp_path / "serve.log").read_text()
+            deadline = time.monotonic() + 120
+            while True:
+                try:
+                    http_json(port, "ping", raw=True)
+                    break
+                except OSError:
+                    assert proc.poll() is None and time.monotonic() < deadline, log_file.read_text()
+                    time.sleep(1)
+            [completion] = http_json(port, "invocations", {"inputs": [prompt]}, timeout=60)["predictions"]
+            assert completion == expected[0] and completion and "\n" not in completion
+            assert not completion.startswith(prompt[:20])
+            short = http_json(port, "invocations", {"inputs": [prompt], "params": {"max_new_tokens": 2}},
+                              timeout=60)
+            assert short["predictions"] == generate(student, tokenizer, [prompt], max_new_tokens=2,
+                                                    progress=False)
+        finally:
+            stop_process_group(proc)
+    assert "serving models:/served@champion (served v1)" in log_file.read_text()
 
 
 def _use_zenml_store(zenml_dir) -> None:
