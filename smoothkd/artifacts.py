@@ -51,11 +51,12 @@ class ModelArtifact:
 @dataclass
 class ModelSummary(ModelArtifact):
     """A model as its training step hands it on: the artifact, its α (None: the teacher), the MLflow run
-    that trained it and, for a student, its logged MLflow model."""
+    that trained it and, for a student, its logged MLflow model (URI and LoggedModel id)."""
 
     alpha: float | None = None
     run_id: str = ""
     model_uri: str | None = None
+    model_id: str | None = None
 
 
 @dataclass

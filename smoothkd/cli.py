@@ -233,6 +233,39 @@ ConfigOpt = Annotated[Path | None, typer.Option(
 TrackingOpt = Annotated[str | None, typer.Option("--tracking-uri", help="MLflow store (default: config's)")]
 
 
+@app.command()
+def serve(
+    model: Annotated[str | None, typer.Option(
+        help="models:/NAME@ALIAS or models:/NAME/VERSION (default: models:/<promotion.registered_model_name>"
+             "@champion of the config)")] = None,
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1")] = 5001,
+    config: ConfigOpt = None,
+    tracking_uri: TrackingOpt = None,
+) -> None:
+    """Serve a registered student (the champion by default) with MLflow's scoring server on 127.0.0.1:
+    POST {"inputs": [PROMPT]} to /invocations for its greedy completion, cut at the first newline."""
+    from smoothkd.config import tracking_uri as store_of
+
+    cfg = _load(_named_or_default(config), None)
+    uri = tracking_uri or store_of(cfg)
+    ref = model or f"models:/{cfg.promotion.registered_model_name}@champion"
+    with _one_line_errors():
+        from smoothkd.registry.download import registered_version
+
+        name, version = registered_version(ref, uri)
+    typer.echo(f"serving {ref} ({name} v{version}) at http://127.0.0.1:{port}/invocations  (Ctrl-C to stop)")
+    served = f"models:/{name}/{version}"  # the version just named, even if the alias moves meanwhile
+    sys.stdout.flush()
+    # MLflow's scoring server starts `uvicorn` by name: the interpreter's bin directory (the venv's) must be
+    # on PATH, whether or not the venv is activated.
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": path}
+    cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", served, "--env-manager", "local",
+           "--host", "127.0.0.1", "--port", str(port)]
+    # Become the server, so that stopping this command (Ctrl-C, SIGTERM) stops the server, not just a parent.
+    os.execve(sys.executable, cmd, env)
+
+
 def _registry_client(config: Path | None, set_: list[str] | None, uri: str | None):
     cfg = _load(_named_or_default(config), set_)  # a bad config stops before MLflow loads
     from mlflow import MlflowClient
@@ -262,27 +295,22 @@ def models(
     config: ConfigOpt = None,
     tracking_uri: TrackingOpt = None,
 ) -> None:
-    """Registered versions with their aliases and gate verdicts, newest first."""
+    """Registered versions with their aliases and gate verdicts, newest first (--json: every field)."""
     import json
+    import shutil
+    from dataclasses import asdict
 
-    from rich.console import Console
-    from rich.table import Table
-
-    from smoothkd.registry.store import list_versions
+    from smoothkd.registry.store import list_versions, version_lines
 
     _, client = _registry_client(config, None, tracking_uri)
     with _registry_errors(name or "registry"):
         rows = list_versions(client, name)
     if as_json:
-        typer.echo(json.dumps(rows, indent=1))
+        typer.echo(json.dumps([asdict(row) for row in rows], indent=1))
         return
-    table = Table(title="registered models")
-    columns = ("name", "version", "aliases", "candidate", "gate", "primary", "forced_by", "created")
-    for column in columns:
-        table.add_column(column)
-    for row in rows:
-        table.add_row(*[", ".join(row[c]) if c == "aliases" else str(row[c]) for c in columns])
-    Console().print(table)
+    # Lines cut to the terminal (COLUMNS, else 80 when piped) rather than a table whose every cell wraps.
+    width = shutil.get_terminal_size((80, 24)).columns
+    typer.echo("\n".join(version_lines(rows, width)) if rows else "no registered model versions")
 
 
 @app.command()

@@ -342,7 +342,10 @@ class PromotionConfig(_Section):
     general-capability criteria. Among the passing candidates of a run, the best by `primary_metric` (a
     full name such as `cnndm/factual_consistency`, or a bare name averaged over the evaluation splits)
     becomes champion. Comparisons with the champion pair only evaluations of the same rows, scorers and
-    settings; otherwise the champion is re-evaluated on the candidate's rows first.
+    settings; otherwise the champion is re-evaluated on the candidate's rows first. `max_ece` and
+    `max_overconfidence` bound the candidate's own held-out calibration (`general/ece`,
+    `general/overconfidence`, which every evaluation records): distillation can make a student
+    overconfident, and an overconfident student is not shipped.
 
     Promoters sharing an MLflow store serialise on a lock that lives with the store (see
     `smoothkd.registry.store.promotion_lock`); `lock_uri` names it for a tracking server (`http(s)://`),
@@ -360,6 +363,8 @@ class PromotionConfig(_Section):
     kd_not_worse_than_sft: bool = False
     min_general_rougeL: float | None = Field(default=None, ge=0, le=100)
     max_general_nll: float | None = Field(default=None, gt=0)
+    max_ece: float | None = Field(default=None, ge=0, le=1)
+    max_overconfidence: float | None = Field(default=None, ge=-1, le=1)
 
 
 class TrackingConfig(_Section):

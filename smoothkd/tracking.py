@@ -67,14 +67,16 @@ def log_training(params: dict[str, Any], loss_history: list | None, prefix: str 
         mlflow.log_metric(f"{prefix}/loss", loss, step=int(step))
 
 
-def log_metrics(metrics: dict[str, float], run_id: str | None = None) -> None:
-    """Log to the active run, or to run `run_id` (a model's run, written from another step)."""
+def log_metrics(metrics: dict[str, float], run_id: str | None = None, model_id: str | None = None) -> None:
+    """Log to the active run, or to run `run_id` (a model's run, written from another step); with
+    `model_id`, linked to that MLflow LoggedModel too (its page in the UI shows them)."""
     clean = {k.replace("@", "_"): float(v) for k, v in metrics.items()}
     if run_id is None:
-        mlflow.log_metrics(clean)
+        mlflow.log_metrics(clean, model_id=model_id)
     else:
-        mlflow.MlflowClient().log_batch(run_id, metrics=[Metric(k, v, int(time.time() * 1000), 0)
-                                                         for k, v in clean.items()])
+        now = int(time.time() * 1000)
+        linked = [Metric(k, v, now, 0, model_id=model_id, run_id=run_id) for k, v in clean.items()]
+        mlflow.MlflowClient().log_batch(run_id, metrics=linked)
 
 
 def run_name(*what: str) -> str:

@@ -30,8 +30,9 @@ def evaluate(config: dict, dataset_dir: str, model_summary: ModelSummary, detect
     if detector.path:
         unreliable = result.factual_rate_unreliable
         client.set_tag(run_id, "factual_rate", f"unreliable: {unreliable}" if unreliable else "reliable")
+    # Linked to the student's LoggedModel too: its model page shows the metrics the gate judges.
     log_metrics({**result.metrics, "parameters": model_summary.parameters,
-                 "train/seconds": model_summary.train_seconds}, run_id)
+                 "train/seconds": model_summary.train_seconds}, run_id, model_summary.model_id)
     client.log_dict(run_id, result.per_example, PER_EXAMPLE_ARTIFACT)
     client.log_dict(run_id, result.identity, IDENTITY_ARTIFACT)
     client.log_artifacts(run_id, result.dir, "evaluation")

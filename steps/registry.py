@@ -99,7 +99,7 @@ def register_students(config: dict, teacher_summary: ModelSummary, student_summa
         return []
     name = cfg.promotion.registered_model_name
     registered = [Registered(Candidate.from_summary(s), s.model_uri, s.run_id, model_identity(s.path),
-                             _lineage(s, teacher_summary, cfg.distill))
+                             _lineage(s, teacher_summary, cfg.distill), s.model_id)
                   for s in student_summaries]
     register, set_alias = _stack_registry_hooks(name)
     store = mlflow.get_tracking_uri()  # the tracker's store: the promotion lock lives with it

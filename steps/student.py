@@ -11,7 +11,8 @@ from smoothkd.config import RunConfig
 from smoothkd.distill.labels import PrecomputeResult
 from smoothkd.io import read_json
 from smoothkd.modeling.identity import model_identity
-from smoothkd.registry.store import log_student_model, version_with_weights
+from smoothkd.registry.serving import GenerationSettings
+from smoothkd.registry.store import log_student_model, logged_model_id, version_with_weights
 from smoothkd.stages import train_student
 from smoothkd.tracking import log_training
 
@@ -41,6 +42,11 @@ def student(config: dict, dataset_dir: str, tokenizer: str, calibration_temperat
     # Weights registered by an earlier run (a cached student) are not logged again: the registry has them.
     client, name = mlflow.MlflowClient(), cfg.promotion.registered_model_name
     known = version_with_weights(client, name, model_identity(artifact.path))
-    uri = client.get_model_version(name, known).source if known else log_student_model(artifact.path)
+    if known:
+        uri = client.get_model_version(name, known).source
+        model_id = logged_model_id(uri)  # sqlite and Postgres registries keep no model id on a version
+    else:
+        logged = log_student_model(artifact.path, GenerationSettings.of(cfg.eval, cfg.student.train))
+        uri, model_id = logged.model_uri, logged.model_id
     return ModelSummary(**artifact.to_dict(), alpha=alpha, run_id=mlflow.active_run().info.run_id,
-                        model_uri=uri)
+                        model_uri=uri, model_id=model_id)

@@ -113,3 +113,38 @@ def save_tiny_causal_lm(arch: str, tokenizer, out: Path, hidden: int, layers: in
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on now, for a server a test starts."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def http_json(port: int, path: str, body: dict | None = None, raw: bool = False, timeout: float = 10):
+    """GET (or POST `body` as JSON to) a loopback server's `path`: parsed JSON, or bytes with `raw`."""
+    import json
+    import urllib.request
+
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/{path}", data=data,
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return response.read() if raw else json.load(response)
+
+
+def stop_process_group(proc) -> None:
+    """Stop a server started with `start_new_session=True` and the workers of its process group, so that
+    nothing is left listening."""
+    import signal
+    import subprocess
+
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)

@@ -73,7 +73,7 @@ def test_cli_reports_config_errors_in_one_line(tmp_path, args, expected):
 
 
 @pytest.mark.parametrize("args", [["promote", "smoothkd-student", "1"], ["models"], ["results"], ["ui"],
-                                  ["stack", "up", "local"]], ids=lambda a: a[0])
+                                  ["serve"], ["stack", "up", "local"]], ids=lambda a: a[0])
 def test_a_named_config_that_does_not_exist_stops_every_command(tmp_path, monkeypatch, args):
     """Not the defaults' gate and store in its place: one line naming the file, exit 2."""
     from typer.testing import CliRunner
@@ -82,6 +82,7 @@ def test_a_named_config_that_does_not_exist_stops_every_command(tmp_path, monkey
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(os, "execv", lambda *a: pytest.fail("`ui` started a server"))
+    monkeypatch.setattr(os, "execve", lambda *a: pytest.fail("`serve` started a server"))
     result = CliRunner().invoke(app, [*args, "--config", "nope.yaml"])
     assert result.exit_code == 2
     assert result.output.strip().splitlines() == ["error: config file not found: nope.yaml"]

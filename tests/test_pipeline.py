@@ -1,19 +1,16 @@
 """End to end: the real `distill` ZenML pipeline on an isolated store, MLflow on sqlite, `smoothkd ui`."""
 
 import json
-import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from dataclasses import replace
 from pathlib import Path
 
 import mlflow
 import pytest
+from conftest import free_port, http_json, stop_process_group
 
 from smoothkd.config import load_config, tracking_uri
 from smoothkd.registry.store import champion_version
@@ -125,6 +122,12 @@ def test_students_are_registered_and_the_gate_decides_the_champion(tiny_run):
         assert {"evaluation/per_example.json", "evaluation/cnndm", "evaluation/xsum"} <= artifacts
         tables = {a.path for a in client.list_artifacts(run_id, "evaluation/cnndm")}
         assert {f"evaluation/cnndm/localization.{ext}" for ext in ("csv", "json", "html")} <= tables
+        # The version comes from the student's LoggedModel, which holds the metrics the gate judged.
+        logged = client.get_logged_model(versions[decision.version].source.removeprefix("models:/"))
+        linked = {m.key: m.value for m in logged.metrics}
+        for metric in ("cnndm/factual_consistency", "xsum/rougeLsum", "general/ece"):
+            assert linked[metric] == pytest.approx(by_version[decision.version][metric])
+        assert {"name": name, "version": decision.version} in json.loads(logged.tags["mlflow.modelVersions"])
     # Mirrored in ZenML's Model Control Plane, the champion (if any) in production.
     from zenml.client import Client
 
@@ -256,12 +259,6 @@ def test_second_run_reuses_the_cached_teacher(tiny_run):
     assert again.champion == first.champion
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def rejected_run(tiny_run):
     """A second run on the same store whose (cached) teacher the calibration gate rejects."""
@@ -274,15 +271,6 @@ def rejected_run(tiny_run):
     return cfg
 
 
-def _get(port: int, path: str, body: dict | None = None, raw: bool = False):
-    """GET (or POST `body` as JSON to) the server's `path`: parsed JSON, or bytes with `raw`."""
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(f"http://127.0.0.1:{port}/{path}", data=data,
-                                     headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return response.read() if raw else json.load(response)
-
-
 def test_ui_serves_the_story_of_each_run(tiny_run, rejected_run, tmp_path):
     """Through the `smoothkd ui` server's REST API, as the MLflow UI reads them: the pipeline run's note,
     params and metrics, a rejected run's stop tags, the versions' and the model's descriptions."""
@@ -290,7 +278,7 @@ def test_ui_serves_the_story_of_each_run(tiny_run, rejected_run, tmp_path):
     config_file = tmp_path / "cfg.yaml"
     config_file.write_text(f"output_dir: {cfg.output_dir}\n")
     experiment = mlflow.MlflowClient(tracking_uri(cfg)).get_experiment_by_name(cfg.tracking.experiment_name)
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "smoothkd.cli", "ui", "--config", str(config_file),
                              "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             start_new_session=True)
@@ -299,7 +287,7 @@ def test_ui_serves_the_story_of_each_run(tiny_run, rejected_run, tmp_path):
         deadline = time.time() + 90
         while True:
             try:
-                payload = _get(port, "api/2.0/mlflow/runs/search", search)
+                payload = http_json(port, "api/2.0/mlflow/runs/search", search)
                 break
             except OSError:
                 assert proc.poll() is None, proc.stdout.read().decode()
@@ -336,7 +324,7 @@ def test_ui_serves_the_story_of_each_run(tiny_run, rejected_run, tmp_path):
         assert "- teacher calibration gate passed" in note
         assert "[reliability diagram](#/experiments/" in note and "[Data Docs](#/experiments/" in note
         chart = next(line for line in note.splitlines() if line.startswith("![SFT vs KD](get-artifact?"))
-        assert _get(port, chart[len("![SFT vs KD]("):-1], raw=True).startswith(b"\x89PNG")
+        assert http_json(port, chart[len("![SFT vs KD]("):-1], raw=True).startswith(b"\x89PNG")
 
         # The rejected run and its calibration step: FAILED, with where and why, read as a rejection.
         stopped = [r for r in runs if r["tags"].get("smoothkd.stopped_at") == "check_teacher_calibration"]
@@ -351,16 +339,16 @@ def test_ui_serves_the_story_of_each_run(tiny_run, rejected_run, tmp_path):
         assert "smoothkd.results" not in parent["tags"] and parent["params"]["calibration.max_ece"] == "0.001"
 
         # The localization pages are titled by model and split.
-        page = _get(port, f"get-artifact?path=evaluation%2Fcnndm%2Flocalization.html&run_uuid="
+        page = http_json(port, f"get-artifact?path=evaluation%2Fcnndm%2Flocalization.html&run_uuid="
                           f"{student['info']['run_id']}", raw=True).decode()
         assert "<title>sft · cnndm</title>" in page
 
         # The registered model and each version describe themselves; gate.primary says how it aggregates.
         name = cfg.promotion.registered_model_name
-        model = _get(port, f"api/2.0/mlflow/registered-models/get?name={name}")["registered_model"]
+        model = http_json(port, f"api/2.0/mlflow/registered-models/get?name={name}")["registered_model"]
         assert "highest `factual_consistency` (mean over cnndm, xsum)" in model["description"]
         for decision in results.decisions:
-            version = _get(port, f"api/2.0/mlflow/model-versions/get?name={name}&version="
+            version = http_json(port, f"api/2.0/mlflow/model-versions/get?name={name}&version="
                                  f"{decision.version}")["model_version"]
             text, tags = version["description"], {t["key"]: t["value"] for t in version["tags"]}
             assert text.startswith(f"**{decision.candidate}**: ")
@@ -370,13 +358,7 @@ def test_ui_serves_the_story_of_each_run(tiny_run, rejected_run, tmp_path):
             assert all(f"- {split}: **" in text for split in cfg.eval.splits)
             assert tags["gate.primary"].startswith("factual_consistency (mean over cnndm, xsum) = ")
     finally:
-        # The server's own workers share its process group: stop them all, leave nothing listening.
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
+        stop_process_group(proc)
 
 
 def test_eval_cli_scores_a_registered_version_like_the_pipeline(tiny_run, tmp_path):

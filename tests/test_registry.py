@@ -11,7 +11,7 @@ import mlflow
 import pytest
 import torch
 import yaml
-from conftest import corpus_and_tokenizer
+from conftest import corpus_and_tokenizer, free_port, http_json, stop_process_group
 from typer.testing import CliRunner
 
 from smoothkd.cli import app
@@ -24,11 +24,13 @@ from smoothkd.modeling.tokenizer import load_tokenizer
 from smoothkd.registry.gate import Candidate, best_passing, judge
 from smoothkd.registry.identity import IDENTITY_ARTIFACT, EvalIdentity
 from smoothkd.registry.promote import Registered, register_and_promote
+from smoothkd.registry.serving import GenerationSettings
 from smoothkd.registry.store import (
     PER_EXAMPLE_ARTIFACT,
     champion_version,
     list_versions,
     log_student_model,
+    logged_model_id,
     read_decisions,
 )
 from smoothkd.tracking import ensure_experiment
@@ -37,6 +39,7 @@ EVAL = EvalConfig(splits=["cnndm"], bootstrap_samples=500)
 FLOORS = PromotionConfig(splits={"cnndm": SplitGate(min_factual_consistency=80, min_rougeLsum=20)},
                          max_regression=2.0)
 IDS = [f"cnndm-{i:03d}" for i in range(60)]
+SETTINGS = GenerationSettings(max_new_tokens=24, max_prompt_length=512, batch_size=4)
 # One evaluation identity shared by the hand-made candidates: same rows, scorers, settings and code.
 IDENTITY = EvalIdentity({"cnndm": "rows"}, {"factual_consistency": "fact", "rougeLsum": "rouge"}, "gen",
                         "code")
@@ -130,8 +133,8 @@ def _logged(world, cand: Candidate, model_dir=None) -> Registered:
     mlflow.set_experiment("registry-test")
     with mlflow.start_run(run_name=cand.name) as run:
         _log_candidate(cand)
-        uri = log_student_model(model_dir or world["model_dir"])
-    return Registered(cand, uri, run.info.run_id)
+        logged = log_student_model(model_dir or world["model_dir"], SETTINGS)
+    return Registered(cand, logged.model_uri, run.info.run_id, model_id=logged.model_id)
 
 
 def _cfg(world, name, **promotion) -> RunConfig:
@@ -195,7 +198,7 @@ def test_register_gate_promote_refuse_and_force(world, monkeypatch):
     assert champion_version(client, "student") == "3"
     tags = client.get_model_version("student", "3").tags
     assert tags["promotion.reason"] == "hotfix" and tags["promotion.forced_by"]
-    assert [r["version"] for r in list_versions(client, "student")] == ["3", "2", "1"]
+    assert [r.version for r in list_versions(client, "student")] == ["3", "2", "1"]
     # v1 judged against today's champion: the gate's verdict and the criteria it failed come first; that v3
     # is newer is a second reason. The registry reads show no download bars (a fresh process has none set).
     monkeypatch.delenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", raising=False)
@@ -208,25 +211,129 @@ def test_register_gate_promote_refuse_and_force(world, monkeypatch):
     assert unknown.exit_code == 2 and "student v99" in unknown.output and "Traceback" not in unknown.output
 
 
-def test_champion_loads_back_and_generates_the_same_summary(world):
+def test_an_overconfident_student_is_refused_on_record_and_in_the_listing(world):
+    """`promotion.max_overconfidence`: the KD student ranks first on the primary metric, but its held-out
+    overconfidence is above the ceiling, so the SFT baseline becomes champion."""
+    client, name = mlflow.MlflowClient(world["uri"]), "calibrated"
+    cfg = _cfg(world, name, max_ece=0.05, max_overconfidence=0.03)
+    sft, kd = candidate("sft", 86, alpha=0), candidate("kd_a0.1", 92)
+    sft.metrics |= {"general/ece": 0.02, "general/overconfidence": 0.01}
+    kd.metrics |= {"general/ece": 0.04, "general/overconfidence": 0.035}
+    records = register_and_promote(client, cfg.promotion, cfg.eval, [_logged(world, sft), _logged(world, kd)],
+                                   world["uri"])
+    assert [r["outcome"] for r in records] == ["champion", "failed gate"]
+    refused = [c for c in records[1]["criteria"] if c["verdict"] == "fail"]
+    assert refused == [{"name": "general/overconfidence", "value": 0.035, "threshold": 0.03,
+                        "verdict": "fail", "detail": "<="}]
+    version = client.get_model_version(name, "2")
+    assert version.tags["gate.general/overconfidence"] == "fail: 0.035 (threshold 0.03)"
+    assert ("- general: **fail**: ece: 0.040 (pass, threshold 0.05); overconfidence: 0.035 (fail, threshold "
+            "0.03)") in version.description
+    assert "held-out overconfidence (confidence − accuracy) ≤ 0.03" in \
+        client.get_registered_model(name).description
+    # Listed at 80 columns: one line per version, the failed criterion under it; --json keeps every field.
+    args = ["models", name, "--tracking-uri", world["uri"]]
+    shown = CliRunner().invoke(app, args, env={"COLUMNS": "80"})
+    assert shown.exit_code == 0, shown.output
+    lines = shown.output.splitlines()
+    assert max(len(line) for line in lines) <= 80 and len(lines) == 4
+    assert lines[0] == f"{name}: primary factual_consistency (mean over cnndm)"
+    assert lines[1].startswith("  v2 ") and lines[1].endswith("kd_a0.1      92.000  failed gate")
+    assert lines[2] == "         fail general/overconfidence: 0.035 (threshold 0.03)"
+    assert lines[3].startswith("  v1 ") and lines[3].endswith("sft          86.000  @champion  champion")
+    narrow = CliRunner().invoke(app, args, env={"COLUMNS": "40"}).output.splitlines()
+    assert max(len(line) for line in narrow) == 40 and narrow[2].endswith("…")
+    listed = json.loads(CliRunner().invoke(app, [*args, "--json"]).output)
+    assert listed[0]["failed"] == ["general/overconfidence: 0.035 (threshold 0.03)"]
+    assert listed[0]["primary"] == "factual_consistency (mean over cnndm) = 92.000"
+
+
+def test_champion_loads_back_and_answers_as_the_evaluation_generates(world):
+    """The logged model (a LoggedModel with its own code) loads from the registry with the student's exact
+    weights and answers a prompt with the completion the evaluation's greedy generation gives."""
     client = mlflow.MlflowClient(world["uri"])
     cfg = _cfg(world, "loadback")
     records = register_and_promote(client, cfg.promotion, cfg.eval,
                                    [_logged(world, candidate("kd_a0.1", 90))], world["uri"])
     assert records[0]["outcome"] == "champion"
-    article = read_jsonl(world["corpus"] / "cnndm.jsonl")[0]["article"]
-    prompts = [eval_prompt("cnndm", article)]
+    articles = [row["article"] for row in read_jsonl(world["corpus"] / "cnndm.jsonl")[:3]]
+    prompts = [eval_prompt("cnndm", article) for article in articles]
     tokenizer = load_tokenizer(str(world["model_dir"]))
-    before = generate(load_causal_lm(world["model_dir"]), tokenizer, prompts, max_new_tokens=24,
-                      progress=False)
+    student = load_causal_lm(world["model_dir"])
+    before = generate(student, tokenizer, prompts, max_new_tokens=24, progress=False)
     mlflow.set_tracking_uri(world["uri"])
-    components = mlflow.transformers.load_model("models:/loadback@champion", return_type="components")
-    loaded = components["model"]
-    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(),
-                                                 load_causal_lm(world["model_dir"]).state_dict().values(),
+    loaded = mlflow.pyfunc.load_model("models:/loadback@champion")
+    served = loaded.unwrap_python_model().model
+    assert all(torch.equal(a, b) for a, b in zip(served.state_dict().values(), student.state_dict().values(),
                                                  strict=True))
-    after = generate(loaded, components["tokenizer"], prompts, max_new_tokens=24, progress=False)
-    assert after == before and before[0]
+    after = loaded.predict(prompts)
+    assert after == before and all(before) and not any("\n" in text for text in after)
+    short = generate(student, tokenizer, prompts[:1], max_new_tokens=3, progress=False)
+    assert loaded.predict(prompts[:1], params={"max_new_tokens": 3}) == short != before[:1]
+
+
+def test_a_registered_student_is_a_logged_model_with_its_evaluation_metrics(world):
+    """MLflow 3: the version comes from the student's LoggedModel, whose page shows the metrics the gate
+    judged (logged by the evaluation after the model, as `steps/evaluate.py` does) and the version."""
+    from smoothkd.tracking import log_metrics
+
+    client, name = mlflow.MlflowClient(world["uri"]), "logged"
+    registered = _logged(world, candidate("kd_a0.1", 90))
+    evaluation = {"cnndm/factual_consistency": 90.0, "cnndm/rougeLsum": 30.0, "general/ece": 0.02}
+    log_metrics(evaluation, registered.run_id, registered.model_id)
+    [record] = register_and_promote(client, _cfg(world, name).promotion, EVAL, [registered], world["uri"])
+    model = client.get_logged_model(registered.model_id)
+    assert {m.key: m.value for m in model.metrics} == evaluation
+    assert model.source_run_id == registered.run_id
+    source = client.get_model_version(name, record["version"]).source
+    assert logged_model_id(source) == registered.model_id and source == f"models:/{registered.model_id}"
+    assert logged_model_id(f"models:/{name}/1") is None and logged_model_id("models:/m-x@champion") is None
+    assert json.loads(model.tags["mlflow.modelVersions"]) == [{"name": name, "version": record["version"]}]
+
+
+def test_serve_answers_with_the_champions_completion_only(world, tmp_path):
+    """`smoothkd serve` (MLflow's scoring server on loopback, started with the venv off PATH) answers a
+    prompt with the completion the evaluation's generation gives: no prompt, no newline."""
+    import subprocess
+    import sys
+
+    name, root = "served", Path(__file__).resolve().parents[1]
+    cfg = _cfg(world, name)
+    register_and_promote(mlflow.MlflowClient(world["uri"]), cfg.promotion, cfg.eval,
+                         [_logged(world, candidate("kd_a0.1", 90))], world["uri"])
+    config = tmp_path / "serve.yaml"
+    config.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    missing = CliRunner().invoke(app, ["serve", "--config", str(config), "--model", f"models:/{name}@nope"])
+    assert missing.exit_code == 2 and f"models:/{name}@nope: not in the registry" in missing.output
+    assert len(missing.output.strip().splitlines()) == 1
+    prompt = eval_prompt("cnndm", read_jsonl(world["corpus"] / "cnndm.jsonl")[1]["article"])
+    student, tokenizer = load_causal_lm(world["model_dir"]), load_tokenizer(str(world["model_dir"]))
+    expected = generate(student, tokenizer, [prompt], max_new_tokens=SETTINGS.max_new_tokens, progress=False)
+    port, log_file = free_port(), tmp_path / "serve.log"
+    env = {**os.environ, "PATH": "/usr/bin:/bin", "PYTHONPATH": str(root)}
+    with log_file.open("w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "smoothkd.cli", "serve", "--config", str(config),
+                                 "--port", str(port)], env=env, cwd=tmp_path, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            deadline = time.monotonic() + 120
+            while True:
+                try:
+                    http_json(port, "ping", raw=True)
+                    break
+                except OSError:
+                    assert proc.poll() is None and time.monotonic() < deadline, log_file.read_text()
+                    time.sleep(1)
+            [completion] = http_json(port, "invocations", {"inputs": [prompt]}, timeout=60)["predictions"]
+            assert completion == expected[0] and completion and "\n" not in completion
+            assert not completion.startswith(prompt[:20])
+            short = http_json(port, "invocations", {"inputs": [prompt], "params": {"max_new_tokens": 2}},
+                              timeout=60)
+            assert short["predictions"] == generate(student, tokenizer, [prompt], max_new_tokens=2,
+                                                    progress=False)
+        finally:
+            stop_process_group(proc)
+    assert "serving models:/served@champion (served v1)" in log_file.read_text()
 
 
 def _use_zenml_store(zenml_dir) -> None:
@@ -328,6 +435,8 @@ def guarded(world, request):
     client = mlflow.MlflowClient(world["uri"])
     name = f"guarded-{request.node.name}"[:100]
     source = _source(world)
+    # The sqlite registry finds a `models:/<model_id>` source through the process-wide URI.
+    mlflow.set_tracking_uri(world["uri"])
     versions = [register_version(client, name, source.model_uri, source.run_id) for _ in range(3)]
     return client, name, lambda: promotion_lock(world["uri"], name), versions
 
@@ -452,7 +561,8 @@ def test_repromotion_judges_a_kd_student_against_the_sft_of_its_own_run(world):
     refused = repromote(client, cfg.promotion, cfg.eval, name, versions["kd_a0.1"], uri)
     failed = [c for c in refused["criteria"] if c["verdict"] == "fail"]
     assert [c["name"] for c in failed] == ["cnndm/factual_consistency vs sft"]
-    assert failed[0]["value"] == pytest.approx(-6.0) and refused["outcome"] == "failed gate"
+    assert failed[0]["value"] == pytest.approx(-6.0)
+    assert refused["outcome"] == "failed gate: cnndm/factual_consistency vs sft"
     assert champion_version(client, name) is None
     # The same student without the criterion clears the floors and becomes champion.
     plain = _cfg(world, name)
@@ -677,7 +787,7 @@ def test_pipeline_promoters_race_through_the_zenml_registry_on_postgres(world, p
         mlflow.set_tracking_uri(uri)
         mlflow.set_experiment("registry-test")
         with mlflow.start_run(run_name="racer"):
-            model_uri = log_student_model(world["model_dir"])
+            model_uri = log_student_model(world["model_dir"], SETTINGS).model_uri
     finally:
         mlflow.set_tracking_uri(previous)
     ctx = multiprocessing.get_context("spawn")
@@ -704,6 +814,7 @@ def test_paper_configs_gate_on_real_floors_with_a_model_scorer(config):
     for split in cfg.eval.splits:
         floors = cfg.promotion.splits[split]
         assert floors.min_rougeLsum > 0 and floors.min_factual_consistency > 0
+    assert 0 < cfg.promotion.max_ece < 0.1 and 0 < cfg.promotion.max_overconfidence < 0.1
     # An empty-output student: perfect consistency (nothing to contradict), no shared word. Refused.
     empty = Candidate("kd", 0.1, {f"{s}/{m}": v for s in cfg.eval.splits
                                   for m, v in (("rougeLsum", 0.0), ("factual_consistency", 100.0))})

@@ -137,6 +137,10 @@ def describe_gate(promotion: PromotionConfig, splits: list[str]) -> str:
         asks.append(f"general ROUGE-L ≥ {promotion.min_general_rougeL:g}")
     if promotion.max_general_nll is not None:
         asks.append(f"general NLL ≤ {promotion.max_general_nll:g}")
+    if promotion.max_ece is not None:
+        asks.append(f"held-out ECE ≤ {promotion.max_ece:g}")
+    if promotion.max_overconfidence is not None:
+        asks.append(f"held-out overconfidence (confidence − accuracy) ≤ {promotion.max_overconfidence:g}")
     return (f"Alias `champion`: of a run's candidates passing the promotion gate, the one with the highest "
             f"{primary}. The gate asks for " + "; ".join(asks) + ".")
 
@@ -223,9 +227,12 @@ def judge(candidate: Candidate, promotion: PromotionConfig, eval_cfg: EvalConfig
                                     "factual_consistency", eval_cfg, 0.0))
     if promotion.min_general_rougeL is not None:
         criteria.append(_floor("general/rougeL", m.get("general/rougeL"), promotion.min_general_rougeL))
-    if promotion.max_general_nll is not None:
-        criteria.append(_floor("general/nll", m.get("general/nll"), promotion.max_general_nll,
-                               at_least=False))
+    # Ceilings, the held-out calibration among them: a KD student can be more overconfident than its SFT
+    # baseline, which no faithfulness score shows.
+    for name, ceiling in (("general/nll", promotion.max_general_nll), ("general/ece", promotion.max_ece),
+                          ("general/overconfidence", promotion.max_overconfidence)):
+        if ceiling is not None:
+            criteria.append(_floor(name, m.get(name), ceiling, at_least=False))
     return Decision(candidate.name, criteria, promotion.primary_metric,
                     primary_value(m, promotion.primary_metric, eval_cfg.splits), candidate.version,
                     champion.version if champion is not None else None,

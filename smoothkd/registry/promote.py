@@ -29,6 +29,7 @@ from smoothkd.registry.store import (
     describe_version,
     forced_tags,
     gate_tags,
+    link_logged_model,
     load_candidate,
     promote_guarded,
     promotion_lock,
@@ -48,14 +49,15 @@ class ReevaluationError(RuntimeError):
 
 @dataclass
 class Registered:
-    """A candidate whose model is logged in run `run_id` at `model_uri`; `weights` identifies its weights,
-    `lineage` says what it is (version tags: `store.LINEAGE_TAGS`)."""
+    """A candidate whose model is logged in run `run_id` at `model_uri` (the MLflow LoggedModel `model_id`);
+    `weights` identifies its weights, `lineage` says what it is (version tags: `store.LINEAGE_TAGS`)."""
 
     candidate: Candidate
     model_uri: str
     run_id: str
     weights: str = ""
     lineage: dict[str, str] = field(default_factory=dict)
+    model_id: str | None = None
 
 
 class _Champions:
@@ -171,6 +173,8 @@ def register_and_promote(client: MlflowClient, promotion: PromotionConfig, eval_
             name, r.model_uri, r.run_id,
             {"candidate": r.candidate.name, "alpha": f"{r.candidate.alpha:g}", WEIGHTS_TAG: r.weights,
              **r.lineage})
+        if r.model_id:
+            link_logged_model(client, r.model_id, name, r.candidate.version)
     champions = _Champions(client, promotion, eval_cfg, reevaluate)
     before = champion_version(client, name)
     sft = next((r.candidate for r in registered if r.candidate.alpha == 0), None)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import fcntl
 import getpass
 import hashlib
+import itertools
 import json
 import tempfile
 import time
@@ -30,10 +31,12 @@ from urllib.parse import unquote, urlsplit
 import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
+from mlflow.models.model import ModelInfo
 
 from smoothkd.errors import RegistryLockError, one_line
 from smoothkd.registry.gate import Candidate, Decision
 from smoothkd.registry.identity import IDENTITY_ARTIFACT, EvalIdentity
+from smoothkd.registry.serving import WEIGHTS_ARTIFACT, Completion, GenerationSettings, signature
 
 CHAMPION = "champion"
 # Per-example scores stored with each model's run, so later gates can pair against that model.
@@ -61,28 +64,24 @@ MODEL_DESCRIPTION = (
 
 
 def pip_requirements() -> list[str]:
-    """Explicit requirements: MLflow's inference would import torchvision, which is not installed here."""
-    import safetensors
-    import tokenizers
-    import torch
-    import transformers
+    """Explicit requirements: MLflow's inference would import torchvision, which is not installed here.
+    Besides torch and transformers, what the served model's own code (smoothkd, carried with it) imports."""
+    from importlib.metadata import version
 
-    return [f"mlflow=={mlflow.__version__}", f"torch=={torch.__version__.split('+')[0]}",
-            f"transformers=={transformers.__version__}", f"tokenizers=={tokenizers.__version__}",
-            f"safetensors=={safetensors.__version__}"]
+    packages = ("torch", "transformers", "tokenizers", "safetensors", "numpy", "pandas", "pydantic", "pyyaml",
+                "tqdm")
+    return [f"mlflow=={mlflow.__version__}", *(f"{p}=={version(p).split('+')[0]}" for p in packages)]
 
 
-def log_student_model(model_path: str | Path) -> str:
-    """Log a saved model + tokenizer to the active MLflow run as a transformers model; return its URI."""
-    from smoothkd.modeling.models import load_causal_lm
-    from smoothkd.modeling.tokenizer import load_tokenizer
+def log_student_model(model_path: str | Path, settings: GenerationSettings) -> ModelInfo:
+    """Log a saved model + tokenizer to the active MLflow run as a `Completion` model (an MLflow
+    LoggedModel) that generates as the evaluation does with `settings`; return its ModelInfo."""
+    import smoothkd
 
-    model = load_causal_lm(model_path)
-    tokenizer = load_tokenizer(str(model_path))
-    info = mlflow.transformers.log_model(
-        transformers_model={"model": model, "tokenizer": tokenizer}, name=MODEL_ARTIFACT,
-        task="text-generation", pip_requirements=pip_requirements())
-    return info.model_uri
+    return mlflow.pyfunc.log_model(
+        name=MODEL_ARTIFACT, python_model=Completion(settings), artifacts={WEIGHTS_ARTIFACT: str(model_path)},
+        code_paths=[str(Path(smoothkd.__file__).parent)], signature=signature(settings),
+        pip_requirements=pip_requirements())
 
 
 def register_version(client: MlflowClient, name: str, model_uri: str, run_id: str,
@@ -97,6 +96,26 @@ def register_version(client: MlflowClient, name: str, model_uri: str, run_id: st
             if err.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
     return str(client.create_model_version(name, model_uri, run_id=run_id, tags=tags or {}).version)
+
+
+def logged_model_id(model_uri: str) -> str | None:
+    """The LoggedModel id a `models:/<model_id>` URI names (what MLflow 3's log_model returns and a version
+    registered from it keeps as its source), else None (a registry reference, a path)."""
+    rest = model_uri.removeprefix("models:/")
+    return rest if rest != model_uri and rest.startswith("m-") and not {"/", "@"} & set(rest) else None
+
+
+def link_logged_model(client: MlflowClient, model_id: str, name: str, version: str) -> None:
+    """Name version `version` of `name` on its LoggedModel (the tag `mlflow.register_model` keeps), so the
+    model's page lists the registered versions made from it, however they were registered. (The version's
+    source, `models:/<model_id>`, names the model the other way; sqlite and Postgres registries keep no
+    model id on a version.)"""
+    from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
+
+    listed = json.loads(client.get_logged_model(model_id).tags.get(MLFLOW_MODEL_VERSIONS, "[]"))
+    entry = {"name": name, "version": version}
+    if entry not in listed:
+        client.set_logged_model_tags(model_id, {MLFLOW_MODEL_VERSIONS: json.dumps([*listed, entry])})
 
 
 def version_with_weights(client: MlflowClient, name: str, weights: str) -> str | None:
@@ -304,6 +323,11 @@ def _number(value: float | None, digits: int = 3) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
+def _figure(value: float | None) -> str:
+    """A value to read: two decimals, three below 1 (a calibration error of 0.035 is not 0.04)."""
+    return _number(value, 2 if value is None or abs(value) >= 1 else 3)
+
+
 def primary_line(record: dict) -> str:
     """`factual_consistency (mean over cnndm, xsum) = 23.460`: what a decision ranks candidates by."""
     over = record.get("primary_splits")
@@ -341,7 +365,7 @@ def version_description(tags: dict[str, str], record: dict) -> str:
         by_split.setdefault(c["name"].partition("/")[0], []).append(c)
     for split, criteria in by_split.items():
         verdict = "pass" if all(c["verdict"] == "pass" for c in criteria) else "fail"
-        judged_on = [f"{c['name'].partition('/')[2]}: {_number(c['value'], 2)} ({c['verdict']}, threshold "
+        judged_on = [f"{c['name'].partition('/')[2]}: {_figure(c['value'])} ({c['verdict']}, threshold "
                      f"{'n/a' if c['threshold'] is None else format(c['threshold'], 'g')})" for c in criteria]
         lines.append(f"- {split}: **{verdict}**: " + "; ".join(judged_on))
     return "\n".join(lines)[:DESCRIPTION_CHARS]
@@ -384,7 +408,31 @@ def read_decisions(client: MlflowClient, name: str, version: str) -> list[dict]:
             for _, r in sorted(records.items())]
 
 
-def list_versions(client: MlflowClient, name: str | None = None) -> list[dict]:
+@dataclass
+class VersionRow:
+    """One registered version as `smoothkd models` lists it: aliases, what it is, the gate's outcome, its
+    primary value (`primary_line`), the criteria it failed (`name: value (threshold t)`) and its run."""
+
+    name: str
+    version: str
+    aliases: list[str]
+    candidate: str
+    gate: str
+    primary: str
+    failed: list[str]
+    forced_by: str
+    created: str
+    run_id: str
+
+
+def failed_criteria(tags: dict[str, str]) -> list[str]:
+    """`name: value (threshold t)` for each criterion a version's gate.* tags (`gate_tags`) mark failed."""
+    return [f"{key.removeprefix(GATE_PREFIX)}: {value.removeprefix('fail: ')}"
+            for key, value in sorted(tags.items())
+            if key.startswith(GATE_PREFIX) and value.startswith("fail: ")]
+
+
+def list_versions(client: MlflowClient, name: str | None = None) -> list[VersionRow]:
     """Versions (newest first) with aliases and gate verdicts, for one registered model or all of them."""
     names = [name] if name else [m.name for m in client.search_registered_models()]
     rows = []
@@ -395,12 +443,32 @@ def list_versions(client: MlflowClient, name: str | None = None) -> list[dict]:
             aliases.setdefault(str(aliased), []).append(alias)
         for mv in client.search_model_versions(f"name = '{model}'"):
             version = str(mv.version)
-            rows.append({"name": model, "version": version, "aliases": aliases.get(version, []),
-                         "candidate": mv.tags.get("candidate", ""),
-                         "gate": mv.tags.get("gate.outcome") or mv.tags.get("gate.passed", ""),
-                         "primary": mv.tags.get("gate.primary", ""),
-                         "forced_by": mv.tags.get("promotion.forced_by", ""),
-                         "created": time.strftime("%Y-%m-%d %H:%M:%S",
-                                                  time.localtime(mv.creation_timestamp / 1000)),
-                         "run_id": mv.run_id})
-    return sorted(rows, key=lambda r: (r["name"], -int(r["version"])))
+            tags = mv.tags
+            rows.append(VersionRow(
+                model, version, aliases.get(version, []), tags.get("candidate", ""),
+                tags.get("gate.outcome") or tags.get("gate.passed", ""), tags.get("gate.primary", ""),
+                failed_criteria(tags), tags.get("promotion.forced_by", ""),
+                time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(mv.creation_timestamp / 1000)), mv.run_id))
+    return sorted(rows, key=lambda r: (r.name, -int(r.version)))
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[:max(width - 1, 0)] + "…"
+
+
+def version_lines(rows: list[VersionRow], width: int = 80) -> list[str]:
+    """`smoothkd models` as lines of at most `width` characters: per registered model a line naming it and
+    its primary metric, then per version one line (version, created, candidate, primary value, aliases,
+    gate outcome) and one more per failed criterion. What a line cuts short, `--json` gives whole."""
+    lines: list[str] = []
+    for model, group in itertools.groupby(rows, key=lambda r: r.name):
+        versions = list(group)
+        metric = next((r.primary.rpartition(" = ")[0] for r in versions if r.primary), "")
+        lines.append(_cut(model + (f": primary {metric}" if metric else ""), width))
+        for row in versions:
+            value = row.primary.rpartition(" = ")[2] or "-"
+            aliases = "".join(f"@{a}  " for a in row.aliases)
+            lines.append(_cut(f"  v{row.version:<4} {row.created[:16]}  {_cut(row.candidate, 10):<10} "
+                              f"{value:>8}  {aliases}{row.gate or 'not judged'}", width))
+            lines += [_cut(f"         fail {criterion}", width) for criterion in row.failed]
+    return lines
