@@ -24,6 +24,8 @@ os.environ["ZENML_ANALYTICS_OPT_IN"] = "false"
 os.environ["ZENML_LOGGING_VERBOSITY"] = "WARN"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
 os.environ["MLFLOW_ENABLE_TELEMETRY"] = "false"
+# A bare `mlflow.*` call with no store set would write MLflow's default `./mlflow.db` into the checkout.
+os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{_STATE / 'mlflow-default.db'}"
 
 # What MLflow reads for the store and experiment a bare `mlflow.*` call uses; it sets them itself too, so
 # that subprocesses inherit its process-wide tracking URI and active experiment.
