@@ -36,17 +36,38 @@ class Front(NamedTuple):
     calibration: Any
 
 
+class TeacherHalf(NamedTuple):
+    """One teacher's part of the front half inside a pipeline definition (step artifacts)."""
+
+    teacher_summary: Any
+    teacher_dir: Any
+    calibration_temperature: Any
+    calibration: Any
+    label_store: Any
+
+
+def teacher_half(config: dict, dataset_dir, tokenizer, suffix: str = "") -> TeacherHalf:
+    """teacher → calibration gate → labels, for a pipeline definition; `suffix` names the steps of a
+    second teacher (the sweep's `--teacher-seeds`)."""
+    ids = {name: {"id": f"{name}{suffix}"} if suffix else {}
+           for name in ("teacher", "check_teacher_calibration", "precompute_labels")}
+    teacher_summary, teacher_dir = teacher(config, dataset_dir, tokenizer, **ids["teacher"])
+    calibration_temperature, calibration = check_teacher_calibration(config, dataset_dir, teacher_dir,
+                                                                     **ids["check_teacher_calibration"])
+    label_store = precompute_labels(config, dataset_dir, tokenizer, teacher_dir, calibration_temperature,
+                                    **ids["precompute_labels"])
+    return TeacherHalf(teacher_summary, teacher_dir, calibration_temperature, calibration, label_store)
+
+
 def front_half(config: dict) -> Front:
     """The steps of `smoothkd.stages.front_half`, for a pipeline definition: data → validation → tokenizer
     (and model checks) → teacher → calibration gate → labels. The runner's preflight comes before."""
     # Everything downstream consumes the validated dataset: a stopping failure ends the run here.
     dataset_dir, validation = validate_data(config, load_data(config))
     tokenizer = build_tokenizer(config, dataset_dir)
-    teacher_summary, teacher_dir = teacher(config, dataset_dir, tokenizer)
-    calibration_temperature, calibration = check_teacher_calibration(config, dataset_dir, teacher_dir)
-    label_store = precompute_labels(config, dataset_dir, tokenizer, teacher_dir, calibration_temperature)
-    return Front(dataset_dir, tokenizer, teacher_summary, teacher_dir, calibration_temperature, label_store,
-                 validation, calibration)
+    t = teacher_half(config, dataset_dir, tokenizer)
+    return Front(dataset_dir, tokenizer, t.teacher_summary, t.teacher_dir, t.calibration_temperature,
+                 t.label_store, validation, t.calibration)
 
 
 # Fail fast re-raises the failing step's own exception (not a generic RuntimeError), so the CLI can report

@@ -28,8 +28,8 @@ from zenml import pipeline
 from zenml.config import ResourceSettings
 from zenml.enums import ExecutionMode
 
-from pipelines.distill import front_half
-from smoothkd.config import RunConfig
+from pipelines.distill import TeacherHalf, front_half, teacher_half
+from smoothkd.config import RunConfig, apply_overrides
 from smoothkd.data.dataset import uses_embedded
 from smoothkd.evaluation.sweep import SweepSummary, check_primary
 from smoothkd.stages import student_name
@@ -96,9 +96,19 @@ def sweep_seeds(cfg: RunConfig, n: int) -> list[int]:
 # Fail fast re-raises the failing step's own exception, so the CLI reports a known input problem (a
 # rejected teacher, invalid data) as one line.
 @pipeline(dynamic=True, enable_cache=False, execution_mode=ExecutionMode.FAIL_FAST, on_failure=record_failure)
-def sweep(config: dict, name: str, seeds: list[int], arms: list[dict], started: float) -> None:
-    """The front half, every (arm, seed) student trained and evaluated concurrently, the analysis."""
+def sweep(config: dict, name: str, seeds: list[int], arms: list[dict], started: float,
+          teacher_seeds: list[int] | None = None) -> None:
+    """The front half, every (arm, seed) student trained and evaluated concurrently, the analysis.
+
+    With several `teacher_seeds` (the first is the config's), each further teacher trains, passes its own
+    calibration gate and labels the data; the KD students of the i-th seed learn from teacher i mod K, so
+    the seed-level interval covers teachers too. SFT students have no teacher."""
     front = front_half(config)
+    teachers = [TeacherHalf(front.teacher_summary, front.teacher_dir, front.calibration_temperature,
+                            front.calibration, front.label_store)]
+    for teacher_seed in (teacher_seeds or [])[1:]:
+        seeded = apply_overrides(config, [f"teacher.train.seed={teacher_seed}"])
+        teachers.append(teacher_half(seeded, front.dataset_dir, front.tokenizer, suffix=f"_t{teacher_seed}"))
     threads = RunConfig.model_validate(config).student.train.threads
     resources = {"resources": ResourceSettings(cpu_count=threads)}
     train = train_sweep_student.with_options(settings=resources)
@@ -106,16 +116,17 @@ def sweep(config: dict, name: str, seeds: list[int], arms: list[dict], started: 
     evaluations = [evaluate.submit(config, front.dataset_dir, front.teacher_summary, "teacher",
                                    id="evaluate_teacher")]
     students = []
-    for seed in seeds:
+    for i, seed in enumerate(seeds):
+        t = teachers[i % len(teachers)]
         for arm in [Arm(**fields) for fields in arms]:
-            student = train.submit(config, front.dataset_dir, front.tokenizer, front.calibration_temperature,
-                                   front.label_store, front.teacher_dir, arm.alpha, seed + arm.seed_offset,
+            student = train.submit(config, front.dataset_dir, front.tokenizer, t.calibration_temperature,
+                                   t.label_store, t.teacher_dir, arm.alpha, seed + arm.seed_offset,
                                    id=f"train_{arm.model(seed)}")
             students.append(student)
             evaluations.append(evaluate.submit(config, front.dataset_dir, student, arm.model(seed),
                                                id=f"evaluate_{arm.model(seed)}"))
     analyse_sweep(config, name, seeds, arms, front.teacher_summary, students, evaluations,
-                  front.calibration_temperature, front.label_store, started)
+                  front.calibration_temperature, front.label_store, started, teacher_seeds)
 
 
 def time_left(finished: int, total: int, since_first: float) -> str:
@@ -149,10 +160,11 @@ def progress_printer(cfg: RunConfig, total: int, echo: Callable[[str], None]):
     return heard
 
 
-def run_sweep(cfg: RunConfig, n_seeds: int, arms: list[Arm], echo: Callable[[str], None] = print
-              ) -> SweepSummary:
+def run_sweep(cfg: RunConfig, n_seeds: int, arms: list[Arm], echo: Callable[[str], None] = print,
+              teachers: int = 1) -> SweepSummary:
     """Run the sweep pipeline for every arm over `n_seeds` seeds on the config's stack and return its
-    summary. The first arm is the baseline, the others are compared with it (by name).
+    summary. The first arm is the baseline, the others are compared with it (by name). With `teachers`
+    > 1, the KD students learn from that many teachers (`teacher.train.seed` and the next ones), in turn.
 
     Raises, as `smoothkd run` would, before any student trains: on a bad model reference (in seconds, before
     any data or teacher, on the local stack), DataValidationError, TeacherRejectedError.
@@ -165,6 +177,7 @@ def run_sweep(cfg: RunConfig, n_seeds: int, arms: list[Arm], echo: Callable[[str
     check_primary(cfg.eval.primary, [f"{arm.name}/{split}" for arm in arms[1:] for split in cfg.eval.splits])
     _, settings, options = prepare_stack(cfg)
     seeds = sweep_seeds(cfg, n_seeds)
+    teacher_seeds = [cfg.teacher.train.seed + j for j in range(teachers)]
     compared = kd_label([a.alpha for a in arms if a.alpha]) if any(a.alpha for a in arms) else "A/A"
     name = run_name("sweep", cfg.name, compared, f"{n_seeds} seeds")
     listener = progress_printer(cfg, 1 + n_seeds * len(arms), echo)
@@ -172,7 +185,7 @@ def run_sweep(cfg: RunConfig, n_seeds: int, arms: list[Arm], echo: Callable[[str
     try:
         run = sweep.with_options(settings=settings, run_name=name, **options)(
             config=cfg.model_dump(mode="json"), name=name, seeds=seeds, arms=[asdict(a) for a in arms],
-            started=started)
+            started=started, teacher_seeds=teacher_seeds)
     finally:
         LISTENERS.remove(listener)
     if cfg.orchestration.stack != "local":

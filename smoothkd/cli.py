@@ -168,6 +168,9 @@ def sweep(
     null: Annotated[bool, typer.Option("--null", help="A/A check: a second SFT arm from its own seeds in "
                                                       "place of the KD arms; it must resolve no difference")
                     ] = False,
+    teacher_seeds: Annotated[int, typer.Option(
+        "--teacher-seeds", min=1, help="Teachers: teacher.train.seed and the next K-1, each gated; the KD "
+                                       "students of the i-th seed learn from teacher i mod K")] = 1,
     set_: SetOpt = None,
     verbose: VerboseOpt = False,
 ) -> None:
@@ -189,7 +192,7 @@ def sweep(
     quiet = contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext()
     with _one_line_errors(log, verbose), quiet:
         summary = run_sweep(cfg, seeds, null_arms() if null else sweep_arms(kd_alphas),
-                            echo=lambda line: typer.echo(line, err=as_json))
+                            echo=lambda line: typer.echo(line, err=as_json), teachers=teacher_seeds)
     if as_json:
         typer.echo(json.dumps(summary.to_dict(), indent=1))
         return

@@ -92,13 +92,15 @@ def _log_model(experiment: str, model: SweepModel, artifact: ModelArtifact, eval
 @step
 def analyse_sweep(config: dict, sweep_name: str, seeds: list[int], arms: list[dict], teacher: ModelArtifact,
                   students: list[ModelArtifact], evaluations: list[Evaluation],
-                  calibration_temperature: float, label_store: PrecomputeResult, started: float
-                  ) -> Annotated[SweepSummary, "sweep_summary"]:
+                  calibration_temperature: float, label_store: PrecomputeResult, started: float,
+                  teacher_seeds: list[int] | None = None) -> Annotated[SweepSummary, "sweep_summary"]:
     """Every arm − the baseline (the first arm) per split over seeds, the baseline's own check and the
     conclusions, recorded as the sweep's MLflow parent run `sweep_name` (a child per model, in
     `<experiment>-sweeps`), `sweep.json` and the chart under
     `<output_dir>/sweeps/<sweep name>/`. `students` are in seed-major, arm-minor order; `evaluations` are the
-    teacher's, then the students' in that order. `started`: when the sweep began (epoch seconds)."""
+    teacher's, then the students' in that order. `started`: when the sweep began (epoch seconds);
+    `teacher_seeds`: the teachers the KD students of the i-th seed learnt from, in turn (the first's labels
+    and temperature are the ones given)."""
     cfg = RunConfig.model_validate(config)
     kd_alphas = [arm["alpha"] for arm in arms if arm["alpha"]]
     out_dir = output_root(cfg) / "sweeps" / path_name(sweep_name)
@@ -117,12 +119,15 @@ def analyse_sweep(config: dict, sweep_name: str, seeds: list[int], arms: list[di
                            "labels": label_store.path, "teacher_temperature": calibration_temperature,
                            "workers": cfg.sweep.workers, "threads": cfg.student.train.threads})
         models = []
-        named = [("teacher", None, None, teacher),
-                 *((f"{arm['name']}_s{seed}", arm["alpha"], seed, student)
+        teacher_seeds = teacher_seeds or [cfg.teacher.train.seed]
+        taught_by = {seed: teacher_seeds[i % len(teacher_seeds)] for i, seed in enumerate(seeds)}
+        named = [("teacher", None, None, teacher, teacher_seeds[0]),
+                 *((f"{arm['name']}_s{seed}", arm["alpha"], seed, student,
+                    taught_by[seed] if arm["alpha"] else None)
                    for (arm, seed), student in zip(keyed, students, strict=True))]
-        for (name, alpha, seed, artifact), evaluation in zip(named, evaluations, strict=True):
+        for (name, alpha, seed, artifact, teacher_seed), evaluation in zip(named, evaluations, strict=True):
             model = SweepModel(name, alpha, seed, artifact.path, "", artifact.cached,
-                               {k: v for k, v in evaluation.metrics.items() if "_ci_" not in k})
+                               {k: v for k, v in evaluation.metrics.items() if "_ci_" not in k}, teacher_seed)
             models.append(SweepModel(**{**asdict(model), "run_id": _log_model(experiment, model, artifact,
                                                                                evaluation)}))
         differences = compare_arms(sft, [Arm(arm["name"], arm["alpha"], by_arm[arm["name"]])
@@ -130,6 +135,7 @@ def analyse_sweep(config: dict, sweep_name: str, seeds: list[int], arms: list[di
         summary = SweepSummary(
             config=cfg.name, run_name=sweep_name, run_id=parent.info.run_id, seeds=seeds, alphas=kd_alphas,
             confidence=cfg.eval.confidence, teacher_temperature=calibration_temperature, models=models,
+            teacher_seeds=teacher_seeds,
             differences=differences,
             conclusions=conclusions(differences, cfg.eval.confidence, cfg.eval.primary),
             chart=str(out_dir / CHART_FILE), summary_file=str(out_dir / SUMMARY_FILE),

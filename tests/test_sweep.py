@@ -289,6 +289,29 @@ def test_a_null_sweep_compares_a_second_sft_arm_from_its_own_seeds(tiny_sweep):
     assert summary["machine"]["threads"] == cfg.student.train.threads
 
 
+def test_teacher_seeds_give_the_kd_students_of_each_seed_a_teacher_in_turn(tiny_sweep):
+    """`--teacher-seeds 2`: a second teacher (teacher.train.seed + 1) is trained and gated, and the KD
+    student of the second seed learns from it; the first seed's students and every SFT student are the
+    single-teacher sweep's own (cached)."""
+    out, _, single = tiny_sweep
+    shown = _sweep(out, "--seeds", "2", "--alphas", "0,0.5", "--teacher-seeds", "2", "--json")
+    assert shown.exit_code == 0, shown.output
+    summary = json.loads(shown.stdout)
+    before = {m["name"]: m for m in single["models"]}
+    models = {m["name"]: m for m in summary["models"]}
+    assert summary["teacher_seeds"] == [10, 11]
+    assert [models[n]["teacher_seed"] for n in ("kd_a0.5_s10", "kd_a0.5_s11", "sft_s10", "sft_s11")] == [
+        10, 11, None, None]
+    for same in ("teacher", "sft_s10", "sft_s11", "kd_a0.5_s10"):
+        assert models[same]["path"] == before[same]["path"] and models[same]["cached"], same
+    assert models["kd_a0.5_s11"]["path"] != before["kd_a0.5_s11"]["path"]
+    assert not models["kd_a0.5_s11"]["cached"]
+    from zenml.client import Client
+
+    run = Client().get_pipeline_run(summary["run_name"])
+    assert {"teacher_t11", "check_teacher_calibration_t11", "precompute_labels_t11"} <= set(run.steps)
+
+
 @pytest.mark.parametrize(("alphas", "says"), [("0", "at least one KD weight"), ("0,1.5", "1.5 is outside"),
                                               ("a,b", "comma-separated numbers")])
 def test_bad_alphas_are_one_line(tmp_path, alphas, says):

@@ -80,7 +80,8 @@ class Arm:
 
 @dataclass(frozen=True)
 class SweepModel:
-    """One trained model of the sweep: its name, α (None: the teacher), seed and MLflow run."""
+    """One trained model of the sweep: its name, α (None: the teacher), seed, MLflow run and, for a KD
+    student and the teacher, the teacher's training seed."""
 
     name: str
     alpha: float | None
@@ -89,6 +90,7 @@ class SweepModel:
     run_id: str
     cached: bool
     metrics: dict[str, float]
+    teacher_seed: int | None = None
 
 
 @dataclass(frozen=True)
@@ -161,6 +163,7 @@ class SweepSummary:
     teacher_temperature: float
     models: list[SweepModel]
     differences: list[Difference]
+    teacher_seeds: list[int] = field(default_factory=list)
     conclusions: dict[str, dict[str, str]] = field(default_factory=dict)
     chart: str = ""
     summary_file: str = ""
