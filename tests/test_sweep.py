@@ -215,6 +215,9 @@ def test_sweep_json_reports_each_alpha_and_split_with_a_ci(tiny_sweep):
     assert set(summary["differences"]) == {"kd_a0.5"}
     per_split = summary["differences"]["kd_a0.5"]
     assert {"cnndm", "xsum"} <= set(per_split)
+    # The mechanism's own measure, held-out calibration, one value per model: an interval over seeds.
+    assert {"ece", "overconfidence"} <= set(per_split["general"])
+    assert per_split["general"]["overconfidence"]["covers"] == SEEDS_ONLY
     models = {m["name"]: m["metrics"] for m in summary["models"]}
     for split in ("cnndm", "xsum"):
         metrics = per_split[split]

@@ -31,7 +31,7 @@ from smoothkd.report import PER_EXAMPLE
 # prior-trap rate or student ECE) is left out of the summary rather than reported as missing.
 COMPARED = (("factual_consistency", "fact. consist. %"), ("rougeLsum", "ROUGE-Lsum"),
             ("hallucinated_facts_per_summary", "unsupported/summary"), ("prior_trap_rate", "prior-trap rate"),
-            ("ece", "student ECE"))
+            ("ece", "student ECE"), ("overconfidence", "overconfidence"))
 CONSISTENCY = "factual_consistency"
 KD_HELPS = "KD reduces hallucination here"
 # Below this many seeds the seed-to-seed variance rests on one or two differences: table, no conclusion.
