@@ -397,6 +397,7 @@ def promote(
 ) -> None:
     """Re-run the promotion gate for an existing version; move `champion` to it if it passes."""
     from smoothkd.registry.promote import repromote
+    from smoothkd.registry.store import figure
     from smoothkd.stages import champion_reevaluator
 
     cfg, client = _registry_client(config, set_, tracking_uri)
@@ -410,7 +411,7 @@ def promote(
         record = repromote(client, cfg.promotion, cfg.eval, name, version, store, force, reason,
                            champion_reevaluator(cfg, store, name))
     for c in record["criteria"]:
-        value = "n/a" if c["value"] is None else f"{c['value']:.2f}"
+        value = figure(c["value"])
         typer.echo(f"  {c['verdict']:4}  {c['name']}: {value} (threshold {c['threshold']}) {c['detail']}")
     typer.echo(f"{name} v{version}: {record['outcome']}")
     raise typer.Exit(0 if record["outcome"].startswith("champion") else 1)

@@ -323,7 +323,7 @@ def _number(value: float | None, digits: int = 3) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
-def _figure(value: float | None) -> str:
+def figure(value: float | None) -> str:
     """A value to read: two decimals, three below 1 (a calibration error of 0.035 is not 0.04)."""
     return _number(value, 2 if value is None or abs(value) >= 1 else 3)
 
@@ -365,7 +365,7 @@ def version_description(tags: dict[str, str], record: dict) -> str:
         by_split.setdefault(c["name"].partition("/")[0], []).append(c)
     for split, criteria in by_split.items():
         verdict = "pass" if all(c["verdict"] == "pass" for c in criteria) else "fail"
-        judged_on = [f"{c['name'].partition('/')[2]}: {_figure(c['value'])} ({c['verdict']}, threshold "
+        judged_on = [f"{c['name'].partition('/')[2]}: {figure(c['value'])} ({c['verdict']}, threshold "
                      f"{'n/a' if c['threshold'] is None else format(c['threshold'], 'g')})" for c in criteria]
         lines.append(f"- {split}: **{verdict}**: " + "; ".join(judged_on))
     return "\n".join(lines)[:DESCRIPTION_CHARS]
