@@ -163,13 +163,13 @@ class SweepSummary:
     teacher_temperature: float
     models: list[SweepModel]
     differences: list[Difference]
-    teacher_seeds: list[int] = field(default_factory=list)
     conclusions: dict[str, dict[str, str]] = field(default_factory=dict)
     chart: str = ""
     summary_file: str = ""
     seconds: float = 0.0
     machine: Machine | None = None
     baseline: Baseline | None = None
+    teacher_seeds: list[int] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         """JSON form: `differences` and `conclusions` nested as {arm: {split: {metric: ...}}}."""
