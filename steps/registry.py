@@ -16,6 +16,7 @@ from smoothkd.modeling.identity import model_identity
 from smoothkd.registry.gate import Candidate
 from smoothkd.registry.identity import EvalIdentity
 from smoothkd.registry.promote import Registered, register_and_promote
+from smoothkd.registry.store import ensure_registered_model
 from smoothkd.stages import champion_reevaluator
 from steps.tracking import ON_PIPELINE_RUN
 
@@ -28,11 +29,13 @@ def registry_hooks(registry, name: str, store_uri: str, run_name: str, pipeline_
     PRODUCTION (`champion`)."""
     # The component caches an MLflow client configured from the stack it was first built with; in a process
     # that already ran the pipeline on another store (tests, notebooks) that client points at the old one.
-    registry._client = mlflow.MlflowClient(store_uri)
+    client = registry._client = mlflow.MlflowClient(store_uri)
 
     def register(model_name: str, uri: str, run_id: str, tags: dict[str, str]) -> str:
         metadata = ModelRegistryModelMetadata(mlflow_run_id=run_id, zenml_run_name=run_name,
                                               zenml_pipeline_name=pipeline_name, **tags)
+        # ZenML creates a missing registered model itself, and fails when a concurrent run created it first.
+        ensure_registered_model(client, model_name)
         version = registry.register_model_version(model_name, model_source_uri=uri, metadata=metadata)
         return str(version.version)
 

@@ -84,9 +84,8 @@ def log_student_model(model_path: str | Path, settings: GenerationSettings) -> M
         pip_requirements=pip_requirements())
 
 
-def register_version(client: MlflowClient, name: str, model_uri: str, run_id: str,
-                     tags: dict[str, str] | None = None) -> str:
-    """A new version of registered model `name` (created on first use) from a logged model."""
+def ensure_registered_model(client: MlflowClient, name: str) -> None:
+    """Create registered model `name` unless it exists; a concurrent promoter creating it first is fine."""
     try:
         client.get_registered_model(name)
     except MlflowException:
@@ -95,6 +94,12 @@ def register_version(client: MlflowClient, name: str, model_uri: str, run_id: st
         except MlflowException as err:  # another promoter created it between the two calls
             if err.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
+
+
+def register_version(client: MlflowClient, name: str, model_uri: str, run_id: str,
+                     tags: dict[str, str] | None = None) -> str:
+    """A new version of registered model `name` (created on first use) from a logged model."""
+    ensure_registered_model(client, name)
     return str(client.create_model_version(name, model_uri, run_id=run_id, tags=tags or {}).version)
 
 
