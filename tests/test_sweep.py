@@ -344,7 +344,7 @@ def test_a_student_trains_with_its_fixed_threads_and_the_same_weights_in_or_out_
     swept = {m["name"]: m for m in summary["models"]}["sft_s10"]
     runtime = read_json(Path(swept["path"]) / TRAIN_RECORD)["runtime"]
     assert runtime == {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-                       "threads": 1}
+                       "threads": 1, "cpu_model": cpu_model(), "platform": runtime["platform"]}
     # The same student trained again here, as `smoothkd run` would, in this process with 3 threads set:
     # the training's fixed count applies (and this process's is restored after), so the content key and
     # the weights are the worker's. The worker's copy moves aside first, or it would be reused.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from dataclasses import asdict
 
 import torch
 import torch.distributed as dist
@@ -64,6 +65,8 @@ def intra_op_threads(n: int):
 
 
 def runtime_record(threads: int) -> dict:
-    """What besides the inputs shapes a CPU run's rounding: torch, its SIMD kernels, the thread count."""
-    return {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "threads": threads}
+    """What besides the inputs shapes a CPU run's rounding (torch, its SIMD kernels, the thread count,
+    the CPU): the sweep's machine record (`smoothkd.evaluation.machine`), for a training record."""
+    from smoothkd.evaluation.machine import machine
+
+    return asdict(machine(threads))
