@@ -4,6 +4,7 @@ import json
 import multiprocessing
 import os
 import random
+import sys
 import time
 from pathlib import Path
 
@@ -248,9 +249,12 @@ def test_an_overconfident_student_is_refused_on_record_and_in_the_listing(world)
     assert listed[0]["primary"] == "factual_consistency (mean over cnndm) = 92.000"
 
 
-def test_champion_loads_back_and_answers_as_the_evaluation_generates(world):
+def test_champion_loads_back_and_answers_as_the_evaluation_generates(world, monkeypatch):
     """The logged model (a LoggedModel with its own code) loads from the registry with the student's exact
     weights and answers a prompt with the completion the evaluation's greedy generation gives."""
+    # Loading puts the model's copy of the smoothkd package first on sys.path; a process spawned later by
+    # this session inherits that path and would import the copy (no infra/ beside it) instead of the repo.
+    monkeypatch.setattr(sys, "path", list(sys.path))
     client = mlflow.MlflowClient(world["uri"])
     cfg = _cfg(world, "loadback")
     records = register_and_promote(client, cfg.promotion, cfg.eval,
