@@ -2,10 +2,12 @@
 → students (SFT baseline and one KD student per α) → factual-rate detectors → evaluation of every model
 → registration and promotion gate → report. Wiring only."""
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from zenml import pipeline
 from zenml.enums import ExecutionMode
+from zenml.steps import BaseStep
 
 from smoothkd.config import RunConfig
 from smoothkd.stages import student_name
@@ -46,26 +48,39 @@ class TeacherHalf(NamedTuple):
     label_store: Any
 
 
-def teacher_half(config: dict, dataset_dir, tokenizer, suffix: str = "") -> TeacherHalf:
+def _as_defined(step: BaseStep, invocation: str) -> BaseStep:
+    """A step as its definition configures it (a static pipeline's run configuration adds the rest)."""
+    return step
+
+
+def _invoke(step: BaseStep, configure: Callable[[BaseStep, str], BaseStep], suffix: str, *args):
+    """`step(*args)` as invocation `<step name><suffix>`, with the options `configure` gives it."""
+    invocation = f"{step.name}{suffix}"
+    return configure(step, invocation)(*args, **({"id": invocation} if suffix else {}))
+
+
+def teacher_half(config: dict, dataset_dir, tokenizer, suffix: str = "",
+                 configure: Callable[[BaseStep, str], BaseStep] = _as_defined) -> TeacherHalf:
     """teacher → calibration gate → labels, for a pipeline definition; `suffix` names the steps of a
-    second teacher (the sweep's `--teacher-seeds`)."""
-    ids = {name: {"id": f"{name}{suffix}"} if suffix else {}
-           for name in ("teacher", "check_teacher_calibration", "precompute_labels")}
-    teacher_summary, teacher_dir = teacher(config, dataset_dir, tokenizer, **ids["teacher"])
-    calibration_temperature, calibration = check_teacher_calibration(config, dataset_dir, teacher_dir,
-                                                                     **ids["check_teacher_calibration"])
-    label_store = precompute_labels(config, dataset_dir, tokenizer, teacher_dir, calibration_temperature,
-                                    **ids["precompute_labels"])
+    second teacher (the sweep's `--teacher-seeds`); `configure(step, invocation id)` gives each step its
+    options (a dynamic pipeline's resources)."""
+    teacher_summary, teacher_dir = _invoke(teacher, configure, suffix, config, dataset_dir, tokenizer)
+    calibration_temperature, calibration = _invoke(check_teacher_calibration, configure, suffix, config,
+                                                   dataset_dir, teacher_dir)
+    label_store = _invoke(precompute_labels, configure, suffix, config, dataset_dir, tokenizer, teacher_dir,
+                          calibration_temperature)
     return TeacherHalf(teacher_summary, teacher_dir, calibration_temperature, calibration, label_store)
 
 
-def front_half(config: dict) -> Front:
+def front_half(config: dict, configure: Callable[[BaseStep, str], BaseStep] = _as_defined) -> Front:
     """The steps of `smoothkd.stages.front_half`, for a pipeline definition: data → validation → tokenizer
-    (and model checks) → teacher → calibration gate → labels. The runner's preflight comes before."""
+    (and model checks) → teacher → calibration gate → labels. The runner's preflight comes before;
+    `configure` as in `teacher_half`."""
     # Everything downstream consumes the validated dataset: a stopping failure ends the run here.
-    dataset_dir, validation = validate_data(config, load_data(config))
-    tokenizer = build_tokenizer(config, dataset_dir)
-    t = teacher_half(config, dataset_dir, tokenizer)
+    dataset_dir, validation = _invoke(validate_data, configure, "", config,
+                                      _invoke(load_data, configure, "", config))
+    tokenizer = _invoke(build_tokenizer, configure, "", config, dataset_dir)
+    t = teacher_half(config, dataset_dir, tokenizer, configure=configure)
     return Front(dataset_dir, tokenizer, t.teacher_summary, t.teacher_dir, t.calibration_temperature,
                  t.label_store, validation, t.calibration)
 

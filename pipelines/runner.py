@@ -39,29 +39,48 @@ def invocation_steps(cfg: RunConfig, pipeline) -> dict[str, str]:
     return {inv_id: inv.step.name for inv_id, inv in probe.invocations.items()}
 
 
-def step_configurations(cfg: RunConfig, pipeline) -> dict[str, dict]:
-    """Per-invocation ResourceSettings and step operator; a step name covers all its invocations."""
+def step_configuration(cfg: RunConfig, invocation: str, step_name: str, **defaults) -> dict:
+    """ZenML step options for one invocation: its `orchestration.resources` entry (its own, else its step
+    name's, over `defaults` such as a cpu_count) as ResourceSettings, and the step operator if it is named."""
     from zenml.config import ResourceSettings
 
     orch = cfg.orchestration
-    operator_steps = set(orch.step_operator.steps) if orch.step_operator else set()
-    if not orch.resources and not operator_steps:
+    # An invocation's own entry wins over its step's.
+    resources = orch.resources.get(invocation) or orch.resources.get(step_name)
+    configuration: dict = {}
+    if resources is not None or defaults:
+        given = resources.model_dump(exclude_none=True) if resources is not None else {}
+        configuration["settings"] = {"resources": ResourceSettings(**{**defaults, **given})}
+    if orch.step_operator and {invocation, step_name} & set(orch.step_operator.steps):
+        configuration["step_operator"] = orch.step_operator.name
+    return configuration
+
+
+def configured(cfg: RunConfig, step, invocation: str, step_name: str | None = None, **defaults):
+    """`step` with its options for an invocation of a dynamic pipeline, which a run configuration's
+    per-invocation entries do not reach: on a remote stack its `orchestration` entry (its own, else that of
+    `step_name`, the name `smoothkd run`'s pipeline gives such a step) over `defaults`; locally `defaults`."""
+    from zenml.config import ResourceSettings
+
+    if cfg.orchestration.stack != "local":
+        return step.with_options(**step_configuration(cfg, invocation, step_name or step.name, **defaults))
+    return step.with_options(settings={"resources": ResourceSettings(**defaults)}) if defaults else step
+
+
+def step_configurations(cfg: RunConfig, pipeline) -> dict[str, dict]:
+    """Per-invocation ResourceSettings and step operator; a step name covers all its invocations.
+    ConfigError, before the run, for an entry that names no step of `pipeline`."""
+    orch = cfg.orchestration
+    if not orch.resources and not orch.step_operator:
         return {}
     invocations = invocation_steps(cfg, pipeline)
+    operator_steps = set(orch.step_operator.steps) if orch.step_operator else set()
     unknown = sorted((set(orch.resources) | operator_steps) - set(invocations) - set(invocations.values()))
     if unknown:
         raise ConfigError(f"orchestration: unknown step {', '.join(unknown)} (steps: "
                           f"{', '.join(sorted(set(invocations.values())))})")
-    configs: dict[str, dict] = {}
-    for inv_id, step_name in invocations.items():
-        # An invocation's own entry wins over its step's.
-        resources = orch.resources.get(inv_id) or orch.resources.get(step_name)
-        if resources is not None:
-            configs.setdefault(inv_id, {})["settings"] = {
-                "resources": ResourceSettings(**resources.model_dump(exclude_none=True))}
-        if {inv_id, step_name} & operator_steps:
-            configs.setdefault(inv_id, {})["step_operator"] = orch.step_operator.name
-    return configs
+    configs = {inv: step_configuration(cfg, inv, step_name) for inv, step_name in invocations.items()}
+    return {inv: c for inv, c in configs.items() if c}
 
 
 def prepare_stack(cfg: RunConfig) -> tuple[str, dict, dict]:

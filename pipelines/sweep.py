@@ -4,14 +4,15 @@ teacher's evaluation, then one analysis step: KD − SFT per α and split over s
 (`smoothkd.evaluation.sweep`), `sweep.json`, the chart and the MLflow parent run with a child per model in
 the experiment `<tracking.experiment_name>-sweeps`.
 
-A dynamic pipeline: the fan-out is known only at the command line, and `step.submit` runs the student
-steps concurrently, on the local orchestrator in threads of this process. Each thread's model trains and
-evaluates in one of `sweep.workers` spawned processes with the training's fixed intra-op thread count
-(`stages.in_worker`), so a model's weights do not depend on the schedule and its content key is the one
-`smoothkd run` gives the same-seed student: either reuses the other's. Each student step carries its own
-ResourceSettings (its thread count as CPUs), so on a kubernetes or skypilot stack every student is its own
-pod or job. Every artifact is content-addressed by the stages, so a sweep killed midway resumes with what
-it finished.
+A dynamic pipeline: the fan-out is known only at the command line, and `step.submit` runs the student steps
+concurrently, on the local orchestrator in threads of this process. Each thread's model trains and evaluates
+in one of `sweep.workers` spawned processes with the training's fixed intra-op thread count
+(`stages.in_worker`; evaluations first, so models finish one by one), so a model's weights do not depend on
+the schedule and its content key is the one `smoothkd run` gives the same-seed student: either reuses the
+other's. Each student step carries its own ResourceSettings (its thread count as CPUs, or the config's
+`orchestration.resources` for `student` and `evaluate`; the front half's steps get theirs by their own
+names), so on a kubernetes or skypilot stack every student is its own pod or job. Every artifact is content-
+addressed by the stages, so a sweep killed midway resumes with what it finished.
 """
 
 from __future__ import annotations
@@ -25,10 +26,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from zenml import pipeline
-from zenml.config import ResourceSettings
 from zenml.enums import ExecutionMode
 
 from pipelines.distill import TeacherHalf, front_half, teacher_half
+from pipelines.runner import configured
 from smoothkd.config import RunConfig, apply_overrides
 from smoothkd.data.dataset import uses_embedded
 from smoothkd.evaluation.sweep import SweepSummary, check_primary
@@ -103,16 +104,23 @@ def sweep(config: dict, name: str, seeds: list[int], arms: list[dict], started: 
     With several `teacher_seeds` (the first is the config's), each further teacher trains, passes its own
     calibration gate and labels the data; the KD students of the i-th seed learn from teacher i mod K, so
     the seed-level interval covers teachers too. SFT students have no teacher."""
-    front = front_half(config)
+    cfg = RunConfig.model_validate(config)
+
+    def configure(step, invocation):
+        return configured(cfg, step, invocation)
+
+    front = front_half(config, configure)
     teachers = [TeacherHalf(front.teacher_summary, front.teacher_dir, front.calibration_temperature,
                             front.calibration, front.label_store)]
     for teacher_seed in (teacher_seeds or [])[1:]:
         seeded = apply_overrides(config, [f"teacher.train.seed={teacher_seed}"])
-        teachers.append(teacher_half(seeded, front.dataset_dir, front.tokenizer, suffix=f"_t{teacher_seed}"))
-    threads = RunConfig.model_validate(config).student.train.threads
-    resources = {"resources": ResourceSettings(cpu_count=threads)}
-    train = train_sweep_student.with_options(settings=resources)
-    evaluate = evaluate_sweep_model.with_options(settings=resources)
+        teachers.append(teacher_half(seeded, front.dataset_dir, front.tokenizer, suffix=f"_t{teacher_seed}",
+                                     configure=configure))
+    # Every student its own ResourceSettings (a pod or job each on a cluster stack): `student` and `evaluate`
+    # entries as `smoothkd run` reads them, at least the training's fixed threads.
+    threads = cfg.student.train.threads
+    train = configured(cfg, train_sweep_student, "train_sweep_student", "student", cpu_count=threads)
+    evaluate = configured(cfg, evaluate_sweep_model, "evaluate_sweep_model", "evaluate", cpu_count=threads)
     evaluations = [evaluate.submit(config, front.dataset_dir, front.teacher_summary, "teacher",
                                    id="evaluate_teacher")]
     students = []
@@ -169,13 +177,17 @@ def run_sweep(cfg: RunConfig, n_seeds: int, arms: list[Arm], echo: Callable[[str
     Raises, as `smoothkd run` would, before any student trains: on a bad model reference (in seconds, before
     any data or teacher, on the local stack), DataValidationError, TeacherRejectedError.
     """
-    from pipelines.runner import finished_run, prepare_stack
+    from pipelines.runner import finished_run, prepare_stack, step_configurations
     from smoothkd.tracking import kd_label, run_name
 
     started = time.time()
     cfg = sweep_config(cfg)
     check_primary(cfg.eval.primary, [f"{arm.name}/{split}" for arm in arms[1:] for split in cfg.eval.splits])
     _, settings, options = prepare_stack(cfg)
+    if cfg.orchestration.stack != "local":  # its `orchestration` entries name steps as `smoothkd run` does
+        from pipelines.distill import distill
+
+        step_configurations(cfg, distill)
     seeds = sweep_seeds(cfg, n_seeds)
     teacher_seeds = [cfg.teacher.train.seed + j for j in range(teachers)]
     compared = kd_label([a.alpha for a in arms if a.alpha]) if any(a.alpha for a in arms) else "A/A"

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import heapq
 import multiprocessing
 import os
 import random
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -449,11 +451,50 @@ def quiet_workers() -> Iterator[None]:
                 os.environ[key] = value
 
 
-def in_worker(cfg: RunConfig, fn: Callable, *args):
-    """`fn(*args)` in one of the run's worker processes (`sweep.workers` of them, `student.train.threads`
-    intra-op threads each), waiting for its result; its exception is raised here."""
-    pool = worker_pool(cfg.sweep.workers, cfg.student.train.threads)
-    with quiet_workers():
-        future = pool.submit(fn, *args)
-    return future.result()
+class _Slots:
+    """As many slots as the pool has workers, granted lowest priority first, then in order of asking. Jobs
+    go to the pool only with a slot, so the pool never queues: an evaluation asked for while every
+    training is waiting runs next, instead of behind all of them."""
 
+    def __init__(self, n: int):
+        self._free, self._waiting, self._asked = n, [], 0
+        self._changed = threading.Condition()
+
+    @contextlib.contextmanager
+    def held(self, priority: int) -> Iterator[None]:
+        with self._changed:
+            ticket = (priority, self._asked)
+            self._asked += 1
+            heapq.heappush(self._waiting, ticket)
+            self._changed.wait_for(lambda: self._free > 0 and self._waiting[0] == ticket)
+            heapq.heappop(self._waiting)
+            self._free -= 1
+            self._changed.notify_all()  # the next waiter may take another free slot
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._free += 1
+                self._changed.notify_all()
+
+
+@functools.cache
+def _worker_slots(workers: int) -> _Slots:
+    return _Slots(workers)
+
+
+def _timed(fn: Callable, *args) -> tuple[object, float]:
+    began = time.perf_counter()
+    return fn(*args), time.perf_counter() - began
+
+
+def in_worker(cfg: RunConfig, fn: Callable, *args, priority: int = 1) -> tuple[object, float]:
+    """`fn(*args)` in one of the run's worker processes (`sweep.workers` of them, `student.train.threads`
+    intra-op threads each), waiting for it: (its result, the seconds it ran, not counting the wait for a
+    worker). A lower `priority` runs first (the sweep evaluates before it trains more, so its progress and
+    time left follow finished models). Its exception is raised here."""
+    pool = worker_pool(cfg.sweep.workers, cfg.student.train.threads)
+    with _worker_slots(cfg.sweep.workers).held(priority):
+        with quiet_workers():
+            future = pool.submit(_timed, fn, *args)
+        return future.result()

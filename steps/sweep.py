@@ -49,8 +49,9 @@ def train_sweep_student(config: dict, dataset_dir: str, tokenizer: str, calibrat
                         ) -> Annotated[ModelArtifact, "student"]:
     """Train (or reuse) the student of weight `alpha` (0: SFT) from training seed `seed`."""
     cfg = stages.with_student_seed(RunConfig.model_validate(config), seed)
-    return stages.in_worker(cfg, stages.train_student, cfg, dataset_dir, tokenizer, alpha, label_store.path,
-                            teacher_dir, calibration_temperature)
+    student, _ = stages.in_worker(cfg, stages.train_student, cfg, dataset_dir, tokenizer, alpha,
+                                  label_store.path, teacher_dir, calibration_temperature)
+    return student
 
 
 @step
@@ -58,10 +59,11 @@ def evaluate_sweep_model(config: dict, dataset_dir: str, model: ModelArtifact, n
                          ) -> Annotated[Evaluation, "evaluation"]:
     """Evaluate (or reuse the evaluation of) one model of the sweep, named `name` in its tables."""
     cfg = RunConfig.model_validate(config)
-    began = time.perf_counter()
-    evaluation = stages.in_worker(cfg, stages.evaluate_model, cfg, model.path, dataset_dir, None, False, name)
+    # Ahead of any training still waiting for a worker: models finish one by one, not all at the end.
+    evaluation, seconds = stages.in_worker(cfg, stages.evaluate_model, cfg, model.path, dataset_dir, None,
+                                           False, name, priority=0)
     for listener in LISTENERS:
-        listener(name, model, evaluation, time.perf_counter() - began)
+        listener(name, model, evaluation, seconds)
     return evaluation
 
 

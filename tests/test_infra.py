@@ -359,3 +359,36 @@ def test_missing_integration_is_one_line_with_the_install_command(tmp_path):
     assert "needs ZenML integrations not installed here: kubernetes s3" in lines[0]
     assert "`zenml integration install kubernetes s3 -y`" in lines[0] and "pip install" in lines[0]
     assert "Traceback" not in proc.stdout + proc.stderr
+
+
+def _resources(step):
+    from zenml.config import ResourceSettings
+
+    return ResourceSettings.model_validate(step.configuration.settings["resources"].model_dump())
+
+
+def test_a_dynamic_pipelines_steps_get_their_resources_on_a_remote_stack_and_defaults_locally():
+    """The sweep's steps are configured as they are submitted (a run configuration's per-invocation entries
+    do not reach a dynamic pipeline): by their own invocation, else by `smoothkd run`'s step name."""
+    from pipelines.runner import configured
+    from steps.sweep import evaluate_sweep_model, train_sweep_student
+    from steps.teacher import teacher
+
+    entries = ["orchestration.resources={student: {gpu_count: 2, memory: 8GiB}, teacher_t11: {gpu_count: 4}, "
+               "teacher: {gpu_count: 1}}",
+               "orchestration.step_operator={name: gpu-operator, steps: [student]}"]
+    remote = load_config(TINY, ["orchestration.stack=kubernetes", *entries])
+    train = configured(remote, train_sweep_student, "train_sweep_student", "student", cpu_count=1)
+    resources = _resources(train)
+    assert (resources.gpu_count, resources.memory, resources.cpu_count) == (2, "8GiB", 1)
+    assert train.configuration.step_operator == "gpu-operator"
+    evaluate = configured(remote, evaluate_sweep_model, "evaluate_sweep_model", "evaluate", cpu_count=1)
+    assert _resources(evaluate).gpu_count is None
+    assert evaluate.configuration.step_operator is None
+    assert _resources(configured(remote, teacher, "teacher")).gpu_count == 1
+    assert _resources(configured(remote, teacher, "teacher_t11")).gpu_count == 4
+    # The local stack: the entries are for remote stacks (as in `smoothkd run`); the defaults still apply.
+    local = load_config(TINY, entries)
+    assert configured(local, teacher, "teacher") is teacher
+    assert _resources(configured(local, train_sweep_student, "train_sweep_student", "student",
+                                 cpu_count=1)).gpu_count is None

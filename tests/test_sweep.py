@@ -444,3 +444,32 @@ def test_results_reads_the_latest_sweep_back(tiny_sweep, tmp_path):
     assert f"{arm} cnndm: {per_split['cnndm']}" in text.output
     none = CliRunner().invoke(app, ["results", "--sweep", *config, "--set", f"output_dir={tmp_path}"])
     assert none.exit_code == 1 and "no finished sweep" in none.output
+
+
+def test_an_evaluation_waiting_for_a_worker_runs_before_trainings_that_asked_first(tmp_path):
+    """One worker, busy: a training (priority 1) asks for it, then an evaluation (priority 0). The evaluation
+    runs first, and each reports the seconds it ran, not the time it waited."""
+    import threading
+    import time
+
+    from smoothkd.stages import in_worker
+
+    cfg = load_config(ROOT / "configs/test/tiny.yaml", [f"output_dir={tmp_path}", "sweep.workers=1"])
+    results = {}
+
+    def ask(name, fn, *args, priority=1):
+        results[name] = in_worker(cfg, fn, *args, priority=priority)
+
+    busy = threading.Thread(target=ask, args=("busy", time.sleep, 3.0))
+    busy.start()
+    time.sleep(0.5)  # the busy job holds the one worker from here on (its slot is taken before it starts)
+    training = threading.Thread(target=ask, args=("training", time.time))
+    training.start()
+    time.sleep(0.5)
+    evaluation = threading.Thread(target=ask, args=("evaluation", time.time), kwargs={"priority": 0})
+    evaluation.start()
+    for thread in (busy, training, evaluation):
+        thread.join(120)
+    assert results["evaluation"][0] < results["training"][0]  # started first though it asked second
+    assert results["busy"][1] >= 3.0
+    assert results["training"][1] < 1.0 and results["evaluation"][1] < 1.0  # the wait is not counted
