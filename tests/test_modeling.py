@@ -120,3 +120,27 @@ def test_batched_generation_matches_one_at_a_time(tokenizer, tiny_model_dir, cor
               for p in prompts]
     assert batched == single
     assert all("\n" not in text for text in batched)
+
+
+def test_generation_draws_its_bar_on_a_terminal_only(tokenizer, tiny_model_dir, corpus, capsys, monkeypatch):
+    """Captured stderr is not a terminal: a log file gets no carriage-return frames, even with progress on;
+    a terminal gets the bar."""
+    import io
+
+    import tqdm
+
+    model = load_causal_lm(tiny_model_dir)
+    prompts = [eval_prompt("xsum", r["document"][:60]) for r in read_jsonl(corpus / "xsum.jsonl")]
+    capsys.readouterr()  # transformers' own loading bar
+    generate(model, tokenizer, prompts, batch_size=2, max_new_tokens=4, progress=True, desc="bar")
+    assert "bar" not in capsys.readouterr().err
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    terminal, original = Terminal(), tqdm.std.tqdm.__init__
+    monkeypatch.setattr(tqdm.std.tqdm, "__init__",
+                        lambda self, *args, **kwargs: original(self, *args, **{**kwargs, "file": terminal}))
+    generate(model, tokenizer, prompts, batch_size=2, max_new_tokens=4, progress=True, desc="bar")
+    assert "bar: 100%" in terminal.getvalue()

@@ -104,7 +104,8 @@ def _generate(model, tokenizer, prompts: list[str], batch_size: int, max_new_tok
     results: list = [None] * len(prompts)
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     with eager_attention(model) if lookback else contextlib.nullcontext():
-        for idx in tqdm(batches, desc=desc, unit="batch", disable=not progress):
+        # disable=None: no bar when stderr is not a terminal (a log file gets no carriage-return frames).
+        for idx in tqdm(batches, desc=desc, unit="batch", disable=None if progress else True):
             input_ids, attention_mask = _left_pad([encoded[i] for i in idx], tokenizer.pad_token_id)
             ids, ratios = _greedy_batch(model, input_ids.to(device), attention_mask.to(device), stop_ids,
                                         tokenizer.pad_token_id, max_new_tokens, lookback, len(tokenizer))
