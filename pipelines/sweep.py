@@ -137,14 +137,16 @@ def sweep(config: dict, name: str, seeds: list[int], arms: list[dict], started: 
                   front.calibration_temperature, front.label_store, started, teacher_seeds)
 
 
-def time_left(finished: int, total: int, since_first: float) -> str:
-    """An estimate of the time the remaining models take, from the pace since the first one finished (the
-    front half before it is not a model's pace)."""
+def time_left(trained: list[float], finished: int, total: int) -> str:
+    """An estimate of the time the remaining models take, from the pace between the finishes (`trained`,
+    seconds) of models trained in this sweep: a cached model finishes at once and says nothing of the pace,
+    nor does the front half before the first. Remaining models that turn out cached make it an
+    overestimate."""
     if finished == total:
         return "done"
-    if finished < 2:
-        return "time left: after the next model"
-    left = since_first / (finished - 1) * (total - finished)
+    if len(trained) < 2:
+        return "time left: after the next trained model"
+    left = (trained[-1] - trained[0]) / (len(trained) - 1) * (total - finished)
     return f"~{left / 60:.1f} min left" if left >= 90 else f"~{left:.0f} s left"
 
 
@@ -155,14 +157,16 @@ def _headline(metrics: dict[str, float], splits: list[str]) -> str:
 
 def progress_printer(cfg: RunConfig, total: int, echo: Callable[[str], None]):
     """A listener that prints one line per evaluated model: how it came, its headline, the time left."""
-    lock, done = threading.Lock(), []
+    lock, finished, trained = threading.Lock(), [0], []
 
     def heard(name: str, model, evaluation, seconds: float) -> None:
         with lock:  # steps finish in several threads at once
-            done.append(time.perf_counter())
-            trained = "cached" if model.cached else f"trained in {model.train_seconds:.1f} s"
-            left = time_left(len(done), total, done[-1] - done[0])
-            echo(f"[{len(done)}/{total}] {name}: {trained}, evaluated in {seconds:.1f} s; "
+            finished[0] += 1
+            if not model.cached:
+                trained.append(time.perf_counter())
+            how = "cached" if model.cached else f"trained in {model.train_seconds:.1f} s"
+            left = time_left(trained, finished[0], total)
+            echo(f"[{finished[0]}/{total}] {name}: {how}, evaluated in {seconds:.1f} s; "
                  f"{_headline(evaluation.metrics, cfg.eval.splits)}; {left}")
 
     return heard

@@ -473,3 +473,14 @@ def test_an_evaluation_waiting_for_a_worker_runs_before_trainings_that_asked_fir
     assert results["evaluation"][0] < results["training"][0]  # started first though it asked second
     assert results["busy"][1] >= 3.0
     assert results["training"][1] < 1.0 and results["evaluation"][1] < 1.0  # the wait is not counted
+
+
+def test_time_left_follows_trained_models_not_cached_ones():
+    from pipelines.sweep import time_left
+
+    # Three cached models finished at once, then trained ones every 100 s: the pace is 100 s a model.
+    assert time_left([], 3, 21) == "time left: after the next trained model"
+    assert time_left([1000.0], 4, 21) == "time left: after the next trained model"
+    assert time_left([1000.0, 1100.0, 1200.0], 6, 21) == "~25.0 min left"
+    assert time_left([1000.0, 1030.0], 20, 21) == "~30 s left"
+    assert time_left([1000.0, 1100.0], 21, 21) == "done"
