@@ -47,14 +47,19 @@ def student(device: torch.device):
         return Qwen2ForCausalLM(config).train()
 
 
-def batch(device: torch.device) -> dict[str, torch.Tensor]:
-    """Random tokens with a masked prompt, and top-k teacher labels (distinct ids, a proper k + 1 support)."""
-    g = torch.Generator().manual_seed(0)
+def examples(g: torch.Generator) -> list[dict[str, list[int]]]:
+    """BATCH encoded pairs of SEQ random tokens, the first PROMPT of each a prompt masked out of the loss."""
     rows = []
     for _ in range(BATCH):
         ids = torch.randint(1, VOCAB, (SEQ,), generator=g).tolist()
         rows.append({"input_ids": ids, "labels": [IGNORE_INDEX] * PROMPT + ids[PROMPT:]})
-    out = CausalLMCollator(pad_token_id=0)(rows)
+    return rows
+
+
+def batch(device: torch.device) -> dict[str, torch.Tensor]:
+    """Random tokens with a masked prompt, and top-k teacher labels (distinct ids, a proper k + 1 support)."""
+    g = torch.Generator().manual_seed(0)
+    out = CausalLMCollator(pad_token_id=0)(examples(g))
     n = int((out["labels"][:, 1:] != IGNORE_INDEX).sum())
     # k distinct ids per token: start + j·stride for j < k, with stride < V / k so no two ids coincide mod V.
     start = torch.randint(0, VOCAB, (n, 1), generator=g)
