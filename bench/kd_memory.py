@@ -13,7 +13,6 @@ On CUDA the figures are `torch.cuda.max_memory_allocated` instead. Prints
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -80,7 +79,14 @@ def make_step(name: str, device: torch.device, work: Path):
 
 
 def rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    """This process's peak RSS so far (Linux's VmHWM).
+
+    Not `getrusage`'s ru_maxrss: Linux carries that high-water mark from the parent through fork and exec, so
+    a child started by a process that had grown larger would report the parent's peak.
+    """
+    with open("/proc/self/status") as status:
+        line = next(line for line in status if line.startswith("VmHWM:"))
+    return int(line.split()[1]) * 1024  # kB
 
 
 def child_memory(name: str, device: torch.device, work: Path) -> dict:

@@ -16,9 +16,10 @@ skips generation by itself. What the objectives share and where they differ: tes
 Shapes: `demo` (configs/demo.yaml's tiny Llamas on the embedded corpus, a batch of 16 of its training
 pairs) and `qwen` (bench/kd_memory.py's Qwen2-shaped student at V = 151,936 and a wider teacher, random
 weights, 4 × 512 random tokens with a 256-token prompt). Step times are medians of interleaved repetitions
-of all variants in one subprocess per shape; peak memory is measured in one subprocess per shape and
-variant (two steps, then peak RSS, or `torch.cuda.max_memory_allocated` on CUDA); every subprocess imports
-the same modules (TRL included), so the whole-process figures share one baseline. The stored labels'
+of the smoothkd variants and trl_distill in one subprocess per shape (GKD repeats its steps in a subprocess
+of its own: see `main`); peak memory is measured in one subprocess per shape and variant (two steps, then
+the peak RSS, or `torch.cuda.max_memory_allocated` on CUDA); every subprocess imports the same modules (TRL
+included), so the whole-process figures share one baseline. The stored labels'
 precompute (teacher forward + top-k + writing the store, for this batch; median of `--reps` runs) is
 printed apart, and amortised over the epochs a run reuses the labels for. Prints a table, then
 `smoothkd_over_trl_peak=…` and, last, `smoothkd_over_trl_step_time=…` (kd_stored ÷ trl_distill at
@@ -31,7 +32,6 @@ import argparse
 import importlib.util
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -213,30 +213,21 @@ def make_variant(name: str, world: dict, root: Path, device: torch.device):
     return training_step(trainer, model, batch), trainer, model, batch
 
 
-def rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-
-
 def child_memory(name: str, world: dict, root: Path, device: torch.device) -> dict:
     step, trainer, *_ = make_variant(name, world, root, device)
-    before = torch.cuda.memory_allocated() if device.type == "cuda" else rss_bytes()
+    before = torch.cuda.memory_allocated() if device.type == "cuda" else kd_memory.rss_bytes()
     for _ in range(2):  # the second step runs with the optimiser state in place
         step()
-    peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else rss_bytes()
+    peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else kd_memory.rss_bytes()
     if getattr(trainer, "fused_off", None) is not None:
         raise SystemExit(f"{name}: the fused path did not run: {trainer.fused_off}")
     return {"peak": peak, "before": before}
 
 
 def child_times(names: list[str], world: dict, root: Path, device: torch.device, reps: int) -> dict:
-    variants = {name: make_variant(name, world, root, device) for name in names}
-    losses = {}
-    with torch.no_grad():  # every student starts from the same weights: the objectives' values side by side
-        for name, (_, trainer, model, batch) in variants.items():
-            losses[name] = float(trainer.compute_loss(model, batch))
-    steps = {name: step for name, (step, *_) in variants.items()}
-    for step in steps.values():  # warm-up
-        step()
+    steps = {name: make_variant(name, world, root, device)[0] for name in names}
+    # The warm-up step's loss is each objective's value on the same starting weights, side by side.
+    losses = {name: float(step()) for name, step in steps.items()}
     times = interleaved_times(steps, reps, device)
     return {"median": {name: statistics.median(t) for name, t in times.items()}, "loss": losses}
 
@@ -261,7 +252,7 @@ def available_variants() -> tuple[list[str], list[str]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reps", type=int, default=10, help="interleaved timing repetitions (default 10)")
+    parser.add_argument("--reps", type=int, default=5, help="interleaved timing repetitions (default 5)")
     parser.add_argument("--quick", action="store_true", help="3 repetitions, a check that everything runs")
     parser.add_argument("--shapes", nargs="+", choices=SHAPES, default=list(SHAPES))
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -275,8 +266,8 @@ def main() -> None:
 
         root = Path(args.root)
         world = json.loads((root / "world.json").read_text())
-        result = (child_times(names, world, root, device, reps) if args.child == "times"
-                  else child_memory(args.child, world, root, device))
+        result = (child_times(args.child.split(":")[1].split(","), world, root, device, reps)
+                  if args.child.startswith("times:") else child_memory(args.child, world, root, device))
         print(json.dumps(result))
         return
     if not names:
@@ -301,7 +292,15 @@ def main() -> None:
         world["precompute_s"], world["labels"] = time_precompute(world, root, device, reps)
         (root / "world.json").write_text(json.dumps(world))
         memory = {name: run_child("--child", name, "--root", str(root)) for name in names}
-        timed = run_child("--child", "times", "--root", str(root), "--reps", str(reps))
+        # GKD's step forms both models' full logits (GBs at V = 151,936); interleaved, the variant after it
+        # would pay for faulting that memory back in, so GKD repeats its own steps in a process of its own.
+        lean = [name for name in names if name != "trl_gkd"]
+        groups = [lean, ["trl_gkd"]] if "trl_gkd" in names else [lean]
+        timed = {"median": {}, "loss": {}}
+        for group in groups:
+            part = run_child("--child", "times:" + ",".join(group), "--root", str(root), "--reps", str(reps))
+            for key in timed:
+                timed[key].update(part[key])
         results[shape] = (world, memory, timed)
         print_shape(shape, world, memory, timed)
     if "qwen" not in results:
