@@ -19,11 +19,12 @@ weights, 4 × 512 random tokens with a 256-token prompt). Step times are medians
 of the smoothkd variants and trl_distill in one subprocess per shape (GKD repeats its steps in a subprocess
 of its own: see `main`); peak memory is measured in one subprocess per shape and variant (two steps, then
 the peak RSS, or `torch.cuda.max_memory_allocated` on CUDA); every subprocess imports the same modules (TRL
-included), so the whole-process figures share one baseline. The stored labels'
-precompute (teacher forward + top-k + writing the store, for this batch; median of `--reps` runs) is
-printed apart, and amortised over the epochs a run reuses the labels for. Prints a table, then
+included), so the whole-process figures share one baseline. The stored labels' precompute (teacher
+forward + top-k + writing the store, for this batch; median of `--reps` runs) is printed apart, and
+amortised over the epochs a run reuses the labels for. Prints a table per shape, then
 `smoothkd_over_trl_peak=…` and, last, `smoothkd_over_trl_step_time=…` (kd_stored ÷ trl_distill at
-V = 151,936). Without TRL it prints `skipped: …` and exits 0.
+V = 151,936). Without TRL it prints `skipped: …` and exits 0. Run time on one CPU thread: `--shapes demo`
+about a minute; the Qwen shape 10+ minutes even with `--quick`, most of it GKD's full-logit steps.
 """
 
 from __future__ import annotations
