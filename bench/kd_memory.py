@@ -4,7 +4,7 @@ A Qwen2-shaped student with a small hidden size (64, 2 layers; random init, noth
 of 4 × 512 random tokens whose first 256 positions are a masked prompt (B·T = 2048, 1,020 response
 targets), stored top-16 labels with a tail bucket, `distill.chunk_tokens = 256`. Each configuration
 (sft/kd × unfused/fused) runs in its own subprocess: two optimiser steps (forward, backward, AdamW), then
-the process's peak RSS (`ru_maxrss`, which includes the interpreter, torch and the model: the whole
+the process's peak RSS (`VmHWM`, which includes the interpreter, torch and the model: the whole
 process, as a machine's memory limit sees it) and the part of it above the RSS before the first step.
 Step times are medians of interleaved repetitions of all four configurations in one further subprocess.
 On CUDA the figures are `torch.cuda.max_memory_allocated` instead. Prints
