@@ -3,14 +3,17 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-stamp
+# Optional extras installed with the package; CI adds `peers` (TRL) so the peer-equivalence test runs.
+EXTRAS ?= dev
+# One stamp per set of extras: asking for other extras reinstalls even when pyproject.toml is unchanged.
+STAMP := $(VENV)/.installed-$(EXTRAS)
 
 .PHONY: install demo test lint bench
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[$(EXTRAS)]'
 	@touch $(STAMP)
 
 install: $(STAMP)

@@ -31,8 +31,9 @@ def interleaved_times(variants: dict[str, Callable[[], object]], repeats: int,
     return times
 
 
-def training_step(trainer, model, batch) -> Callable[[], None]:
-    """One optimiser step of `trainer`'s loss on `batch` (AdamW, gradients cleared), as a callable."""
+def training_step(trainer, model, batch) -> Callable[[], torch.Tensor]:
+    """One optimiser step of `trainer`'s loss on `batch` (AdamW, gradients cleared), as a callable that
+    returns the loss it stepped on (detached)."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
     def step():
@@ -40,4 +41,5 @@ def training_step(trainer, model, batch) -> Callable[[], None]:
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
     return step

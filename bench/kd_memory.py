@@ -4,7 +4,7 @@ A Qwen2-shaped student with a small hidden size (64, 2 layers; random init, noth
 of 4 × 512 random tokens whose first 256 positions are a masked prompt (B·T = 2048, 1,020 response
 targets), stored top-16 labels with a tail bucket, `distill.chunk_tokens = 256`. Each configuration
 (sft/kd × unfused/fused) runs in its own subprocess: two optimiser steps (forward, backward, AdamW), then
-the process's peak RSS (`ru_maxrss`, which includes the interpreter, torch and the model: the whole
+the process's peak RSS (`VmHWM`, which includes the interpreter, torch and the model: the whole
 process, as a machine's memory limit sees it) and the part of it above the RSS before the first step.
 Step times are medians of interleaved repetitions of all four configurations in one further subprocess.
 On CUDA the figures are `torch.cuda.max_memory_allocated` instead. Prints
@@ -13,7 +13,6 @@ On CUDA the figures are `torch.cuda.max_memory_allocated` instead. Prints
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -47,14 +46,19 @@ def student(device: torch.device):
         return Qwen2ForCausalLM(config).train()
 
 
-def batch(device: torch.device) -> dict[str, torch.Tensor]:
-    """Random tokens with a masked prompt, and top-k teacher labels (distinct ids, a proper k + 1 support)."""
-    g = torch.Generator().manual_seed(0)
+def examples(g: torch.Generator) -> list[dict[str, list[int]]]:
+    """BATCH encoded pairs of SEQ random tokens, the first PROMPT of each a prompt masked out of the loss."""
     rows = []
     for _ in range(BATCH):
         ids = torch.randint(1, VOCAB, (SEQ,), generator=g).tolist()
         rows.append({"input_ids": ids, "labels": [IGNORE_INDEX] * PROMPT + ids[PROMPT:]})
-    out = CausalLMCollator(pad_token_id=0)(rows)
+    return rows
+
+
+def batch(device: torch.device) -> dict[str, torch.Tensor]:
+    """Random tokens with a masked prompt, and top-k teacher labels (distinct ids, a proper k + 1 support)."""
+    g = torch.Generator().manual_seed(0)
+    out = CausalLMCollator(pad_token_id=0)(examples(g))
     n = int((out["labels"][:, 1:] != IGNORE_INDEX).sum())
     # k distinct ids per token: start + j·stride for j < k, with stride < V / k so no two ids coincide mod V.
     start = torch.randint(0, VOCAB, (n, 1), generator=g)
@@ -75,7 +79,14 @@ def make_step(name: str, device: torch.device, work: Path):
 
 
 def rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    """This process's peak RSS so far (Linux's VmHWM).
+
+    Not `getrusage`'s ru_maxrss: Linux carries that high-water mark from the parent through fork and exec, so
+    a child started by a process that had grown larger would report the parent's peak.
+    """
+    with open("/proc/self/status") as status:
+        line = next(line for line in status if line.startswith("VmHWM:"))
+    return int(line.split()[1]) * 1024  # kB
 
 
 def child_memory(name: str, device: torch.device, work: Path) -> dict:
