@@ -11,7 +11,7 @@ from smoothkd.config import DistillConfig, TinyModelConfig, TrainConfig
 from smoothkd.data.corpus import entity_tokens
 from smoothkd.data.prompts import build_prompt, response_text
 from smoothkd.data.tokenize import encode_instruction_rows, encode_pair
-from smoothkd.distill.crosstok import CrossStats, CrossTokenizer, pair_examples, response_ids
+from smoothkd.distill.crosstok import CrossStats, CrossTokenizer, response_ids
 from smoothkd.distill.labels import LabelSpec, LabelStore, precompute_labels
 from smoothkd.distill.trainer import DistillCollator, DistillTrainer, training_arguments
 from smoothkd.modeling.models import build_tiny_llama, load_causal_lm
@@ -36,8 +36,8 @@ def world(tmp_path_factory):
     return {"root": root, "rows": rows[:16], "student_tok": student_tok, "teacher_tok": teacher_tok, **models}
 
 
-def encode(tokenizer, rows):
-    return encode_instruction_rows(tokenizer, rows, max_length=128, max_prompt_length=96)
+def encode(tokenizer, rows, max_length=128):
+    return encode_instruction_rows(tokenizer, rows, max_length=max_length, max_prompt_length=96)
 
 
 def test_hand_made_tokenizations_give_the_hand_computed_target():
@@ -114,7 +114,7 @@ def paired_batch_loss(world, teacher_dir, teacher_tok, cross, store=None, temper
     student = load_causal_lm(world["student"])
     examples = encode(s_tok, world["rows"][:8])
     if cross is not None and store is None:
-        examples = pair_examples(examples, encode(teacher_tok, world["rows"][:8]))
+        examples = cross.pair(examples, encode(teacher_tok, world["rows"][:8]))
     trainer = DistillTrainer(
         model=student, args=training_arguments(TrainConfig(batch_size=8), tmp_path / "w", "cpu"),
         distill=DistillConfig(temperature=temperature), alpha=0.5, teacher_scale=scale,
@@ -143,9 +143,9 @@ def test_identical_tokenizers_give_exactly_the_same_tokenizer_loss_online(world,
 
 def cross_store(world, root, teacher_tok, teacher_dir, identity=None, **spec):
     s_tok = world["student_tok"]
-    examples = pair_examples(encode(s_tok, world["rows"]), encode(teacher_tok, world["rows"]))
-    spec = {"top_k": len(s_tok), "encoding": "exact", "shard_size": 4, **spec}
     cross = CrossTokenizer.from_tokenizers(teacher_tok, s_tok)
+    examples = cross.pair(encode(s_tok, world["rows"]), encode(teacher_tok, world["rows"], 256))
+    spec = {"top_k": len(s_tok), "encoding": "exact", "shard_size": 4, **spec}
     return precompute_labels(load_causal_lm(teacher_dir), examples, root, LabelSpec(**spec),
                              identity or {"teacher": "t", "teacher_tokenizer": "a"}, teacher_tok.pad_token_id,
                              batch_size=2, progress=False, cross=cross)
@@ -182,6 +182,7 @@ def test_cross_tokenizer_store_round_trips_resumes_and_keys_the_teacher_tokenize
     torch.testing.assert_close(total, torch.ones_like(total), atol=1e-5, rtol=0)
     summary = json.loads((tmp_path / first.key / "manifest.json").read_text())["cross_tokenizer"]
     assert summary["positions"] == first.tokens and 0 < summary["aligned_share"] < 1
+    assert summary["fallback"] == 0  # the teacher's longer window, trimmed to the student's text, covers it
     # Interrupted during shard 1: shard 0 and its record are kept, the rest is recomputed identically.
     path = tmp_path / first.key
     reference = {p.name: p.read_bytes() for p in path.glob("shard-*.npz")}

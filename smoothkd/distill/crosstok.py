@@ -28,6 +28,9 @@ The target at a student response position (the student predicts its token y, byt
    No extra teacher forward passes.
 4. Fallback. A student position whose teacher positions lie past the teacher's (truncated) window gets a
    one-hot target on its observed token (the KD term is then its NLL); counted in `CrossStats.fallback`.
+   The teacher's window (`teacher_window`) is up to twice the student's `max_length` in teacher tokens,
+   within the teacher's positions, and `CrossTokenizer.pair` trims it to the student's text, so a teacher
+   whose tokenizer spells the text in more tokens still covers the student's window.
 
 Dropped mass is renormalised away. With identical tokenizers every position is aligned, every candidate is
 its own student token and no path is expanded: the target is the teacher's distribution itself.
@@ -95,16 +98,15 @@ def response_ids(labels: list[int]) -> list[int]:
 
 
 def response_pairs(examples: list[dict]) -> list[tuple[list[int], list[int]]]:
-    """(student, teacher) response ids of paired examples (`pair_examples`)."""
+    """(student, teacher) response ids of paired examples (`CrossTokenizer.pair`)."""
     return [(response_ids(e["labels"]), response_ids(e["teacher_labels"])) for e in examples]
 
 
-def pair_examples(student: list[dict], teacher: list[dict]) -> list[dict]:
-    """Student encodings with the teacher's encoding of the same rows beside them (`teacher_*` keys)."""
-    if len(student) != len(teacher):
-        raise ValueError(f"{len(student)} student but {len(teacher)} teacher examples")
-    return [{**s, "teacher_input_ids": t["input_ids"], "teacher_labels": t["labels"]}
-            for s, t in zip(student, teacher, strict=True)]
+def teacher_window(model, max_length: int) -> int:
+    """The teacher's `max_length` beside a student's: twice it (another tokenizer may need more tokens for
+    the same text), within the teacher's positions."""
+    positions = getattr(model.config.get_text_config(), "max_position_embeddings", None)
+    return min(2 * max_length, positions) if positions else 2 * max_length
 
 
 def teacher_view(examples: list[dict]) -> list[dict]:
@@ -150,6 +152,28 @@ class CrossTokenizer:
     @property
     def student_vocab(self) -> int:
         return len(self.student_bytes)
+
+    def pair(self, student: list[dict], teacher: list[dict]) -> list[dict]:
+        """Student encodings with the teacher's encoding of the same rows beside them (`teacher_*` keys),
+        the teacher's response cut after the token that covers the student's last response byte (and its
+        EOS, when the student's window ends with one): positions no student target reads cost nothing."""
+        if len(student) != len(teacher):
+            raise ValueError(f"{len(student)} student but {len(teacher)} teacher examples")
+        student_eos, teacher_eos = self.student_special.get("eos"), self.teacher_special.get("eos")
+        paired = []
+        for s, t in zip(student, teacher, strict=True):
+            s_ids, t_ids = response_ids(s["labels"]), response_ids(t["labels"])
+            need = sum(len(self.student_bytes[i] or b"") for i in s_ids)
+            keep = covered = 0
+            while keep < len(t_ids) and covered < need:
+                covered += len(self.teacher_bytes[t_ids[keep]] or b"")
+                keep += 1
+            if s_ids and s_ids[-1] == student_eos and keep < len(t_ids) and t_ids[keep] == teacher_eos:
+                keep += 1
+            cut = len(t["input_ids"]) - (len(t_ids) - keep)
+            paired.append({**s, "teacher_input_ids": t["input_ids"][:cut],
+                           "teacher_labels": t["labels"][:cut]})
+        return paired
 
     def longest(self, text: bytes) -> int | None:
         """The student token with the longest text that `text` begins with (None: no student token does)."""

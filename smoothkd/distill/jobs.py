@@ -14,7 +14,7 @@ from pathlib import Path
 from smoothkd.artifacts import TRAIN_RECORD, ModelArtifact
 from smoothkd.config import CalibrationConfig, DistillConfig, ModelConfig, StudentConfig, TeacherConfig
 from smoothkd.data.dataset import train_examples, training_key
-from smoothkd.distill.crosstok import METHOD_VERSION, CrossTokenizer, pair_examples
+from smoothkd.distill.crosstok import METHOD_VERSION, CrossTokenizer, teacher_window
 from smoothkd.distill.labels import LabelSpec, LabelStore, PrecomputeResult, precompute_labels
 from smoothkd.distill.runtime import intra_op_threads, main_process_first, runtime_record
 from smoothkd.distill.trainer import finetune
@@ -61,8 +61,10 @@ def train_model(role: str, tokenizer_ref: str | Path, data_dir: str | Path, out:
     teacher_tokenizer = None
     if teacher is not None and teacher_tokenizer_ref:
         teacher_tokenizer = load_run_tokenizer(teacher_tokenizer_ref, teacher_cfg)
-        # The teacher reads the same rows within the same limits, in its own tokens.
-        examples = pair_examples(examples, train_examples(teacher_tokenizer, data_dir, train_cfg))
+        # The teacher reads the same rows in its own tokens, within a window that covers the student's.
+        window = train_cfg.model_copy(update={"max_length": teacher_window(teacher, train_cfg.max_length)})
+        cross = CrossTokenizer.from_tokenizers(teacher_tokenizer, tokenizer)
+        examples = cross.pair(examples, train_examples(teacher_tokenizer, data_dir, window))
     with intra_op_threads(train_cfg.threads):
         result = finetune(model, tokenizer, examples, train_cfg, out,
                           device=device, alpha=alpha, distill=distill, label_store=store, teacher=teacher,
@@ -118,7 +120,9 @@ def precompute_teacher_labels(data_dir: str | Path, tokenizer_ref: str | Path, t
     if cross is not None:
         identity["teacher_tokenizer"] = directory_identity(teacher_tokenizer_ref, TOKENIZER_IDENTITY_FILES)
         identity["cross_tokenizer"] = METHOD_VERSION
-        examples = pair_examples(examples, train_examples(teacher_tokenizer, data_dir, student.train))
+        limit = teacher_window(model, student.train.max_length)
+        window = student.train.model_copy(update={"max_length": limit})
+        examples = cross.pair(examples, train_examples(teacher_tokenizer, data_dir, window))
     pad = (teacher_tokenizer or tokenizer).pad_token_id
     return precompute_labels(model, examples, Path(root) / "labels", spec, identity, pad,
                              d.precompute_batch_size, progress, len(tokenizer), cross)

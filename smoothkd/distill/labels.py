@@ -147,7 +147,10 @@ def decode_labels(ids: np.ndarray, logp: np.ndarray, tail: np.ndarray, top_k: in
 
 
 def examples_hash(examples: list[dict]) -> str:
-    return content_hash([(e["input_ids"], e["labels"]) for e in examples])
+    """The content hash of encoded examples; paired ones (a teacher with its own tokenizer) hash the
+    teacher's encoding too, which shapes their labels."""
+    teacher = ("teacher_input_ids", "teacher_labels")
+    return content_hash([(e["input_ids"], e["labels"], *(e[k] for k in teacher if k in e)) for e in examples])
 
 
 def response_count(example: dict) -> int:
@@ -281,7 +284,7 @@ def precompute_labels(model, examples: list[dict], root: str | Path, spec: Label
     `teacher_forward_passes` counts all ranks' passes. `vocab_size` (the shared tokenizer's length) cuts
     the teacher's logits to the ids the student can index; None keeps all of the teacher's.
 
-    With `cross` (a teacher with another tokenizer) the examples are paired (`crosstok.pair_examples`),
+    With `cross` (a teacher with another tokenizer) the examples are paired (`CrossTokenizer.pair`),
     the teacher reads its own encoding, and the store holds its targets projected onto the student's ids,
     one per student response token, exactly as a same-tokenizer store is laid out; `pad_token_id` is then
     the teacher's and `vocab_size` the student's.

@@ -356,7 +356,7 @@ def finetune(model, tokenizer, examples: list[dict], cfg: TrainConfig, output_di
     the merged weights that are saved. Under torchrun or `accelerate launch` every rank calls this; only
     the main process writes. Progress shows as one bar named `desc`. An online `teacher` with its own
     `teacher_tokenizer` (another vocabulary) takes examples paired with its encoding
-    (`crosstok.pair_examples`).
+    (`CrossTokenizer.pair`).
     """
     if alpha > 0 and label_store is None and teacher is None:
         raise ValueError("alpha > 0 needs stored teacher labels or an online teacher")
