@@ -199,3 +199,32 @@ def test_cross_tokenizer_store_round_trips_resumes_and_keys_the_teacher_tokenize
     other = cross_store(world, tmp_path, t_tok, world["teacher"], {"teacher": "t", "teacher_tokenizer": "b"},
                         top_k=8, encoding="compact")
     assert other.key != first.key
+
+
+def test_preflight_names_the_cross_tokenizer_method_instead_of_refusing(world):
+    from smoothkd.config import EvalConfig, StudentConfig, TeacherConfig
+    from smoothkd.errors import TokenizerMismatchError
+    from smoothkd.modeling.compat import check_compatibility, cross_tokenizer_ref
+
+    own = str(world["root"] / "teacher_tok")
+    run = world["root"] / "student_tok"
+    train = TrainConfig(max_length=256, max_prompt_length=128)
+    teacher, student = TeacherConfig(tokenizer=own, train=train), StudentConfig(train=train)
+    eval_cfg = EvalConfig(max_new_tokens=8)
+    compat = check_compatibility(world["student_tok"], "tokenizer", teacher=teacher, student=student,
+                                 eval_cfg=eval_cfg, distill=DistillConfig())
+    assert compat.cross_tokenizer == ("teacher.tokenizer", len(world["teacher_tok"]))
+    assert compat.teacher.embedding_rows == len(world["teacher_tok"])
+    assert "teacher tokenizer teacher.tokenizer (420 tokens): distilled across" in compat.describe()
+    assert cross_tokenizer_ref(run, teacher, DistillConfig()) == own
+    # The teacher on the run's tokenizer: nothing crosses, unless asked for.
+    same = TeacherConfig(tokenizer=str(run), train=train)
+    assert cross_tokenizer_ref(run, same, DistillConfig()) is None
+    assert cross_tokenizer_ref(run, same, DistillConfig(cross_tokenizer=True)) == str(run)
+    refuse = DistillConfig(cross_tokenizer=False)
+    with pytest.raises(TokenizerMismatchError, match=r"^teacher\.tokenizer's tokenizer differs .* set "
+                                                     r"distill\.cross_tokenizer: auto"):
+        check_compatibility(world["student_tok"], "tokenizer", teacher=teacher, student=student,
+                            eval_cfg=eval_cfg, distill=refuse)
+    with pytest.raises(TokenizerMismatchError, match="distill.cross_tokenizer: auto"):
+        cross_tokenizer_ref(run, teacher, refuse)
