@@ -26,6 +26,13 @@ The target at a student response position (the student predicts its token y, byt
    student token so receives the teacher's likelihood of spelling it along the teacher's tokenization (as
    in chunk-likelihood matching), and every alternative met on the way goes to the student token it spells.
    No extra teacher forward passes.
+   A candidate other than the observed one whose text is a proper prefix of a student token that no
+   single teacher token spells (a whole-entity " 24 percent" after a teacher " 24") would be continued by
+   the teacher in more tokens: it is continued with the teacher's distribution at the next position of the
+   pass (after the observed token, its sibling: numbers are followed by the same words), each continuation
+   resolved as in 2, and on through the following positions while its text stays open (up to
+   `CONTINUE_DEPTH` levels, for paths of probability ≥ `CONTINUE_MIN`). With identical
+   vocabularies no such student token exists, so nothing is continued.
 4. Fallback. A student position whose teacher positions lie past the teacher's (truncated) window gets a
    one-hot target on its observed token (the KD term is then its NLL); counted in `CrossStats.fallback`.
    The teacher's window (`teacher_window`) is up to twice the student's `max_length` in teacher tokens,
@@ -55,6 +62,10 @@ from smoothkd.data.tokenize import IGNORE_INDEX
 METHOD_VERSION = 1
 # A target counts as exact when at least this share of the teacher's mass reached it one to one.
 EXACT_SHARE = 0.99
+# Candidates below this probability are resolved where they stand, never continued (step 3): their share
+# of the error is small and each continuation costs a pass over the teacher's vocabulary.
+CONTINUE_MIN = 1e-3
+CONTINUE_DEPTH = 4
 
 
 @dataclass
@@ -124,7 +135,7 @@ class CrossTokenizer:
     teacher_special: dict[str, int]
     student_special: dict[str, int]
     _index: dict[bytes, int] = field(init=False, repr=False)
-    _cache: dict[tuple[bytes, bytes], tuple[torch.Tensor, torch.Tensor]] = field(init=False, repr=False)
+    _cache: dict[tuple[bytes, bytes], tuple] = field(init=False, repr=False)
 
     def __post_init__(self):
         self._index = {}
@@ -133,6 +144,9 @@ class CrossTokenizer:
                 self._index.setdefault(text, idx)
         self._longest = max(map(len, self._index), default=0)
         self._cache = {}
+        # Texts the teacher would go on spelling: proper prefixes of student tokens no teacher token spells.
+        spelled = {text for text in self.teacher_bytes if text}
+        self._open = {text[:k] for text in self._index if text not in spelled for k in range(1, len(text))}
 
     @classmethod
     def from_tokenizers(cls, teacher, student) -> CrossTokenizer:
@@ -186,10 +200,17 @@ class CrossTokenizer:
     def resolution(self, written: bytes = b"", prefix: bytes = b"") -> tuple[torch.Tensor, torch.Tensor]:
         """For every teacher id: the student id its mass goes to (−1: dropped) and whether one to one, at a
         node with `written` bytes since the student boundary and `prefix` bytes still to match. Cached."""
+        return self._resolve(written, prefix)[:2]
+
+    def _resolve(self, written: bytes, prefix: bytes) -> tuple:
+        """`resolution`, plus for every teacher id the index of the text it stands for in the list returned
+        last when the teacher would go on spelling that text (step 3), else −1."""
         key = (written, prefix)
         if key not in self._cache:
             ids = torch.full((self.teacher_vocab,), -1, dtype=torch.long)
             exact = torch.zeros(self.teacher_vocab, dtype=torch.bool)
+            open_at = torch.full((self.teacher_vocab,), -1, dtype=torch.long)
+            open_texts: list[bytes] = []
             names = {i: name for name, i in self.teacher_special.items() if name != "eos"}
             eos = self.teacher_special.get("eos")
             for u, raw in enumerate(self.teacher_bytes):
@@ -209,11 +230,14 @@ class CrossTokenizer:
                     text = written + raw[len(prefix):]
                     same = u < self.student_vocab and self.student_bytes[u] == text
                     target = u if same else self.longest(text)
+                    if text in self._open:
+                        open_at[u] = len(open_texts)
+                        open_texts.append(text)
                 if target is not None:
                     ids[u] = target
                     # One to one: the same special token, or a student token of exactly this text.
                     exact[u] = text is None or self.student_bytes[target] == (text or None)
-            self._cache[key] = (ids, exact)
+            self._cache[key] = (ids, exact, open_at, open_texts)
         return self._cache[key]
 
     def plan(self, student_ids: list[int], teacher_ids: list[int]) -> list[list[Node] | None]:
@@ -279,7 +303,7 @@ class CrossTokenizer:
                 continue
             mass, exact_mass = 1.0, 0.0
             for node in nodes:
-                ids, exact = self.resolution(node.written, node.prefix)
+                ids, exact, open_at, open_texts = self._resolve(node.written, node.prefix)
                 row = probs[node.row]
                 kept = ids >= 0
                 norm = row[kept].sum()
@@ -287,6 +311,7 @@ class CrossTokenizer:
                 if node.carry is not None:
                     carried = weights[node.carry].item()
                     weights[node.carry] = 0.0
+                self._continue(out[j], weights, open_at, open_texts, probs, node.row + 1)
                 kept_ids = torch.where(kept, ids, torch.zeros_like(ids))
                 out[j].index_add_(0, kept_ids, weights)
                 exact_mass += weights[exact & kept].sum().item()
@@ -299,6 +324,24 @@ class CrossTokenizer:
                 stats.exact_mass += exact_mass
                 stats.exact_targets += exact_mass >= EXACT_SHARE
         return (out / out.sum(-1, keepdim=True)).log().float()
+
+    def _continue(self, out: torch.Tensor, weights: torch.Tensor, open_at: torch.Tensor,
+                  open_texts: list[bytes], probs: torch.Tensor, row: int, depth: int = 0) -> None:
+        """Step 3's continuation: candidates the teacher would go on spelling (weight ≥ CONTINUE_MIN) move
+        their weight into `out` through the observed path's distribution at `row`, and on through the
+        following rows while their text stays open (at most CONTINUE_DEPTH levels); their weights are
+        zeroed."""
+        if row >= len(probs) or depth >= CONTINUE_DEPTH:
+            return
+        following = probs[row]
+        for u in torch.nonzero((open_at >= 0) & (weights >= CONTINUE_MIN)).flatten().tolist():
+            ids, _, next_open, next_texts = self._resolve(open_texts[open_at[u]], b"")
+            kept = ids >= 0
+            moved = torch.where(kept, following, torch.zeros_like(following)) * (
+                weights[u] / following[kept].sum())
+            self._continue(out, moved, next_open, next_texts, probs, row + 1, depth + 1)
+            out.index_add_(0, torch.where(kept, ids, torch.zeros_like(ids)), moved)
+            weights[u] = 0.0
 
     def batch_targets(self, teacher_logp: torch.Tensor, pairs: list[tuple[list[int], list[int]]],
                       stats: CrossStats | None = None) -> torch.Tensor:
