@@ -80,6 +80,24 @@ def test_hand_made_tokenizations_give_the_hand_computed_target():
     assert counts == (3, 2, 1, 1, 0)
 
 
+def test_an_alternative_the_teacher_would_spell_on_follows_the_observed_path():
+    """Student whole-number tokens " 24 million", " 37 million"; the teacher spells " 37" " million". Its
+    alternative " 24" begins a student token no teacher token spells: it goes on with the distribution
+    after the observed " 37" instead of stopping at the bare " 24"."""
+    student = [None, b" 24", b" 37", b" 24 million", b" 37 million", b",", b" million"]
+    teacher = [None, b" 24", b" 37", b" million", b","]
+    cross = CrossTokenizer(teacher, student, {"eos": 0}, {"eos": 0})
+    rows = [[0.1, 0.3, 0.6, 0.0, 0.0], [0.0, 0.0, 0.0, 0.9, 0.1], [1.0, 0.0, 0.0, 0.0, 0.0]]
+    logp = torch.tensor(rows).log()
+    stats = CrossStats()
+    target = cross.targets(logp, [4, 0], [2, 3, 0], stats).exp()
+    # " 37 million": 0.6·0.9 along the observed path; " 24" + " million" 0.3·0.9; EOS 0.1; the commas
+    # leave " 37" (0.6·0.1) and " 24" (0.3·0.1).
+    expected = torch.tensor([[0.1, 0.03, 0.06, 0.27, 0.54, 0.0, 0.0], [1.0, 0, 0, 0, 0, 0, 0]])
+    torch.testing.assert_close(target, expected, atol=1e-6, rtol=0)
+    assert stats.exact_mass == pytest.approx(0.1 + 0.54 + 1.0)
+
+
 def test_bytes_of_both_tokenizers_must_agree():
     cross = CrossTokenizer([None, b"ab"], [None, b"ac"], {"eos": 0}, {"eos": 0})
     with pytest.raises(ValueError, match="spell different bytes from byte 1"):
