@@ -234,6 +234,7 @@ def test_preflight_names_the_cross_tokenizer_method_instead_of_refusing(world):
     assert compat.cross_tokenizer == ("teacher.tokenizer", len(world["teacher_tok"]))
     assert compat.teacher.embedding_rows == len(world["teacher_tok"])
     assert "teacher tokenizer teacher.tokenizer (420 tokens): distilled across" in compat.describe()
+    assert "padding" not in compat.describe()
     assert cross_tokenizer_ref(run, teacher, DistillConfig()) == own
     # The teacher on the run's tokenizer: nothing crosses, unless asked for.
     same = TeacherConfig(tokenizer=str(run), train=train)

@@ -193,8 +193,11 @@ class Compatibility:
 
     def describe(self) -> str:
         def one(shape: ModelShape) -> str:
-            pad = shape.embedding_rows - self.vocab_size
-            padded = f" ({pad} padding rows, logits cut to {self.vocab_size})" if pad else ""
+            # Across tokenizers the teacher's rows belong to its own tokenizer.
+            own = self.cross_tokenizer[1] if self.cross_tokenizer and shape.section == "teacher" else None
+            vocab = own or self.vocab_size
+            pad = shape.embedding_rows - vocab
+            padded = f" ({pad} padding rows, logits cut to {vocab})" if pad else ""
             positions = f", {shape.max_positions} positions" if shape.max_positions else ""
             return f"{shape.section} {shape.embedding_rows} embedding rows{padded}{positions}"
 
