@@ -177,6 +177,9 @@ def _no_lora_under_fsdp(section: ModelConfig) -> ModelConfig:
 
 class TeacherConfig(ModelConfig):
     finetune: bool = True
+    # The teacher's own tokenizer (hub id or local directory) when it is not the run's: a teacher of another
+    # family. Unset: the tokenizer `name_or_path` ships, else the run's. See `distill.cross_tokenizer`.
+    tokenizer: str | None = None
     train: TrainConfig = Field(default_factory=TrainConfig)
 
     _check_lora = model_validator(mode="after")(_no_lora_under_fsdp)
@@ -216,6 +219,10 @@ class DistillConfig(_Section):
     # (24 draws at V = 1,024: 30 B; compact top-16: 37 B).
     labels: Literal["topk", "sampled"] = "topk"
     samples: int = Field(default=24, gt=0)
+    # A teacher with another tokenizer (smoothkd.distill.crosstok): `auto` distils across tokenizers when
+    # the teacher's differs from the run's, `true` always takes that path (identical tokenizers give exactly
+    # the same-tokenizer loss), `false` refuses a teacher with another vocabulary.
+    cross_tokenizer: Literal["auto"] | bool = "auto"
 
     def student_key(self) -> str:
         """What shapes one KD student, for its content key: every setting but `alphas`, the list of the other

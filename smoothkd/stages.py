@@ -153,6 +153,14 @@ def validate_dataset(cfg: RunConfig, dataset_dir: str | Path, docs_dir: str | Pa
 # ---- teacher, calibration, labels, students ----
 
 
+def teacher_tokenizer(cfg: RunConfig, tokenizer_ref: str | Path) -> str | None:
+    """The teacher's own tokenizer when the run distils across tokenizers (`distill.cross_tokenizer`),
+    None when teacher and student share the run's `tokenizer_ref`."""
+    from smoothkd.modeling.compat import cross_tokenizer_ref
+
+    return cross_tokenizer_ref(tokenizer_ref, cfg.teacher, cfg.distill)
+
+
 def _train(cfg: RunConfig, section: str, role: str, tokenizer_ref, data_dir, out: Path, **job
            ) -> ModelArtifact:
     """Train `cfg.<section>` into `out`: in this process, or with `train.num_processes > 1` on that many
@@ -176,13 +184,15 @@ def _train(cfg: RunConfig, section: str, role: str, tokenizer_ref, data_dir, out
 
 
 def prepare_teacher(cfg: RunConfig, data_dir: str | Path, tokenizer_ref: str | Path) -> ModelArtifact:
-    """The teacher: loaded as is, or finetuned on the instruction split (cached by its inputs)."""
+    """The teacher: loaded as is, or finetuned on the instruction split in its own tokenizer (cached by its
+    inputs)."""
     from smoothkd.modeling.models import count_parameters, load_causal_lm
 
     t = cfg.teacher
     if t.name_or_path and not t.finetune:
         return ModelArtifact(path=t.name_or_path, role="teacher",
                              parameters=count_parameters(load_causal_lm(t.name_or_path, t)))
+    tokenizer_ref = teacher_tokenizer(cfg, tokenizer_ref) or tokenizer_ref
     key = _key(training_key(data_dir), str(tokenizer_ref), t.model_dump_json(), cfg.device)
     out = output_root(cfg) / "teachers" / key
     record = out / TRAIN_RECORD
@@ -198,7 +208,9 @@ def check_teacher_calibration(cfg: RunConfig, data_dir: str | Path, teacher_dir:
     from smoothkd.calibration.gate import calibrate_teacher
     from smoothkd.modeling.tokenizer import load_run_tokenizer
 
-    tokenizer = load_run_tokenizer(cfg.tokenizer.name_or_path or teacher_dir, cfg.teacher)
+    # The run's tokenizer (a trained teacher saved the one it trained with beside it), or the teacher's own.
+    ref = cfg.tokenizer.name_or_path or teacher_dir
+    tokenizer = load_run_tokenizer(teacher_tokenizer(cfg, ref) or ref, cfg.teacher)
     return calibrate_teacher(cfg.calibration, cfg.teacher, read_split(data_dir, "validation"), tokenizer,
                              teacher_dir, out_dir, cfg.device)
 
@@ -222,12 +234,14 @@ def precompute_labels(cfg: RunConfig, data_dir: str | Path, tokenizer_ref: str |
                 "calibration": cfg.calibration}
     args = {"data_dir": str(data_dir), "tokenizer_ref": str(tokenizer_ref), "teacher_path": str(teacher_path),
             "root": str(output_root(cfg)), "device": cfg.device,
-            "calibration_temperature": calibration_temperature, "progress": progress}
+            "calibration_temperature": calibration_temperature, "progress": progress,
+            "teacher_tokenizer_ref": teacher_tokenizer(cfg, tokenizer_ref)}
     n = cfg.student.train.num_processes
     if n > 1 and world_size() == 1:
         from smoothkd.distill.launch import launch
 
-        shared_tokenizer(tokenizer_ref, cfg.teacher, cfg.student)  # a mismatch fails before processes start
+        if args["teacher_tokenizer_ref"] is None:  # a mismatch fails before processes start
+            shared_tokenizer(tokenizer_ref, cfg.teacher, cfg.student)
         job_dir = output_root(cfg) / "launch" / _key("labels", str(data_dir), str(teacher_path))
         return PrecomputeResult(**launch("labels", args, sections, n, job_dir, label="precompute_labels"))
     return precompute_teacher_labels(**sections, **args)
@@ -242,7 +256,8 @@ def preflight_models(cfg: RunConfig) -> Compatibility | None:
     `check_models`)."""
     from smoothkd.modeling.compat import preflight
 
-    return preflight(tokenizer_cfg=cfg.tokenizer, teacher=cfg.teacher, student=cfg.student, eval_cfg=cfg.eval)
+    return preflight(tokenizer_cfg=cfg.tokenizer, teacher=cfg.teacher, student=cfg.student, eval_cfg=cfg.eval,
+                     distill=cfg.distill)
 
 
 def check_models(cfg: RunConfig, tokenizer_ref: str | Path) -> Compatibility:
@@ -250,7 +265,7 @@ def check_models(cfg: RunConfig, tokenizer_ref: str | Path) -> Compatibility:
     from smoothkd.modeling.compat import check_run_models
 
     return check_run_models(tokenizer_ref, tokenizer_cfg=cfg.tokenizer, teacher=cfg.teacher,
-                            student=cfg.student, eval_cfg=cfg.eval)
+                            student=cfg.student, eval_cfg=cfg.eval, distill=cfg.distill)
 
 
 @dataclass
@@ -314,7 +329,12 @@ def train_student(cfg: RunConfig, data_dir: str | Path, tokenizer_ref: str | Pat
     # teacher with its calibration.
     calibration = (cfg.calibration.taught_temperature(calibration_temperature), cfg.calibration.logit_scale)
     online = cfg.distill.mode == "online"
+    cross = teacher_tokenizer(cfg, tokenizer_ref) if alpha and online else None
     teacher_ref = (f"{teacher_path}@{calibration}" if online else str(labels_dir)) if alpha else ""
+    if cross:
+        from smoothkd.distill.crosstok import METHOD_VERSION
+
+        teacher_ref += f"@{cross}@cross-v{METHOD_VERSION}"
     key = _key(name, training_key(data_dir), str(tokenizer_ref), cfg.student.model_dump_json(), cfg.device,
                cfg.distill.student_key() if alpha else "", teacher_ref)
     out = output_root(cfg) / "students" / key
@@ -324,7 +344,7 @@ def train_student(cfg: RunConfig, data_dir: str | Path, tokenizer_ref: str | Pat
     return _train(cfg, "student", student_role(name), tokenizer_ref, data_dir, out, alpha=alpha,
                   labels_dir=labels_dir, teacher_path=teacher_path,
                   calibration_temperature=calibration_temperature,
-                  work_key=teacher_ref)
+                  work_key=teacher_ref, teacher_tokenizer_ref=cross)
 
 
 # ---- detectors and evaluation ----

@@ -14,6 +14,7 @@ from pathlib import Path
 from smoothkd.artifacts import TRAIN_RECORD, ModelArtifact
 from smoothkd.config import CalibrationConfig, DistillConfig, ModelConfig, StudentConfig, TeacherConfig
 from smoothkd.data.dataset import train_examples, training_key
+from smoothkd.distill.crosstok import METHOD_VERSION, CrossTokenizer, teacher_window
 from smoothkd.distill.labels import LabelSpec, LabelStore, PrecomputeResult, precompute_labels
 from smoothkd.distill.runtime import intra_op_threads, main_process_first, runtime_record
 from smoothkd.distill.trainer import finetune
@@ -22,18 +23,22 @@ from smoothkd.modeling.identity import directory_identity, model_identity
 from smoothkd.modeling.models import count_parameters, initial_model, load_causal_lm, resolve_device
 from smoothkd.modeling.tokenizer import check_tokenizers_agree, load_run_tokenizer
 
+TOKENIZER_IDENTITY_FILES = ("tokenizer.json", "tokenizer_config.json")
+
 
 def train_model(role: str, tokenizer_ref: str | Path, data_dir: str | Path, out: str | Path, *,
                 model_cfg: TeacherConfig | StudentConfig, teacher_cfg: ModelConfig, distill: DistillConfig,
                 calibration: CalibrationConfig, root: str | Path, device: str, alpha: float = 0.0,
                 labels_dir: str | None = None, teacher_path: str | None = None,
-                calibration_temperature: float | None = None, work_key: str = "") -> ModelArtifact:
+                calibration_temperature: float | None = None, work_key: str = "",
+                teacher_tokenizer_ref: str | None = None) -> ModelArtifact:
     """Train the model `model_cfg` describes (teacher or student) into `out` in this process (or as this
     rank); its initial tiny model and its checkpoints live under the run's output root `root`.
 
     α > 0 distils from the label store at `labels_dir` or, in online mode, the teacher at `teacher_path`
     (loaded with `teacher_cfg`; its logits × logit_scale ÷ the calibration temperature being the taught
-    ones). Rank 0 writes `out/smoothkd_train.json`, the record the stages' cache reads back.
+    ones). Rank 0 writes `out/smoothkd_train.json`, the record the stages' cache reads back. An online
+    teacher with its own tokenizer at `teacher_tokenizer_ref` reads its own encoding of every example.
     """
     out, root = Path(out), Path(root)
     train_cfg = model_cfg.train
@@ -52,13 +57,21 @@ def train_model(role: str, tokenizer_ref: str | Path, data_dir: str | Path, out:
         role, init_key, training_key(data_dir), train_cfg.model_dump_json(), str(alpha),
         distill.student_key() if alpha else "", work_key)[:16]
     parameters = count_parameters(model)  # before LoRA adds adapters or FSDP shards the weights
+    examples = train_examples(tokenizer, data_dir, train_cfg)
+    teacher_tokenizer = None
+    if teacher is not None and teacher_tokenizer_ref:
+        teacher_tokenizer = load_run_tokenizer(teacher_tokenizer_ref, teacher_cfg)
+        # The teacher reads the same rows in its own tokens, within a window that covers the student's.
+        window = train_cfg.model_copy(update={"max_length": teacher_window(teacher, train_cfg.max_length)})
+        cross = CrossTokenizer.from_tokenizers(teacher_tokenizer, tokenizer)
+        examples = cross.pair(examples, train_examples(teacher_tokenizer, data_dir, window))
     with intra_op_threads(train_cfg.threads):
-        result = finetune(model, tokenizer, train_examples(tokenizer, data_dir, train_cfg), train_cfg, out,
+        result = finetune(model, tokenizer, examples, train_cfg, out,
                           device=device, alpha=alpha, distill=distill, label_store=store, teacher=teacher,
                           work_dir=work_dir, lora=model_cfg.lora,
                           teacher_scale=calibration.logit_scale / calibration.taught_temperature(
                               calibration_temperature),
-                          desc=f"train {role}")
+                          desc=f"train {role}", teacher_tokenizer=teacher_tokenizer)
     artifact = ModelArtifact(
         path=str(out), role=role, parameters=parameters, train_steps=result.steps,
         train_seconds=result.seconds, train_tokens_per_second=result.tokens_per_second,
@@ -80,22 +93,36 @@ def shared_tokenizer(tokenizer_ref: str | Path, teacher: ModelConfig, student: M
 def precompute_teacher_labels(data_dir: str | Path, tokenizer_ref: str | Path, teacher_path: str, *,
                               teacher: TeacherConfig, student: StudentConfig, distill: DistillConfig,
                               calibration: CalibrationConfig, root: str | Path, device: str,
-                              calibration_temperature: float | None = None, progress: bool = True
-                              ) -> PrecomputeResult:
+                              calibration_temperature: float | None = None, progress: bool = True,
+                              teacher_tokenizer_ref: str | None = None) -> PrecomputeResult:
     """The teacher's top-k labels on the training split (encoded as the student trains on it), stored
     under `<root>/labels` (reused when an identical store exists); inside a launched world every rank
-    computes its share of the shards."""
+    computes its share of the shards. With `teacher_tokenizer_ref` (a teacher with its own tokenizer) the
+    teacher reads its own encoding and the labels are its targets projected onto the student's ids."""
     d = distill
-    tokenizer = shared_tokenizer(tokenizer_ref, teacher, student)
+    cross = teacher_tokenizer = None
+    if teacher_tokenizer_ref:
+        tokenizer = load_run_tokenizer(tokenizer_ref, student)
+        teacher_tokenizer = load_run_tokenizer(teacher_tokenizer_ref, teacher)
+        cross = CrossTokenizer.from_tokenizers(teacher_tokenizer, tokenizer)
+    else:
+        tokenizer = shared_tokenizer(tokenizer_ref, teacher, student)
     spec = LabelSpec(top_k=d.top_k, calibration_temperature=calibration.taught_temperature(
                          calibration_temperature), logit_scale=calibration.logit_scale,
                      encoding=d.encoding, shard_size=d.shard_size, labels=d.labels, samples=d.samples)
     identity = {
         "teacher": model_identity(teacher_path),
-        "tokenizer": directory_identity(tokenizer_ref, ("tokenizer.json", "tokenizer_config.json")),
+        "tokenizer": directory_identity(tokenizer_ref, TOKENIZER_IDENTITY_FILES),
         "vocab_size": len(tokenizer),  # teacher logits cut to the shared vocabulary
     }
     model = load_causal_lm(teacher_path, teacher).to(resolve_device(device))
     examples = train_examples(tokenizer, data_dir, student.train)
-    return precompute_labels(model, examples, Path(root) / "labels", spec, identity,
-                             tokenizer.pad_token_id, d.precompute_batch_size, progress, len(tokenizer))
+    if cross is not None:
+        identity["teacher_tokenizer"] = directory_identity(teacher_tokenizer_ref, TOKENIZER_IDENTITY_FILES)
+        identity["cross_tokenizer"] = METHOD_VERSION
+        limit = teacher_window(model, student.train.max_length)
+        window = student.train.model_copy(update={"max_length": limit})
+        examples = cross.pair(examples, train_examples(teacher_tokenizer, data_dir, window))
+    pad = (teacher_tokenizer or tokenizer).pad_token_id
+    return precompute_labels(model, examples, Path(root) / "labels", spec, identity, pad,
+                             d.precompute_batch_size, progress, len(tokenizer), cross)

@@ -48,6 +48,7 @@ from tqdm.auto import tqdm
 from smoothkd.config import ConfigError
 from smoothkd.data.tokenize import IGNORE_INDEX, CausalLMCollator
 from smoothkd.distill import sampled
+from smoothkd.distill.crosstok import CrossStats, CrossTokenizer, response_pairs, teacher_view
 from smoothkd.distill.losses import log1mexp
 from smoothkd.distill.runtime import rank_and_world
 from smoothkd.errors import CorruptLabelStoreError
@@ -146,7 +147,10 @@ def decode_labels(ids: np.ndarray, logp: np.ndarray, tail: np.ndarray, top_k: in
 
 
 def examples_hash(examples: list[dict]) -> str:
-    return content_hash([(e["input_ids"], e["labels"]) for e in examples])
+    """The content hash of encoded examples; paired ones (a teacher with its own tokenizer) hash the
+    teacher's encoding too, which shapes their labels."""
+    teacher = ("teacher_input_ids", "teacher_labels")
+    return content_hash([(e["input_ids"], e["labels"], *(e[k] for k in teacher if k in e)) for e in examples])
 
 
 def response_count(example: dict) -> int:
@@ -240,15 +244,25 @@ class PrecomputeResult:
     bytes_per_token: float
     topk_mass: float
     reused: bool
+    cross_tokenizer: dict | None = None  # alignment counts (`CrossStats.summary`) when tokenizers differ
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
+def taught_logp(logits: torch.Tensor, spec: LabelSpec) -> torch.Tensor:
+    """The taught distribution's log-probs for the teacher's raw next-token `logits` [n, V]."""
+    return torch.log_softmax(logits.float() * (spec.logit_scale / spec.calibration_temperature), dim=-1)
+
+
 def teacher_topk(logits: torch.Tensor, spec: LabelSpec, seed: int = 0) -> TopK:
-    """The taught distribution's top-k and tail for next-token `logits` [n, V] (the teacher's raw ones);
-    for sampled labels, `spec.samples` draws seeded by `seed`, each distinct id with the mass it covers."""
-    logp = torch.log_softmax(logits.float() * (spec.logit_scale / spec.calibration_temperature), dim=-1)
+    """The taught distribution's top-k and tail for next-token `logits` [n, V] (the teacher's raw ones)."""
+    return labels_of(taught_logp(logits, spec), spec, seed)
+
+
+def labels_of(logp: torch.Tensor, spec: LabelSpec, seed: int = 0) -> TopK:
+    """Top-k and tail of the taught log-probs `logp` [n, V]; for sampled labels, `spec.samples` draws
+    seeded by `seed`, each distinct id with the mass it covers."""
     if spec.labels == "sampled":
         ids, covered = sampled.draw(logp, spec.samples, seed)
         return TopK(ids, covered, torch.full(ids.shape[:-1], float("-inf")))
@@ -261,15 +275,21 @@ def teacher_topk(logits: torch.Tensor, spec: LabelSpec, seed: int = 0) -> TopK:
 
 def precompute_labels(model, examples: list[dict], root: str | Path, spec: LabelSpec, identity: dict,
                       pad_token_id: int, batch_size: int = 16, progress: bool = True,
-                      vocab_size: int | None = None) -> PrecomputeResult:
+                      vocab_size: int | None = None, cross: CrossTokenizer | None = None
+                      ) -> PrecomputeResult:
     """Run the teacher once over `examples` and store its top-k labels (reused when already stored).
 
     `identity` names what determines the labels (teacher, tokenizer); the examples' own hash is added.
     In a distributed world every rank calls this and computes its share of the shards; the result's
     `teacher_forward_passes` counts all ranks' passes. `vocab_size` (the shared tokenizer's length) cuts
     the teacher's logits to the ids the student can index; None keeps all of the teacher's.
+
+    With `cross` (a teacher with another tokenizer) the examples are paired (`CrossTokenizer.pair`),
+    the teacher reads its own encoding, and the store holds its targets projected onto the student's ids,
+    one per student response token, exactly as a same-tokenizer store is laid out; `pad_token_id` is then
+    the teacher's and `vocab_size` the student's.
     """
-    vocab_size = vocab_size or model.config.vocab_size
+    vocab_size = cross.student_vocab if cross is not None else vocab_size or model.config.vocab_size
     if spec.top_k > vocab_size:
         raise ConfigError(f"distill.top_k={spec.top_k} exceeds the teacher vocabulary ({vocab_size})")
     data_hash = examples_hash(examples)
@@ -280,7 +300,7 @@ def precompute_labels(model, examples: list[dict], root: str | Path, spec: Label
     if (out / "manifest.json").exists():
         manifest = verified_manifest(out)  # a corrupted shard is named, never silently used
         return PrecomputeResult(str(out), key, 0, 0.0, total_tokens, per_token, manifest["topk_mass"],
-                                reused=True)
+                                reused=True, cross_tokenizer=manifest.get("cross_tokenizer"))
 
     rank, world = rank_and_world()
     out.mkdir(parents=True, exist_ok=True)
@@ -297,14 +317,21 @@ def precompute_labels(model, examples: list[dict], root: str | Path, spec: Label
         if record.exists() and file.exists() and sha256_file(file) == read_json(record)["sha256"]:
             continue
         chunk = examples[s * spec.shard_size:(s + 1) * spec.shard_size]
-        parts = []
+        parts, stats = [], CrossStats()
         for b in range(0, len(chunk), batch_size):
             seed = int(content_hash(key, s, b)[:15], 16)  # sampled labels: the same draws when recomputed
+            batch = chunk[b:b + batch_size]
             with torch.inference_mode():
-                logits, _ = response_logits(model, collate(chunk[b:b + batch_size]))
-                # Embedding rows past the tokenizer are padding: no stored id may be one the student
-                # cannot index.
-                parts.append(teacher_topk(logits[..., :vocab_size], spec, seed))
+                if cross is None:
+                    logits, _ = response_logits(model, collate(batch))
+                    # Embedding rows past the tokenizer are padding: no stored id may be one the student
+                    # cannot index.
+                    parts.append(teacher_topk(logits[..., :vocab_size], spec, seed))
+                else:
+                    logits, _ = response_logits(model, collate(teacher_view(batch)))
+                    logp = taught_logp(logits[..., :cross.teacher_vocab], spec).cpu()
+                    targets = cross.batch_targets(logp, response_pairs(batch), stats)
+                    parts.append(labels_of(targets, spec, seed))
             passes += 1
         labels = TopK(*(torch.cat([getattr(p, f) for p in parts]).cpu() for f in ("ids", "logp", "tail")))
         arrays = encode_labels(labels, spec, vocab_size)
@@ -315,7 +342,8 @@ def precompute_labels(model, examples: list[dict], root: str | Path, spec: Label
         atomic_write_bytes(file, data)
         write_json(record, {"file": name, "sha256": hashlib.sha256(data).hexdigest(),
                             "tokens": int(arrays["lengths"].sum()),
-                            "topk_mass_sum": float(labels.logp.double().exp().sum())})
+                            "topk_mass_sum": float(labels.logp.double().exp().sum()),
+                            **({"cross_tokenizer": asdict(stats)} if cross is not None else {})})
     seconds = time.perf_counter() - start
     if world > 1:
         counts = [None] * world
@@ -335,11 +363,18 @@ def precompute_labels(model, examples: list[dict], root: str | Path, spec: Label
             "precompute_seconds": seconds,
             "topk_mass": sum(s["topk_mass_sum"] for s in shards) / max(total_tokens, 1), "shards": shards,
         }
+        if cross is not None:
+            total = CrossStats()
+            for shard in shards:
+                total.add(CrossStats(**shard["cross_tokenizer"]))
+            manifest["cross_tokenizer"] = total.summary()
         write_json(out / "manifest.json", manifest)
         for record in records:
             record.unlink()
     if world > 1:
         dist.barrier()  # the manifest exists before any rank returns
     # Rank 0 holds the manifest it wrote; the other ranks read it once it exists.
-    topk_mass = manifest["topk_mass"] if rank == 0 else read_json(out / "manifest.json")["topk_mass"]
-    return PrecomputeResult(str(out), key, passes, seconds, total_tokens, per_token, topk_mass, reused=False)
+    if rank != 0:
+        manifest = read_json(out / "manifest.json")
+    return PrecomputeResult(str(out), key, passes, seconds, total_tokens, per_token, manifest["topk_mass"],
+                            reused=False, cross_tokenizer=manifest.get("cross_tokenizer"))

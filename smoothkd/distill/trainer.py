@@ -8,6 +8,8 @@ checkpointing), so fp32 log-probs exist for one chunk at a time, never for the w
 `train.fused_loss` (the default) the chunks start from the final hidden states and go through the LM head
 inside the chunk (`smoothkd.distill.fused`), so no [B, T, V] logits exist either; an architecture whose
 head cannot be reproduced, and FSDP, fall back to the model's full logits with a warning.
+An online teacher with another tokenizer (`cross`) reads its own encoding of each example; its taught
+log-probs are projected onto the student's vocabulary (`smoothkd.distill.crosstok`) and compared densely.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from smoothkd.config import DistillConfig, LoraSettings, TrainConfig
 from smoothkd.data.tokenize import CausalLMCollator, select_response
+from smoothkd.distill.crosstok import CrossStats, CrossTokenizer, response_pairs, teacher_view
 from smoothkd.distill.fused import FusedModel, fused_model
 from smoothkd.distill.labels import LabelStore
 from smoothkd.distill.losses import dense_kd_loss, mixed_loss, sparse_kd_loss
@@ -51,12 +54,18 @@ def response_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tens
 
 @dataclass
 class DistillCollator(CausalLMCollator):
-    """CausalLMCollator plus the stored teacher labels of the batch's response tokens, in row-major order."""
+    """CausalLMCollator plus the stored teacher labels of the batch's response tokens, in row-major order;
+    with `teacher_pad_token_id` (an online teacher with another tokenizer) also the teacher's encoding of
+    the batch (`teacher`) and both sides' response ids (`cross_ids`)."""
 
     store: LabelStore | None = None
+    teacher_pad_token_id: int | None = None
 
     def __call__(self, features):
         batch = super().__call__(features)
+        if self.teacher_pad_token_id is not None:
+            batch["teacher"] = CausalLMCollator(self.teacher_pad_token_id)(teacher_view(features))
+            batch["cross_ids"] = response_pairs(features)
         if self.store is not None:
             parts = [self.store.example(f["label_index"]) for f in features]
             batch.update(kd_ids=torch.cat([p.ids for p in parts]), kd_logp=torch.cat([p.logp for p in parts]),
@@ -93,13 +102,15 @@ class DistillTrainer(Trainer):
 
     def __init__(self, *args, distill: DistillConfig | None = None, alpha: float = 0.0, teacher=None,
                  fused_loss: bool = True, teacher_scale: float = 1.0, vocab_size: int | None = None,
-                 **kwargs):
+                 cross: CrossTokenizer | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.distill, self.alpha, self.teacher = distill or DistillConfig(), alpha, teacher
         # Online teacher logits × teacher_scale (logit_scale ÷ calibration temperature) are the taught ones.
         self.teacher_scale = teacher_scale
         # The shared tokenizer's length: embedding rows past it (padded vocabularies) are never compared.
         self.vocab_size = vocab_size
+        # A teacher with another tokenizer: its targets are projected onto the student's ids, counted here.
+        self.cross, self.cross_stats = cross, CrossStats()
         # Why the student's loss is computed unfused (None while the fused path is on), and whether the
         # fused heads have been checked against the models' own logits yet (once, on the first batch).
         self.fused_off: str | None = None if fused_loss else "train.fused_loss is false"
@@ -108,7 +119,8 @@ class DistillTrainer(Trainer):
         if self.teacher is not None:
             # The Trainer has put the student on this rank's device by now; the teacher joins it.
             self.teacher.to(self.args.device).eval().requires_grad_(False)
-            if fused_loss:
+            # Across tokenizers the projection needs the teacher's full rows: its head is not fused.
+            if fused_loss and cross is None:
                 self.teacher_fused, reason = fused_model(self.teacher, self.teacher)
                 if self.teacher_fused is None:
                     self._fall_back("teacher", reason)
@@ -138,8 +150,15 @@ class DistillTrainer(Trainer):
         logger.warning("train.fused_loss: %s trained unfused ([B, T, V] logits): %s", role, reason)
 
     def _teacher_rows(self, inputs):
-        """The online teacher's response rows (hidden states when fused, else logits) and their head."""
+        """The online teacher's response rows (hidden states when fused, else logits; across tokenizers the
+        taught log-probs projected onto the student's ids) and their head."""
         with torch.no_grad():
+            if self.cross is not None:
+                logits, _ = response_logits(self.teacher, inputs["teacher"])
+                logits = logits[..., :self.cross.teacher_vocab].float() * self.teacher_scale
+                logp = torch.log_softmax(logits, dim=-1)
+                targets = self.cross.batch_targets(logp.cpu(), inputs["cross_ids"], self.cross_stats)
+                return targets.to(logits.device), None
             if self.teacher_fused is not None:
                 hidden, outputs = self.teacher_fused.forward(inputs)
                 problem = None if self.teacher_checked else self.teacher_fused.check(hidden, outputs)
@@ -178,7 +197,7 @@ class DistillTrainer(Trainer):
                     with torch.no_grad():
                         teacher = teacher_head(teacher)
                 teacher = teacher[..., :self.vocab_size]
-                if self.teacher_scale != 1.0:
+                if self.teacher_scale != 1.0 and self.cross is None:  # projected targets are scaled already
                     teacher = teacher.float() * self.teacher_scale
                 shared = student[..., :teacher.shape[-1]]
                 kd = dense_kd_loss(shared, teacher, d.temperature, d.divergence, d.jsd_beta,
@@ -327,7 +346,7 @@ def finetune(model, tokenizer, examples: list[dict], cfg: TrainConfig, output_di
              device: str = "auto", alpha: float = 0.0, distill: DistillConfig | None = None,
              label_store: LabelStore | None = None, teacher=None, work_dir: str | Path | None = None,
              callbacks: list[TrainerCallback] | None = None, lora: LoraSettings | None = None,
-             teacher_scale: float = 1.0, desc: str = "train") -> TrainResult:
+             teacher_scale: float = 1.0, desc: str = "train", teacher_tokenizer=None) -> TrainResult:
     """Finetune `model` on encoded examples, then save weights and tokenizer atomically to `output_dir`.
 
     α > 0 needs either `label_store` (stored teacher labels, one entry per example, in order) or `teacher`
@@ -335,7 +354,9 @@ def finetune(model, tokenizer, examples: list[dict], cfg: TrainConfig, output_di
     `cfg.checkpoint_every` steps; when it already holds one, training resumes from it. `work_dir` is
     removed once the model is saved. With `lora.enabled` only adapters train and `model` ends up holding
     the merged weights that are saved. Under torchrun or `accelerate launch` every rank calls this; only
-    the main process writes. Progress shows as one bar named `desc`.
+    the main process writes. Progress shows as one bar named `desc`. An online `teacher` with its own
+    `teacher_tokenizer` (another vocabulary) takes examples paired with its encoding
+    (`CrossTokenizer.pair`).
     """
     if alpha > 0 and label_store is None and teacher is None:
         raise ValueError("alpha > 0 needs stored teacher labels or an online teacher")
@@ -354,6 +375,8 @@ def finetune(model, tokenizer, examples: list[dict], cfg: TrainConfig, output_di
         vocab = store.manifest["vocab_size"]
         raise IncompatibleModelsError(f"label store {store.path} holds ids of a {vocab}-token vocabulary, "
                                       f"beyond the student's {rows} embedding rows: recompute the labels")
+    online_cross = alpha > 0 and teacher is not None and teacher_tokenizer is not None
+    cross = CrossTokenizer.from_tokenizers(teacher_tokenizer, tokenizer) if online_cross else None
     use_lora = lora is not None and lora.enabled
     if use_lora:
         torch.manual_seed(cfg.seed)  # adapters are initialised randomly: seeded, a rerun is the same run
@@ -362,7 +385,8 @@ def finetune(model, tokenizer, examples: list[dict], cfg: TrainConfig, output_di
         model=model,
         args=training_arguments(cfg, work_dir, device),
         train_dataset=[{**e, "label_index": i} for i, e in enumerate(examples)],
-        data_collator=DistillCollator(tokenizer.pad_token_id, store),
+        data_collator=DistillCollator(tokenizer.pad_token_id, store,
+                                      teacher_tokenizer.pad_token_id if online_cross else None),
         callbacks=callbacks,
         distill=distill,
         alpha=alpha,
@@ -370,6 +394,7 @@ def finetune(model, tokenizer, examples: list[dict], cfg: TrainConfig, output_di
         fused_loss=cfg.fused_loss,
         teacher_scale=teacher_scale,
         vocab_size=len(tokenizer),
+        cross=cross,
     )
     for default in (ProgressCallback, PrinterCallback):  # they print raw log dicts; TrainProgress does not
         trainer.remove_callback(default)
@@ -378,6 +403,8 @@ def finetune(model, tokenizer, examples: list[dict], cfg: TrainConfig, output_di
     start = time.perf_counter()
     state = trainer.train(resume_from_checkpoint=True if resume else None)
     seconds = time.perf_counter() - start
+    if cross is not None:
+        logger.info("cross-tokenizer targets: %s", trainer.cross_stats.summary())
     _save(trainer, tokenizer, output_dir, merge_lora=use_lora)
     if trainer.accelerator.is_main_process:
         shutil.rmtree(work_dir, ignore_errors=True)

@@ -5,6 +5,10 @@ the checks take seconds even for 70B models. Each problem is one line naming the
 a missing path, an unreachable hub id, a directory without safetensors weights, remote code without
 `trust_remote_code`, a vocabulary the models cannot embed, too few positions, a missing pad or eos token.
 
+A teacher whose tokenizer differs from the run's is distilled across tokenizers (`distill.cross_tokenizer`):
+then its embedding rows are checked against its own tokenizer, and both tokenizers must spell a probe text
+byte for byte, which the alignment by byte offsets needs.
+
 Models may carry more embedding rows than their tokenizer has tokens (Qwen2.5-7B: 152,064 rows for a
 151,665-token tokenizer); those rows are padding. The run's shared vocabulary is the tokenizer's length,
 and teacher logits are cut to it wherever they are read (`shared_vocab_size`).
@@ -17,12 +21,25 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from smoothkd.config import EvalConfig, ModelConfig, StudentConfig, TeacherConfig, TokenizerConfig
+from smoothkd.config import (
+    DistillConfig,
+    EvalConfig,
+    ModelConfig,
+    StudentConfig,
+    TeacherConfig,
+    TokenizerConfig,
+)
 from smoothkd.errors import IncompatibleModelsError, ModelReferenceError, TokenizerMismatchError
 
 # A hub id: `name` or `namespace/name` (letters, digits, `-`, `_`, `.`); anything else is taken for a path.
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+# What the preflight says a cross-tokenizer run does (the method: smoothkd.distill.crosstok).
+CROSS_TOKENIZER_METHOD = ("distilled across tokenizers: positions aligned by byte offsets, the teacher's "
+                          "next-token mass projected onto the longest student token each candidate's text "
+                          "begins with, observed multi-token spans followed along the teacher's own pass")
+# Multi-byte characters, digits, punctuation, a newline: what a lossless tokenizer spells back exactly.
+_PROBE_TEXT = "Café déjà vu: 5 € in 東京, said \"O'Neil\" (12.5 percent)\n  ok"
 
 
 def shared_vocab_size(tokenizer) -> int:
@@ -166,51 +183,95 @@ def model_shape(section: str, model: ModelConfig, vocab_size: int) -> ModelShape
 
 @dataclass(frozen=True)
 class Compatibility:
-    """The checked facts: the shared vocabulary and each model's embedding rows and positions."""
+    """The checked facts: the shared vocabulary and each model's embedding rows and positions; across
+    tokenizers, the teacher's tokenizer (config key and length)."""
 
     vocab_size: int
     teacher: ModelShape
     student: ModelShape
+    cross_tokenizer: tuple[str, int] | None = None
 
     def describe(self) -> str:
         def one(shape: ModelShape) -> str:
-            pad = shape.embedding_rows - self.vocab_size
-            padded = f" ({pad} padding rows, logits cut to {self.vocab_size})" if pad else ""
+            # Across tokenizers the teacher's rows belong to its own tokenizer.
+            own = self.cross_tokenizer[1] if self.cross_tokenizer and shape.section == "teacher" else None
+            vocab = own or self.vocab_size
+            pad = shape.embedding_rows - vocab
+            padded = f" ({pad} padding rows, logits cut to {vocab})" if pad else ""
             positions = f", {shape.max_positions} positions" if shape.max_positions else ""
             return f"{shape.section} {shape.embedding_rows} embedding rows{padded}{positions}"
 
+        cross = ""
+        if self.cross_tokenizer:
+            key, size = self.cross_tokenizer
+            cross = f"; teacher tokenizer {key} ({size} tokens): {CROSS_TOKENIZER_METHOD}"
         return (f"models compatible: tokenizer of {self.vocab_size} tokens; {one(self.teacher)}; "
-                f"{one(self.student)}")
+                f"{one(self.student)}{cross}")
+
+
+def _check_lossless(tokenizer, key: str) -> None:
+    from smoothkd.modeling.tokenizer import spells_text, token_bytes
+
+    if not spells_text(tokenizer, token_bytes(tokenizer), _PROBE_TEXT):
+        raise IncompatibleModelsError(
+            f"{key}'s tokenizer does not spell text back byte for byte (normalisation or a prefix space): "
+            "distill.cross_tokenizer aligns by byte offsets and needs lossless (e.g. byte-level BPE) "
+            "tokenizers on both sides")
 
 
 def check_compatibility(tokenizer, tokenizer_key: str, *, teacher: TeacherConfig, student: StudentConfig,
-                        eval_cfg: EvalConfig) -> Compatibility:
+                        eval_cfg: EvalConfig, distill: DistillConfig | None = None) -> Compatibility:
     """Check teacher, student and the run's tokenizer against each other (configs only); `eval_cfg` gives
-    the generation length both models must fit.
+    the generation length both models must fit, `distill.cross_tokenizer` whether the teacher may have a
+    tokenizer of its own (`teacher.tokenizer`, or the one its model directory ships).
 
     `tokenizer_key` names where the run's tokenizer comes from (e.g. `tokenizer.name_or_path`). Raises
     TokenizerMismatchError or IncompatibleModelsError (one line naming the config keys) on the first problem.
     """
     from smoothkd.modeling.tokenizer import vocab_difference
 
+    cross_setting = (distill or DistillConfig()).cross_tokenizer
     vocab = shared_vocab_size(tokenizer)
     for token in ("eos", "pad"):
         if getattr(tokenizer, f"{token}_token_id") is None:
             raise IncompatibleModelsError(f"the run's tokenizer ({tokenizer_key}) has no {token} token: "
                                           "training ends each response with eos and pads batches; use a "
                                           "tokenizer that defines one")
-    shapes = model_shape("teacher", teacher, vocab), model_shape("student", student, vocab)
+    own = (load_checked_tokenizer("teacher.tokenizer", teacher.tokenizer, None, teacher.trust_remote_code,
+                                  "teacher") if teacher.tokenizer else None)
+    shapes = (model_shape("teacher", teacher, len(own) if own is not None else vocab),
+              model_shape("student", student, vocab))
+    cross = None
     for shape in shapes:
-        if shape.tokenizer is not None:
-            differs = vocab_difference(tokenizer, shape.tokenizer)
+        mine = own if shape.section == "teacher" and own is not None else shape.tokenizer
+        if shape.section == "teacher" and mine is None and cross_setting is True:
+            mine = tokenizer  # the cross-tokenizer path asked for with the run's own tokenizer
+        key = "teacher.tokenizer" if mine is own and own is not None else shape.key
+        differs = vocab_difference(tokenizer, mine) if mine is not None else None
+        if shape.section == "teacher" and (differs or (cross_setting is True and mine is not None)):
+            if cross_setting is False:
+                raise TokenizerMismatchError(
+                    f"{key}'s tokenizer differs from the run's ({tokenizer_key}): {differs}; set "
+                    "distill.cross_tokenizer: auto to distil across tokenizers, or pick a teacher of the "
+                    "student's family")
+            for checked, checked_key in ((mine, key), (tokenizer, tokenizer_key)):
+                _check_lossless(checked, checked_key)
+                if checked.eos_token_id is None:
+                    raise IncompatibleModelsError(f"{checked_key}'s tokenizer has no eos token: the "
+                                                  "alignment ends each response with one")
+            cross = (key, len(mine))
+            rows_needed, rows_key = len(mine), key
+        else:
             if differs:
                 raise TokenizerMismatchError(
                     f"{shape.key}'s tokenizer differs from the run's ({tokenizer_key}): {differs}; KD needs "
-                    "one shared vocabulary: pick teacher and student of one family")
-        if shape.embedding_rows < vocab:
+                    "the student on the run's vocabulary: pick teacher and student of one family, or set "
+                    "tokenizer.name_or_path to the student's tokenizer")
+            rows_needed, rows_key = vocab, tokenizer_key
+        if shape.embedding_rows < rows_needed:
             raise IncompatibleModelsError(
-                f"{shape.key} has {shape.embedding_rows} embedding rows, fewer than the {vocab} tokens of "
-                f"{tokenizer_key}: ids >= {shape.embedding_rows} cannot be embedded; use the model's own "
+                f"{shape.key} has {shape.embedding_rows} embedding rows, fewer than the {rows_needed} tokens "
+                f"of {rows_key}: ids >= {shape.embedding_rows} cannot be embedded; use the model's own "
                 "tokenizer")
     s, e = student.train, eval_cfg
     # The teacher reads the students' examples too (labels, online KD), and both generate in evaluation.
@@ -227,7 +288,7 @@ def check_compatibility(tokenizer, tokenizer_key: str, *, teacher: TeacherConfig
                 raise IncompatibleModelsError(
                     f"{shape.key} takes at most {shape.max_positions} positions, but {what} is {length}: "
                     f"lower it to {shape.max_positions} or pick a model with a longer context")
-    return Compatibility(vocab, *shapes)
+    return Compatibility(vocab, *shapes, cross)
 
 
 def tokenizer_source(tokenizer_cfg: TokenizerConfig, teacher: ModelConfig) -> tuple[str, str] | None:
@@ -240,18 +301,20 @@ def tokenizer_source(tokenizer_cfg: TokenizerConfig, teacher: ModelConfig) -> tu
 
 
 def check_run_models(tokenizer_ref: str | Path, *, tokenizer_cfg: TokenizerConfig, teacher: TeacherConfig,
-                     student: StudentConfig, eval_cfg: EvalConfig) -> Compatibility:
+                     student: StudentConfig, eval_cfg: EvalConfig, distill: DistillConfig | None = None
+                     ) -> Compatibility:
     """`check_compatibility` for the run's tokenizer at `tokenizer_ref` (loaded as the run loads it)."""
     source = tokenizer_source(tokenizer_cfg, teacher)
     key = source[0] if source else "the tokenizer trained on the data"
     tokenizer = load_checked_tokenizer(source[0] if source else "tokenizer", str(tokenizer_ref),
                                        teacher.revision if teacher.name_or_path else None,
                                        teacher.trust_remote_code, "teacher")
-    return check_compatibility(tokenizer, key, teacher=teacher, student=student, eval_cfg=eval_cfg)
+    return check_compatibility(tokenizer, key, teacher=teacher, student=student, eval_cfg=eval_cfg,
+                               distill=distill)
 
 
 def preflight(*, tokenizer_cfg: TokenizerConfig, teacher: TeacherConfig, student: StudentConfig,
-              eval_cfg: EvalConfig) -> Compatibility | None:
+              eval_cfg: EvalConfig, distill: DistillConfig | None = None) -> Compatibility | None:
     """Every model reference and, when the tokenizer is known up front, every compatibility check.
 
     Run before the pipeline starts, in seconds. A tokenizer trained from the data is checked by the
@@ -260,12 +323,50 @@ def preflight(*, tokenizer_cfg: TokenizerConfig, teacher: TeacherConfig, student
     for section, model in (("teacher", teacher), ("student", student)):
         if model.name_or_path:  # the references first: a bad one is the first thing to fix
             model_config(section, model)
+    if teacher.tokenizer:
+        load_checked_tokenizer("teacher.tokenizer", teacher.tokenizer, None, teacher.trust_remote_code,
+                               "teacher")
     source = tokenizer_source(tokenizer_cfg, teacher)
     if source is not None:
         return check_run_models(source[1], tokenizer_cfg=tokenizer_cfg, teacher=teacher, student=student,
-                                eval_cfg=eval_cfg)
+                                eval_cfg=eval_cfg, distill=distill)
     if student.name_or_path:
         raise IncompatibleModelsError(
             "student.name_or_path is set but the teacher is built from scratch on a tokenizer trained on the "
             f"data: set tokenizer.name_or_path to {student.name_or_path} (the student's tokenizer)")
     return None
+
+
+def teacher_tokenizer_ref(tokenizer_ref: str | Path, teacher: TeacherConfig) -> str:
+    """The teacher's own tokenizer: `teacher.tokenizer`, else the one `teacher.name_or_path` ships, else the
+    run's (`tokenizer_ref`)."""
+    if teacher.tokenizer:
+        return teacher.tokenizer
+    if teacher.name_or_path:
+        local = Path(teacher.name_or_path).expanduser()
+        if not local.is_dir() or any((local / name).is_file() for name in TOKENIZER_FILES):
+            return teacher.name_or_path
+    return str(tokenizer_ref)
+
+
+def cross_tokenizer_ref(tokenizer_ref: str | Path, teacher: TeacherConfig, distill: DistillConfig
+                        ) -> str | None:
+    """The teacher's tokenizer when the run distils across tokenizers (`distill.cross_tokenizer` true, or
+    auto and the teacher's differs from the run's), else None: teacher and student share `tokenizer_ref`.
+    TokenizerMismatchError when they differ and `distill.cross_tokenizer` is false."""
+    from smoothkd.modeling.tokenizer import vocab_difference
+
+    ref = teacher_tokenizer_ref(tokenizer_ref, teacher)
+    if distill.cross_tokenizer is True:
+        return ref
+    if ref == str(tokenizer_ref):
+        return None
+    key = "teacher.tokenizer" if teacher.tokenizer else "teacher.name_or_path"
+    differs = vocab_difference(load_checked_tokenizer("tokenizer", str(tokenizer_ref)),
+                               load_checked_tokenizer(key, ref, None, teacher.trust_remote_code, "teacher"))
+    if differs is None:
+        return None
+    if distill.cross_tokenizer is False:
+        raise TokenizerMismatchError(f"{key}'s tokenizer differs from the run's: {differs}; set "
+                                     "distill.cross_tokenizer: auto to distil across tokenizers")
+    return ref
