@@ -17,11 +17,13 @@ addressed by the stages, so a sweep killed midway resumes with what it finished.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -43,6 +45,8 @@ from steps.sweep import (
     train_sweep_student,
 )
 from steps.tracking import record_failure
+
+THREADS_ENV = "ZENML_DYNAMIC_PIPELINE_WORKER_COUNT"
 
 
 @dataclass(frozen=True)
@@ -172,6 +176,24 @@ def progress_printer(cfg: RunConfig, total: int, echo: Callable[[str], None]):
     return heard
 
 
+@contextlib.contextmanager
+def step_threads(steps: int) -> Iterator[None]:
+    """At least `steps` threads for the dynamic pipeline's concurrent steps while it runs (ZenML's default
+    is 10). A step waits for a thread in the order it became ready: with fewer threads than steps, every
+    training submitted first holds or awaits one, and each evaluation, ready only once its training is
+    done, waits behind all of them, so no model would finish until the last training had. The worker
+    pool, not these threads, bounds how many models train at once."""
+    previous = os.environ.get(THREADS_ENV)
+    os.environ[THREADS_ENV] = str(max(steps, int(previous or 0)))
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(THREADS_ENV)
+        else:
+            os.environ[THREADS_ENV] = previous
+
+
 def run_sweep(cfg: RunConfig, n_seeds: int, arms: list[Arm], echo: Callable[[str], None] = print,
               teachers: int = 1) -> SweepSummary:
     """Run the sweep pipeline for every arm over `n_seeds` seeds on the config's stack and return its
@@ -196,12 +218,14 @@ def run_sweep(cfg: RunConfig, n_seeds: int, arms: list[Arm], echo: Callable[[str
     teacher_seeds = [cfg.teacher.train.seed + j for j in range(teachers)]
     compared = kd_label([a.alpha for a in arms if a.alpha]) if any(a.alpha for a in arms) else "A/A"
     name = run_name("sweep", cfg.name, compared, f"{n_seeds} seeds")
-    listener = progress_printer(cfg, 1 + n_seeds * len(arms), echo)
+    models = 1 + n_seeds * len(arms)
+    listener = progress_printer(cfg, models, echo)
     LISTENERS.append(listener)
     try:
-        run = sweep.with_options(settings=settings, run_name=name, **options)(
-            config=cfg.model_dump(mode="json"), name=name, seeds=seeds, arms=[asdict(a) for a in arms],
-            started=started, teacher_seeds=teacher_seeds)
+        with step_threads(2 * models):
+            run = sweep.with_options(settings=settings, run_name=name, **options)(
+                config=cfg.model_dump(mode="json"), name=name, seeds=seeds, arms=[asdict(a) for a in arms],
+                started=started, teacher_seeds=teacher_seeds)
     finally:
         LISTENERS.remove(listener)
     if cfg.orchestration.stack != "local":

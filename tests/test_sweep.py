@@ -484,3 +484,23 @@ def test_time_left_follows_trained_models_not_cached_ones():
     assert time_left([1000.0, 1100.0, 1200.0], 6, 21) == "~25.0 min left"
     assert time_left([1000.0, 1030.0], 20, 21) == "~30 s left"
     assert time_left([1000.0, 1100.0], 21, 21) == "done"
+
+
+def test_the_sweep_gives_every_step_a_thread_and_restores_the_setting(monkeypatch):
+    """ZenML runs a dynamic pipeline's ready steps on a pool of threads (10 by default), first ready first:
+    a sweep of 10 seeds × 2 arms would queue every evaluation behind the last training."""
+    import os
+
+    from zenml.constants import ENV_ZENML_DYNAMIC_PIPELINE_WORKER_COUNT, handle_int_env_var
+
+    from pipelines.sweep import THREADS_ENV, step_threads
+
+    assert THREADS_ENV == ENV_ZENML_DYNAMIC_PIPELINE_WORKER_COUNT  # the name ZenML reads
+    monkeypatch.delenv(THREADS_ENV, raising=False)
+    with step_threads(42):
+        assert handle_int_env_var(THREADS_ENV, default=10) == 42
+    assert THREADS_ENV not in os.environ
+    monkeypatch.setenv(THREADS_ENV, "64")  # a user's larger pool is kept, and restored after
+    with step_threads(42):
+        assert handle_int_env_var(THREADS_ENV, default=10) == 64
+    assert os.environ[THREADS_ENV] == "64"
