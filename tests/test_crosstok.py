@@ -247,3 +247,31 @@ def test_preflight_names_the_cross_tokenizer_method_instead_of_refusing(world):
                             eval_cfg=eval_cfg, distill=refuse)
     with pytest.raises(TokenizerMismatchError, match="distill.cross_tokenizer: auto"):
         cross_tokenizer_ref(run, teacher, refuse)
+
+
+def test_the_cross_tokenizer_config_distils_through_the_stages_stored_and_online(tmp_path, monkeypatch):
+    """configs/test/tiny-xtok.yaml (a GPT-2-style teacher tokenizer): the teacher trains, is gated and labels
+    in its own tokens; a KD student trains from the stored labels and from the online teacher, every
+    student position with a teacher target (no fallback)."""
+    from pathlib import Path
+
+    from smoothkd.config import load_config
+    from smoothkd.io import read_json
+    from smoothkd.stages import front_half, train_student
+
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(root)  # the config names its teacher tokenizer relative to the repository root
+    cfg = load_config(root / "configs/test/tiny-xtok.yaml", [f"output_dir={tmp_path}"])
+    front = front_half(cfg, tmp_path / "calibration")
+    assert front.gate.passed and front.labels is not None
+    stats = read_json(Path(front.labels.path) / "manifest.json")["cross_tokenizer"]
+    assert stats["positions"] > 0 and stats["fallback"] == 0 and 0 < stats["aligned_share"] <= 1
+    stored = train_student(cfg, front.data_dir, front.tokenizer, 0.5, front.labels.path, front.teacher.path,
+                           front.gate.temperature)
+    online_cfg = load_config(root / "configs/test/tiny-xtok.yaml",
+                             [f"output_dir={tmp_path}", "distill.mode=online"])
+    online = train_student(online_cfg, front.data_dir, front.tokenizer, 0.5, None, front.teacher.path,
+                           front.gate.temperature)
+    for student in (stored, online):
+        assert (Path(student.path) / "model.safetensors").is_file()
+    assert stored.path != online.path
