@@ -8,15 +8,12 @@ from pathlib import Path
 
 from smoothkd.errors import EvaluationModelError, ModelReferenceError, one_line
 from smoothkd.io import atomic_dir
-from smoothkd.registry.serving import weights_dir
 
 
 def resolve_model_ref(ref: str, tracking_uri: str, cache_dir: Path) -> Path:
     """A local model directory for `ref`: a path as is, or a registry reference (`models:/NAME@ALIAS`,
     `models:/NAME/VERSION`) loaded from the MLflow store at `tracking_uri` and saved once under
     `cache_dir`."""
-    import mlflow
-
     if not ref.startswith("models:/"):
         from smoothkd.modeling.compat import check_model_ref
 
@@ -25,6 +22,10 @@ def resolve_model_ref(ref: str, tracking_uri: str, cache_dir: Path) -> Path:
                                        "save_pretrained or models:/NAME@ALIAS")
         check_model_ref("--model", ref)  # config.json, safetensors weights, no remote code
         return Path(ref)
+    import mlflow  # a local --model needs neither MLflow nor the pyfunc module (pandas)
+
+    from smoothkd.registry.serving import weights_dir
+
     name, version = registered_version(ref, tracking_uri)
     out = cache_dir / f"{name}-v{version}"
     if not (out / "config.json").exists():
