@@ -107,16 +107,11 @@ def newline_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
 
 @functools.cache
 def _byte_decoder() -> dict[str, int]:
-    """Byte-level BPE's printable stand-in character for each byte (GPT-2's bytes_to_unicode), inverted."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
-                 *range(ord("®"), ord("ÿ") + 1)]
-    codes, extra = list(printable), 0
-    for byte in range(256):
-        if byte not in printable:
-            printable.append(byte)
-            codes.append(256 + extra)
-            extra += 1
-    return {chr(code): byte for byte, code in zip(printable, codes, strict=True)}
+    """Byte-level BPE's printable stand-in character for each byte, inverted (GPT-2's table, as
+    transformers ships it)."""
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    return {char: byte for byte, char in bytes_to_unicode().items()}
 
 
 _BYTE_PIECE = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
