@@ -289,7 +289,7 @@ def precompute_labels(model, examples: list[dict], root: str | Path, spec: Label
     one per student response token, exactly as a same-tokenizer store is laid out; `pad_token_id` is then
     the teacher's and `vocab_size` the student's.
     """
-    vocab_size = cross.student_vocab if cross is not None else vocab_size or model.config.vocab_size
+    vocab_size = vocab_size or model.config.vocab_size
     if spec.top_k > vocab_size:
         raise ConfigError(f"distill.top_k={spec.top_k} exceeds the teacher vocabulary ({vocab_size})")
     data_hash = examples_hash(examples)
