@@ -52,7 +52,6 @@ def test_trl_kernel_is_smoothkd_forward_kl_at_t1_and_lacks_t_squared_elsewhere()
     ours_t2 = dense_kd_loss(student, teacher, temperature=2.0).item()
     theirs_t2 = trl_per_token_kl(student, teacher, 2.0).sum().item()
     assert theirs_t2 * 4 == pytest.approx(ours_t2, rel=1e-5)
-    assert theirs_t2 != pytest.approx(ours_t2, rel=0.5)
 
 
 def tiny_models():
