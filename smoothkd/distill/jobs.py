@@ -58,7 +58,7 @@ def train_model(role: str, tokenizer_ref: str | Path, data_dir: str | Path, out:
         distill.student_key() if alpha else "", work_key)[:16]
     parameters = count_parameters(model)  # before LoRA adds adapters or FSDP shards the weights
     examples = train_examples(tokenizer, data_dir, train_cfg)
-    teacher_tokenizer = None
+    cross = teacher_tokenizer = None
     if teacher is not None and teacher_tokenizer_ref:
         teacher_tokenizer = load_run_tokenizer(teacher_tokenizer_ref, teacher_cfg)
         # The teacher reads the same rows in its own tokens, within a window that covers the student's.
@@ -71,7 +71,8 @@ def train_model(role: str, tokenizer_ref: str | Path, data_dir: str | Path, out:
                           work_dir=work_dir, lora=model_cfg.lora,
                           teacher_scale=calibration.logit_scale / calibration.taught_temperature(
                               calibration_temperature),
-                          desc=f"train {role}", teacher_tokenizer=teacher_tokenizer)
+                          desc=f"train {role}", cross=cross,
+                          teacher_pad_token_id=teacher_tokenizer.pad_token_id if cross else None)
     artifact = ModelArtifact(
         path=str(out), role=role, parameters=parameters, train_steps=result.steps,
         train_seconds=result.seconds, train_tokens_per_second=result.tokens_per_second,

@@ -346,7 +346,8 @@ def finetune(model, tokenizer, examples: list[dict], cfg: TrainConfig, output_di
              device: str = "auto", alpha: float = 0.0, distill: DistillConfig | None = None,
              label_store: LabelStore | None = None, teacher=None, work_dir: str | Path | None = None,
              callbacks: list[TrainerCallback] | None = None, lora: LoraSettings | None = None,
-             teacher_scale: float = 1.0, desc: str = "train", teacher_tokenizer=None) -> TrainResult:
+             teacher_scale: float = 1.0, desc: str = "train", cross: CrossTokenizer | None = None,
+             teacher_pad_token_id: int | None = None) -> TrainResult:
     """Finetune `model` on encoded examples, then save weights and tokenizer atomically to `output_dir`.
 
     α > 0 needs either `label_store` (stored teacher labels, one entry per example, in order) or `teacher`
@@ -354,9 +355,9 @@ def finetune(model, tokenizer, examples: list[dict], cfg: TrainConfig, output_di
     `cfg.checkpoint_every` steps; when it already holds one, training resumes from it. `work_dir` is
     removed once the model is saved. With `lora.enabled` only adapters train and `model` ends up holding
     the merged weights that are saved. Under torchrun or `accelerate launch` every rank calls this; only
-    the main process writes. Progress shows as one bar named `desc`. An online `teacher` with its own
-    `teacher_tokenizer` (another vocabulary) takes examples paired with its encoding
-    (`CrossTokenizer.pair`).
+    the main process writes. Progress shows as one bar named `desc`. An online `teacher` with another
+    vocabulary comes with the map to the student's (`cross`) and its tokenizer's pad id, and takes examples
+    paired with its encoding (`CrossTokenizer.pair`).
     """
     if alpha > 0 and label_store is None and teacher is None:
         raise ValueError("alpha > 0 needs stored teacher labels or an online teacher")
@@ -375,8 +376,7 @@ def finetune(model, tokenizer, examples: list[dict], cfg: TrainConfig, output_di
         vocab = store.manifest["vocab_size"]
         raise IncompatibleModelsError(f"label store {store.path} holds ids of a {vocab}-token vocabulary, "
                                       f"beyond the student's {rows} embedding rows: recompute the labels")
-    online_cross = alpha > 0 and teacher is not None and teacher_tokenizer is not None
-    cross = CrossTokenizer.from_tokenizers(teacher_tokenizer, tokenizer) if online_cross else None
+    cross = cross if alpha > 0 and teacher is not None else None
     use_lora = lora is not None and lora.enabled
     if use_lora:
         torch.manual_seed(cfg.seed)  # adapters are initialised randomly: seeded, a rerun is the same run
@@ -386,7 +386,7 @@ def finetune(model, tokenizer, examples: list[dict], cfg: TrainConfig, output_di
         args=training_arguments(cfg, work_dir, device),
         train_dataset=[{**e, "label_index": i} for i, e in enumerate(examples)],
         data_collator=DistillCollator(tokenizer.pad_token_id, store,
-                                      teacher_tokenizer.pad_token_id if online_cross else None),
+                                      teacher_pad_token_id if cross is not None else None),
         callbacks=callbacks,
         distill=distill,
         alpha=alpha,
