@@ -123,13 +123,20 @@ def check_model_ref(key: str, ref: str, revision: str | None = None, trust_remot
         raise _hub_failure(key, ref, exc) from None
 
 
+def ships_tokenizer(ref: str) -> bool:
+    """Whether the model `ref` names comes with a tokenizer: a hub id is taken to, a local directory when it
+    holds tokenizer files (TOKENIZER_FILES)."""
+    local = Path(ref).expanduser()
+    return not local.is_dir() or any((local / name).is_file() for name in TOKENIZER_FILES)
+
+
 def load_checked_tokenizer(key: str, ref: str, revision: str | None = None, trust_remote_code: bool = False,
                            section: str | None = None):
     """Load a tokenizer (files only, through `load_tokenizer`), each failure one line naming `key`."""
     from smoothkd.modeling.tokenizer import load_tokenizer
 
     local = check_local_ref(key, ref, need_weights=False)
-    if local is not None and not any((local / name).is_file() for name in TOKENIZER_FILES):
+    if local is not None and not ships_tokenizer(ref):
         raise ModelReferenceError(f"{key}={ref}: no tokenizer files ({', '.join(TOKENIZER_FILES)}); save the "
                                   "tokenizer into the directory, or set tokenizer.name_or_path")
     try:
@@ -173,11 +180,9 @@ def model_shape(section: str, model: ModelConfig, vocab_size: int) -> ModelShape
     if not model.name_or_path:
         return ModelShape(section, vocab_size, model.tiny.max_position_embeddings)
     text = model_config(section, model).get_text_config()
-    own = None
-    local = Path(model.name_or_path).expanduser()
-    if not local.is_dir() or any((local / name).is_file() for name in TOKENIZER_FILES):
-        own = load_checked_tokenizer(f"{section}.name_or_path", model.name_or_path, model.revision,
-                                     model.trust_remote_code, section)
+    own = (load_checked_tokenizer(f"{section}.name_or_path", model.name_or_path, model.revision,
+                                  model.trust_remote_code, section)
+           if ships_tokenizer(model.name_or_path) else None)
     return ModelShape(section, int(text.vocab_size), _max_positions(text), own)
 
 
@@ -342,10 +347,8 @@ def teacher_tokenizer_ref(tokenizer_ref: str | Path, teacher: TeacherConfig) -> 
     run's (`tokenizer_ref`)."""
     if teacher.tokenizer:
         return teacher.tokenizer
-    if teacher.name_or_path:
-        local = Path(teacher.name_or_path).expanduser()
-        if not local.is_dir() or any((local / name).is_file() for name in TOKENIZER_FILES):
-            return teacher.name_or_path
+    if teacher.name_or_path and ships_tokenizer(teacher.name_or_path):
+        return teacher.name_or_path
     return str(tokenizer_ref)
 
 
