@@ -20,6 +20,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from smoothkd.config import (
     DistillConfig,
@@ -224,6 +225,19 @@ def _check_lossless(tokenizer, key: str) -> None:
             "tokenizers on both sides")
 
 
+def _crosses_tokenizers(differs: str | None, setting: Literal["auto"] | bool, key: str, tokenizer_key: str
+                        ) -> bool:
+    """Whether the teacher is distilled across tokenizers: `distill.cross_tokenizer` (`setting`) true, or
+    auto and the teacher's tokenizer (config key `key`) differs from the run's (`differs`, as
+    `vocab_difference` says it). TokenizerMismatchError when it differs and the setting is false."""
+    if differs and setting is False:
+        raise TokenizerMismatchError(
+            f"{key}'s tokenizer differs from the run's ({tokenizer_key}): {differs}; set "
+            "distill.cross_tokenizer: auto to distil across tokenizers, or pick a teacher of the "
+            "student's family")
+    return setting is True or bool(differs)
+
+
 def check_compatibility(tokenizer, tokenizer_key: str, *, teacher: TeacherConfig, student: StudentConfig,
                         eval_cfg: EvalConfig, distill: DistillConfig | None = None) -> Compatibility:
     """Check teacher, student and the run's tokenizer against each other (configs only); `eval_cfg` gives
@@ -253,12 +267,7 @@ def check_compatibility(tokenizer, tokenizer_key: str, *, teacher: TeacherConfig
             mine = tokenizer  # the cross-tokenizer path asked for with the run's own tokenizer
         key = "teacher.tokenizer" if mine is own and own is not None else shape.key
         differs = vocab_difference(tokenizer, mine) if mine is not None else None
-        if shape.section == "teacher" and (differs or (cross_setting is True and mine is not None)):
-            if cross_setting is False:
-                raise TokenizerMismatchError(
-                    f"{key}'s tokenizer differs from the run's ({tokenizer_key}): {differs}; set "
-                    "distill.cross_tokenizer: auto to distil across tokenizers, or pick a teacher of the "
-                    "student's family")
+        if shape.section == "teacher" and _crosses_tokenizers(differs, cross_setting, key, tokenizer_key):
             for checked, checked_key in ((mine, key), (tokenizer, tokenizer_key)):
                 _check_lossless(checked, checked_key)
                 if checked.eos_token_id is None:
@@ -360,16 +369,11 @@ def cross_tokenizer_ref(tokenizer_ref: str | Path, teacher: TeacherConfig, disti
     from smoothkd.modeling.tokenizer import vocab_difference
 
     ref = teacher_tokenizer_ref(tokenizer_ref, teacher)
-    if distill.cross_tokenizer is True:
-        return ref
-    if ref == str(tokenizer_ref):
-        return None
     key = "teacher.tokenizer" if teacher.tokenizer else "teacher.name_or_path"
-    differs = vocab_difference(load_checked_tokenizer("tokenizer", str(tokenizer_ref)),
-                               load_checked_tokenizer(key, ref, None, teacher.trust_remote_code, "teacher"))
-    if differs is None:
-        return None
-    if distill.cross_tokenizer is False:
-        raise TokenizerMismatchError(f"{key}'s tokenizer differs from the run's: {differs}; set "
-                                     "distill.cross_tokenizer: auto to distil across tokenizers")
-    return ref
+    differs = None
+    # Only auto and false read the tokenizers, and a teacher on the run's own reference cannot differ.
+    if distill.cross_tokenizer is not True and ref != str(tokenizer_ref):
+        run = load_checked_tokenizer("tokenizer", str(tokenizer_ref))
+        own = load_checked_tokenizer(key, ref, None, teacher.trust_remote_code, "teacher")
+        differs = vocab_difference(run, own)
+    return ref if _crosses_tokenizers(differs, distill.cross_tokenizer, key, str(tokenizer_ref)) else None
