@@ -116,6 +116,30 @@ def test_each_incompatibility_names_its_config_key(models, tmp_path):
     assert compat.student.embedding_rows == models["vocab"]
 
 
+def test_the_teacher_tokenizer_is_read_once_a_process_until_its_files_change(models, monkeypatch):
+    """Every stage asks which tokenizer the teacher reads (cross_tokenizer_ref): the two tokenizers are
+    loaded and compared on the first question only, and again once a file of theirs is rewritten."""
+    from smoothkd.config import DistillConfig, TeacherConfig
+    from smoothkd.modeling import compat
+
+    loaded = []
+    load = compat.load_checked_tokenizer
+    monkeypatch.setattr(compat, "load_checked_tokenizer", lambda *args: loaded.append(args[1]) or load(*args))
+    teacher = TeacherConfig(name_or_path=str(models["qwen2"]))
+    shipped = models["qwen2"] / "tokenizer_config.json"
+
+    def loads_for(questions: int) -> int:
+        loaded.clear()
+        for _ in range(questions):
+            assert compat.cross_tokenizer_ref(models["tokenizer"], teacher, DistillConfig()) is None
+        return len(loaded)
+
+    for _ in range(2):  # each round a time no earlier question was asked with
+        later = shipped.stat().st_mtime_ns + 10**9
+        os.utime(shipped, ns=(later, later))
+        assert loads_for(3) == 2
+
+
 def test_bad_model_references_name_the_key_and_the_fix(models, tmp_path):
     no_weights = tmp_path / "no_weights"
     no_weights.mkdir()

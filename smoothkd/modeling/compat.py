@@ -16,6 +16,7 @@ and teacher logits are cut to it wherever they are read (`shared_vocab_size`).
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from dataclasses import dataclass
@@ -361,19 +362,31 @@ def teacher_tokenizer_ref(tokenizer_ref: str | Path, teacher: TeacherConfig) -> 
     return str(tokenizer_ref)
 
 
+@functools.lru_cache(maxsize=32)
+def _teacher_vocab_difference(tokenizer_ref: str, key: str, ref: str, trust_remote_code: bool, stamps: tuple
+                              ) -> str | None:
+    # Every stage asks cross_tokenizer_ref, and again for each student of a sweep: the tokenizers are read
+    # and compared once per process. `stamps` (both directories' files, sizes and times) is only the cache
+    # key: a rewritten tokenizer is read again.
+    from smoothkd.modeling.tokenizer import vocab_difference
+
+    run = load_checked_tokenizer("tokenizer", tokenizer_ref)
+    own = load_checked_tokenizer(key, ref, None, trust_remote_code, "teacher")
+    return vocab_difference(run, own)
+
+
 def cross_tokenizer_ref(tokenizer_ref: str | Path, teacher: TeacherConfig, distill: DistillConfig
                         ) -> str | None:
     """The teacher's tokenizer when the run distils across tokenizers (`distill.cross_tokenizer` true, or
     auto and the teacher's differs from the run's), else None: teacher and student share `tokenizer_ref`.
     TokenizerMismatchError when they differ and `distill.cross_tokenizer` is false."""
-    from smoothkd.modeling.tokenizer import vocab_difference
+    from smoothkd.modeling.identity import files_stamp
 
     ref = teacher_tokenizer_ref(tokenizer_ref, teacher)
     key = "teacher.tokenizer" if teacher.tokenizer else "teacher.name_or_path"
     differs = None
     # Only auto and false read the tokenizers, and a teacher on the run's own reference cannot differ.
     if distill.cross_tokenizer is not True and ref != str(tokenizer_ref):
-        run = load_checked_tokenizer("tokenizer", str(tokenizer_ref))
-        own = load_checked_tokenizer(key, ref, None, teacher.trust_remote_code, "teacher")
-        differs = vocab_difference(run, own)
+        stamps = tuple(files_stamp(Path(r).expanduser(), ("*",)) for r in (str(tokenizer_ref), ref))
+        differs = _teacher_vocab_difference(str(tokenizer_ref), key, ref, teacher.trust_remote_code, stamps)
     return ref if _crosses_tokenizers(differs, distill.cross_tokenizer, key, str(tokenizer_ref)) else None
