@@ -12,7 +12,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from smoothkd.artifacts import TRAIN_RECORD, ModelArtifact
-from smoothkd.config import CalibrationConfig, DistillConfig, ModelConfig, StudentConfig, TeacherConfig
+from smoothkd.config import (
+    CalibrationConfig,
+    DistillConfig,
+    ModelConfig,
+    StudentConfig,
+    TeacherConfig,
+    TrainConfig,
+)
 from smoothkd.data.dataset import train_examples, training_key
 from smoothkd.distill.crosstok import METHOD_VERSION, CrossTokenizer, teacher_window
 from smoothkd.distill.labels import LabelSpec, LabelStore, PrecomputeResult, precompute_labels
@@ -24,6 +31,20 @@ from smoothkd.modeling.models import count_parameters, initial_model, load_causa
 from smoothkd.modeling.tokenizer import check_tokenizers_agree, load_run_tokenizer
 
 TOKENIZER_IDENTITY_FILES = ("tokenizer.json", "tokenizer_config.json")
+
+
+def paired_with_teacher(examples: list[dict], tokenizer, data_dir: str | Path, train_cfg: TrainConfig,
+                        teacher, teacher_tokenizer_ref: str, teacher_cfg: ModelConfig
+                        ) -> tuple[list[dict], CrossTokenizer, int]:
+    """The student's `examples` (the rows of `data_dir` encoded by `tokenizer` under `train_cfg`) paired with
+    the `teacher` model's own encoding of them (its tokenizer at `teacher_tokenizer_ref`, loaded with
+    `teacher_cfg`); with the CrossTokenizer between the two and the teacher's pad id."""
+    teacher_tokenizer = load_run_tokenizer(teacher_tokenizer_ref, teacher_cfg)
+    # The teacher reads the same rows in its own tokens, within a window that covers the student's.
+    window = train_cfg.model_copy(update={"max_length": teacher_window(teacher, train_cfg.max_length)})
+    cross = CrossTokenizer.from_tokenizers(teacher_tokenizer, tokenizer)
+    examples = cross.pair(examples, train_examples(teacher_tokenizer, data_dir, window))
+    return examples, cross, teacher_tokenizer.pad_token_id
 
 
 def train_model(role: str, tokenizer_ref: str | Path, data_dir: str | Path, out: str | Path, *,
@@ -58,21 +79,17 @@ def train_model(role: str, tokenizer_ref: str | Path, data_dir: str | Path, out:
         distill.student_key() if alpha else "", work_key)[:16]
     parameters = count_parameters(model)  # before LoRA adds adapters or FSDP shards the weights
     examples = train_examples(tokenizer, data_dir, train_cfg)
-    cross = teacher_tokenizer = None
+    cross = teacher_pad = None
     if teacher is not None and teacher_tokenizer_ref:
-        teacher_tokenizer = load_run_tokenizer(teacher_tokenizer_ref, teacher_cfg)
-        # The teacher reads the same rows in its own tokens, within a window that covers the student's.
-        window = train_cfg.model_copy(update={"max_length": teacher_window(teacher, train_cfg.max_length)})
-        cross = CrossTokenizer.from_tokenizers(teacher_tokenizer, tokenizer)
-        examples = cross.pair(examples, train_examples(teacher_tokenizer, data_dir, window))
+        examples, cross, teacher_pad = paired_with_teacher(
+            examples, tokenizer, data_dir, train_cfg, teacher, teacher_tokenizer_ref, teacher_cfg)
     with intra_op_threads(train_cfg.threads):
         result = finetune(model, tokenizer, examples, train_cfg, out,
                           device=device, alpha=alpha, distill=distill, label_store=store, teacher=teacher,
                           work_dir=work_dir, lora=model_cfg.lora,
                           teacher_scale=calibration.logit_scale / calibration.taught_temperature(
                               calibration_temperature),
-                          desc=f"train {role}", cross=cross,
-                          teacher_pad_token_id=teacher_tokenizer.pad_token_id if cross else None)
+                          desc=f"train {role}", cross=cross, teacher_pad_token_id=teacher_pad)
     artifact = ModelArtifact(
         path=str(out), role=role, parameters=parameters, train_steps=result.steps,
         train_seconds=result.seconds, train_tokens_per_second=result.tokens_per_second,
@@ -101,11 +118,8 @@ def precompute_teacher_labels(data_dir: str | Path, tokenizer_ref: str | Path, t
     computes its share of the shards. With `teacher_tokenizer_ref` (a teacher with its own tokenizer) the
     teacher reads its own encoding and the labels are its targets projected onto the student's ids."""
     d = distill
-    cross = teacher_tokenizer = None
     if teacher_tokenizer_ref:
         tokenizer = load_run_tokenizer(tokenizer_ref, student)
-        teacher_tokenizer = load_run_tokenizer(teacher_tokenizer_ref, teacher)
-        cross = CrossTokenizer.from_tokenizers(teacher_tokenizer, tokenizer)
     else:
         tokenizer = shared_tokenizer(tokenizer_ref, teacher, student)
     spec = LabelSpec(top_k=d.top_k, calibration_temperature=calibration.taught_temperature(
@@ -118,12 +132,11 @@ def precompute_teacher_labels(data_dir: str | Path, tokenizer_ref: str | Path, t
     }
     model = load_causal_lm(teacher_path, teacher).to(resolve_device(device))
     examples = train_examples(tokenizer, data_dir, student.train)
-    if cross is not None:
+    cross, pad = None, tokenizer.pad_token_id
+    if teacher_tokenizer_ref:
         identity["teacher_tokenizer"] = directory_identity(teacher_tokenizer_ref, TOKENIZER_IDENTITY_FILES)
         identity["cross_tokenizer"] = METHOD_VERSION
-        limit = teacher_window(model, student.train.max_length)
-        window = student.train.model_copy(update={"max_length": limit})
-        examples = cross.pair(examples, train_examples(teacher_tokenizer, data_dir, window))
-    pad = (teacher_tokenizer or tokenizer).pad_token_id
+        examples, cross, pad = paired_with_teacher(
+            examples, tokenizer, data_dir, student.train, model, teacher_tokenizer_ref, teacher)
     return precompute_labels(model, examples, Path(root) / "labels", spec, identity, pad,
                              d.precompute_batch_size, progress, len(tokenizer), cross)
