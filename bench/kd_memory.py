@@ -17,6 +17,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -89,16 +90,23 @@ def rss_bytes() -> int:
     return int(line.split()[1]) * 1024  # kB
 
 
-def child_memory(name: str, device: torch.device, work: Path) -> dict:
-    step, trainer = make_step(name, device, work)
+def step_memory(step: Callable[[], object], device: torch.device) -> dict:
+    """Two calls of the training step `step`: the memory before them and the peak after them ({"before",
+    "peak"}: the process's RSS, on CUDA `torch.cuda` allocations)."""
     before = torch.cuda.memory_allocated() if device.type == "cuda" else rss_bytes()
     for _ in range(2):  # the second step runs with the optimiser state in place
         step()
     peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else rss_bytes()
+    return {"peak": peak, "before": before}
+
+
+def child_memory(name: str, device: torch.device, work: Path) -> dict:
+    step, trainer = make_step(name, device, work)
+    memory = step_memory(step, device)
     fused = CONFIGS[name][1]
     if fused and trainer.fused_off is not None:
         raise SystemExit(f"{name}: the fused path did not run: {trainer.fused_off}")
-    return {"peak": peak, "before": before}
+    return memory
 
 
 def child_times(device: torch.device, work: Path) -> dict:
@@ -109,8 +117,12 @@ def child_times(device: torch.device, work: Path) -> dict:
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def run_child(*args: str) -> dict:
-    out = subprocess.run([sys.executable, __file__, *args], check=True, capture_output=True, text=True)
+def run_child(script: str, *args: str) -> dict:
+    """Run the bench `script` with `args` in a fresh interpreter and return the JSON of its last output line;
+    SystemExit with the end of its stderr when it fails."""
+    out = subprocess.run([sys.executable, script, *args], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"child {' '.join(args)} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -126,8 +138,8 @@ def main() -> None:
     if args.child:
         print(json.dumps(child_memory(args.child, device, work)))
         return
-    memory = {name: run_child("--child", name) for name in CONFIGS}
-    median = run_child("--child", "times")
+    memory = {name: run_child(__file__, "--child", name) for name in CONFIGS}
+    median = run_child(__file__, "--child", "times")
     unit = "cuda_max_allocated" if device.type == "cuda" else "peak_rss"
     print(f"device={torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'} vocab={VOCAB} "
           f"hidden={HIDDEN} layers={LAYERS} batch={BATCH}x{SEQ} prompt={PROMPT} top_k={TOP_K} "

@@ -34,7 +34,6 @@ import importlib.util
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -216,13 +215,10 @@ def make_variant(name: str, world: dict, root: Path, device: torch.device):
 
 def child_memory(name: str, world: dict, root: Path, device: torch.device) -> dict:
     step, trainer, *_ = make_variant(name, world, root, device)
-    before = torch.cuda.memory_allocated() if device.type == "cuda" else kd_memory.rss_bytes()
-    for _ in range(2):  # the second step runs with the optimiser state in place
-        step()
-    peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else kd_memory.rss_bytes()
+    memory = kd_memory.step_memory(step, device)
     if getattr(trainer, "fused_off", None) is not None:
         raise SystemExit(f"{name}: the fused path did not run: {trainer.fused_off}")
-    return {"peak": peak, "before": before}
+    return memory
 
 
 def child_times(names: list[str], world: dict, root: Path, device: torch.device, reps: int) -> dict:
@@ -231,13 +227,6 @@ def child_times(names: list[str], world: dict, root: Path, device: torch.device,
     losses = {name: float(step()) for name, step in steps.items()}
     times = interleaved_times(steps, reps, device)
     return {"median": {name: statistics.median(t) for name, t in times.items()}, "loss": losses}
-
-
-def run_child(*args: str) -> dict:
-    out = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True)
-    if out.returncode != 0:
-        raise SystemExit(f"child {' '.join(args)} failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def available_variants() -> tuple[list[str], list[str]]:
@@ -292,14 +281,15 @@ def main() -> None:
         world = build_world(shape, root)
         world["precompute_s"], world["labels"] = time_precompute(world, root, device, reps)
         (root / "world.json").write_text(json.dumps(world))
-        memory = {name: run_child("--child", name, "--root", str(root)) for name in names}
+        memory = {name: kd_memory.run_child(__file__, "--child", name, "--root", str(root)) for name in names}
         # GKD's step forms both models' full logits (GBs at V = 151,936); interleaved, the variant after it
         # would pay for faulting that memory back in, so GKD repeats its own steps in a process of its own.
         lean = [name for name in names if name != "trl_gkd"]
         groups = [lean, ["trl_gkd"]] if "trl_gkd" in names else [lean]
         timed = {"median": {}, "loss": {}}
         for group in groups:
-            part = run_child("--child", "times:" + ",".join(group), "--root", str(root), "--reps", str(reps))
+            part = kd_memory.run_child(__file__, "--child", "times:" + ",".join(group), "--root", str(root),
+                                       "--reps", str(reps))
             for key in timed:
                 timed[key].update(part[key])
         results[shape] = (world, memory, timed)
