@@ -80,6 +80,28 @@ def test_lookback_ratios_equal_a_hand_computation_from_full_attentions(world):
         assert 0 < gen.lookback.min() and gen.lookback.max() <= 1
 
 
+def test_token_probabilities_equal_a_softmax_of_one_full_forward(world):
+    """Each generated token's recorded probability, from the batched, left-padded, KV-cached loop, is the
+    softmax (over the tokenizer's tokens) of one unpadded full forward over prompt + generated ids."""
+    from smoothkd.data.tokenize import encode_prompt
+
+    tokenizer, prompts = world["tokenizer"], world["prompts"]
+    model = load_causal_lm(world["model_dir"])
+    generations = generate_with_lookback(model, tokenizer, prompts, batch_size=4, max_new_tokens=10,
+                                         progress=False)
+    assert len({len(encode_prompt(tokenizer, p, 512)) for p in prompts}) == len(prompts) > 4
+    for prompt, gen in zip(prompts, generations, strict=True):
+        prompt_ids = encode_prompt(tokenizer, prompt, 512)
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([prompt_ids + gen.token_ids])).logits[0].double()
+        steps = logits[len(prompt_ids) - 1:-1, :len(tokenizer)].softmax(-1)  # row t chose token t
+        expected = steps[torch.arange(len(gen.token_ids)), gen.token_ids].numpy()
+        assert gen.probs.shape == (len(gen.token_ids),)
+        np.testing.assert_allclose(gen.probs, expected, atol=1e-5)
+        # Greedy: each chosen token is its step's most probable one.
+        np.testing.assert_allclose(gen.probs, steps.max(-1).values.numpy(), atol=1e-5)
+
+
 def test_one_loop_matches_model_generate_batched_and_alone(world):
     from smoothkd.data.tokenize import encode_prompt
     from smoothkd.evaluation.generation import _left_pad
@@ -111,6 +133,45 @@ def test_token_offsets_map_sentences_to_their_tokens(world):
     first, last = span_tokens(offsets, second, len(text))
     assert tokenizer.decode(ids[first:last]).strip() == text[second:]
     assert all(e <= second for s, e in offsets[:first])
+
+
+def byte_level_tokenizer(pieces: list[bytes]):
+    """A byte-level BPE tokenizer whose vocabulary is every single byte plus `pieces` and `<eos>`: ids
+    picked by hand decode as their bytes, whatever a trained vocabulary would merge."""
+    from tokenizers import Tokenizer, decoders, models
+    from transformers import PreTrainedTokenizerFast
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    symbol = bytes_to_unicode()
+
+    def name(piece: bytes) -> str:
+        return "".join(symbol[b] for b in piece)
+
+    names = [name(bytes([b])) for b in range(256)] + [name(piece) for piece in pieces]
+    core = Tokenizer(models.BPE(vocab={n: i for i, n in enumerate(names)} | {"<eos>": len(names)}, merges=[]))
+    core.decoder = decoders.ByteLevel()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<eos>")
+    return tokenizer, lambda piece: tokenizer.convert_tokens_to_ids(name(piece))
+
+
+def test_token_offsets_give_a_token_that_starts_mid_character_that_characters_start():
+    """" Zoë met €5.\nMore" with "ë" (2 bytes) split between two tokens, the second also holding " met",
+    and "€" (3 bytes) split into three: a token starts at the character holding its first byte and ends
+    after the one holding its last; the leading space is stripped and the text cut at the newline."""
+    raw = [b" Zo", b"\xc3", b"\xab met", b" ", b"\xe2", b"\x82", b"\xac", b"5.", b"\n", b"More"]
+    tokenizer, token_id = byte_level_tokenizer([b" Zo", b"\xab met", b"5.", b"More"])
+    ids = [token_id(piece) for piece in raw] + [tokenizer.eos_token_id]
+    assert tokenizer.decode(ids, skip_special_tokens=True) == " Zoë met €5.\nMore"
+    text, offsets = token_offsets(tokenizer, ids)
+    assert text == "Zoë met €5."
+    # Zo, the first byte of ë, its second byte with " met", " ", € byte by byte, "5.", then nothing.
+    assert offsets == [(0, 2), (2, 3), (2, 7), (7, 8), (8, 9), (8, 9), (8, 9), (9, 11), (11, 11), (11, 11),
+                       (11, 11)]
+    # The first token covering ë is the one that began it; "m" is the straddling token's.
+    assert span_tokens(offsets, 2, 3) == (1, 3) and span_tokens(offsets, 4, 5) == (2, 3)
+    # Cut by the token limit inside "€": its first token covers the placeholder, the next none.
+    text, offsets = token_offsets(tokenizer, ids[:6])
+    assert text == "Zoë met \ufffd" and offsets[4:] == [(8, 9), (9, 9)]
 
 
 def test_detector_auroc_is_held_out_and_the_detector_round_trips(tmp_path):
@@ -182,7 +243,8 @@ def test_detector_needs_both_classes():
 
 
 def test_factual_rate_handles_an_empty_generation():
-    empty = Generation(text="", token_ids=[2], lookback=np.ones((1, 2, 3)), offsets=[(0, 0)])
+    empty = Generation(text="", token_ids=[2], lookback=np.ones((1, 2, 3)), offsets=[(0, 0)],
+                       probs=np.ones(1))
     detector = fit_detector(np.random.default_rng(0).uniform(size=(8, 2, 3)), np.array([0, 1] * 4),
                             np.arange(8), seed=0)
     rate = factual_rate(detector, [empty])

@@ -5,6 +5,10 @@ a prefill forward without attentions, then one forward per generated token on th
 `lookback`, only the decode steps return attentions ([batch, heads, 1, kv] per layer, under eager
 attention) and each is reduced at once to [batch, layers, heads] ratios, so memory stays small for any
 prompt length.
+
+Every generated token also gets the model's probability of it at the step that chose it (greedy: the
+largest probability of that step's softmax over the tokenizer's tokens), read from the logits the loop
+already has, in float32: how confidently the model stated it (`smoothkd.evaluation.confidence`).
 """
 
 from __future__ import annotations
@@ -28,17 +32,19 @@ from smoothkd.modeling.tokenizer import newline_token_ids
 
 @dataclass(frozen=True)
 class Generation:
-    """One greedy continuation with its per-token lookback ratios.
+    """One greedy continuation with its per-token lookback ratios and probabilities.
 
     `token_ids` are the generated ids, the stop token (newline or EOS) included when generation stopped;
     `lookback[t]` is the [layers, heads] ratio of the step that produced `token_ids[t]`; `offsets[t]` is
-    that token's [start, end) character span in `text` (empty when it lies outside the text).
+    that token's [start, end) character span in `text` (see `token_offsets`; empty when it lies outside
+    the text); `probs[t]` is the model's probability of `token_ids[t]` at the step that chose it.
     """
 
     text: str
     token_ids: list[int]
     lookback: np.ndarray
     offsets: list[tuple[int, int]]
+    probs: np.ndarray
 
 
 def _left_pad(batch: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -53,8 +59,9 @@ def _left_pad(batch: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.
 
 def _greedy_batch(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, stop_ids: torch.Tensor,
                   pad_id: int, max_new_tokens: int, lookback: bool, vocab_size: int
-                  ) -> tuple[list[list[int]], list[torch.Tensor | None]]:
-    """Generated ids per row (stop token included) and, with `lookback`, their [n, layers, heads] ratios."""
+                  ) -> tuple[list[list[int]], list[list[float]], list[torch.Tensor | None]]:
+    """Generated ids per row (stop token included), each one's probability at the step that chose it and,
+    with `lookback`, their [n, layers, heads] ratios."""
     batch = input_ids.shape[0]
     # Positions as `model.generate` numbers them: left pads do not shift the prompt's positions.
     positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
@@ -65,12 +72,16 @@ def _greedy_batch(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
     ratios = None
     if lookback:
         ratios = first_step_ratios(batch, model.config.num_hidden_layers, model.config.num_attention_heads)
-    tokens, step_ratios = [], []
+    tokens, probs, step_ratios = [], [], []
     finished = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)
     lengths = torch.full((batch,), max_new_tokens, dtype=torch.long)
     for step in range(max_new_tokens):
-        # Padded embedding rows (past the tokenizer) are no token: never generated.
-        token = out.logits[:, -1, :vocab_size].argmax(-1).masked_fill(finished, pad_id)
+        # Padded embedding rows (past the tokenizer) are no token: never generated, and no share of the
+        # probability either. float32 is an exact copy of bf16/fp16 logits, so the argmax is the same.
+        logits = out.logits[:, -1, :vocab_size].float()
+        token = logits.argmax(-1)
+        probs.append((logits.gather(-1, token[:, None])[:, 0] - logits.logsumexp(-1)).exp())
+        token = token.masked_fill(finished, pad_id)
         tokens.append(token)
         if lookback:
             step_ratios.append(ratios)
@@ -85,16 +96,18 @@ def _greedy_batch(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
         cache, next_position = out.past_key_values, next_position + 1
         if lookback:
             ratios = step_lookback_ratios(out.attentions, attention_mask, n_generated=step + 1).cpu()
-    ids = torch.stack(tokens, dim=1).tolist()
+    ids, chosen = torch.stack(tokens, dim=1).tolist(), torch.stack(probs, dim=1).tolist()
     stacked = torch.stack(step_ratios, dim=1) if lookback else None
-    return ([row[:n] for row, n in zip(ids, lengths.tolist(), strict=True)],
-            [stacked[row, :n] if lookback else None for row, n in enumerate(lengths.tolist())])
+    n = lengths.tolist()
+    return ([row[:k] for row, k in zip(ids, n, strict=True)],
+            [row[:k] for row, k in zip(chosen, n, strict=True)],
+            [stacked[row, :k] if lookback else None for row, k in enumerate(n)])
 
 
 @torch.inference_mode()
 def _generate(model, tokenizer, prompts: list[str], batch_size: int, max_new_tokens: int,
               max_prompt_length: int, progress: bool, desc: str, lookback: bool
-              ) -> list[tuple[list[int], torch.Tensor | None]]:
+              ) -> list[tuple[list[int], list[float], torch.Tensor | None]]:
     model.eval()
     device = next(model.parameters()).device
     encoded = [encode_prompt(tokenizer, p, max_prompt_length) for p in prompts]
@@ -107,10 +120,11 @@ def _generate(model, tokenizer, prompts: list[str], batch_size: int, max_new_tok
         # disable=None: no bar when stderr is not a terminal (a log file gets no carriage-return frames).
         for idx in tqdm(batches, desc=desc, unit="batch", disable=None if progress else True):
             input_ids, attention_mask = _left_pad([encoded[i] for i in idx], tokenizer.pad_token_id)
-            ids, ratios = _greedy_batch(model, input_ids.to(device), attention_mask.to(device), stop_ids,
-                                        tokenizer.pad_token_id, max_new_tokens, lookback, len(tokenizer))
-            for i, row_ids, row_ratios in zip(idx, ids, ratios, strict=True):
-                results[i] = (row_ids, row_ratios)
+            ids, probs, ratios = _greedy_batch(model, input_ids.to(device), attention_mask.to(device),
+                                               stop_ids, tokenizer.pad_token_id, max_new_tokens, lookback,
+                                               len(tokenizer))
+            for i, row in zip(idx, zip(ids, probs, ratios, strict=True), strict=True):
+                results[i] = row
     return results
 
 
@@ -119,17 +133,19 @@ def generate(model, tokenizer, prompts: list[str], batch_size: int = 16, max_new
     """Greedy continuations of `prompts`, each cut at its first newline, in input order."""
     results = _generate(model, tokenizer, prompts, batch_size, max_new_tokens, max_prompt_length, progress,
                         desc, lookback=False)
-    return [tokenizer.decode(ids, skip_special_tokens=True).split("\n", 1)[0].strip() for ids, _ in results]
+    return [tokenizer.decode(ids, skip_special_tokens=True).split("\n", 1)[0].strip()
+            for ids, _, _ in results]
 
 
 def generate_with_lookback(model, tokenizer, prompts: list[str], batch_size: int = 16,
                            max_new_tokens: int = 64, max_prompt_length: int = 512, progress: bool = True,
                            desc: str = "generate") -> list[Generation]:
-    """`generate`'s greedy texts plus each generated token's id, lookback ratios and character span."""
+    """`generate`'s greedy texts plus each generated token's id, lookback ratios, character span and
+    probability."""
     results = _generate(model, tokenizer, prompts, batch_size, max_new_tokens, max_prompt_length, progress,
                         desc, lookback=True)
     generations = []
-    for ids, ratios in results:
+    for ids, probs, ratios in results:
         text, offsets = token_offsets(tokenizer, ids)
-        generations.append(Generation(text, ids, ratios.numpy(), offsets))
+        generations.append(Generation(text, ids, ratios.numpy(), offsets, np.asarray(probs)))
     return generations

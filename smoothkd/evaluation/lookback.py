@@ -21,6 +21,7 @@ Left padding is respected: pad positions are excluded from C (both from the sum 
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 
 import numpy as np
@@ -67,24 +68,29 @@ def first_step_ratios(batch: int, layers: int, heads: int) -> torch.Tensor:
 def token_offsets(tokenizer, token_ids: list[int]) -> tuple[str, list[tuple[int, int]]]:
     """The generation's text (first line, stripped) and each token's [start, end) character span in it.
 
-    Decodes prefixes incrementally, so the spans are exactly what the tokenizer's decoder produces; tokens
-    that fall outside the text (a leading space, the newline that stopped generation, EOS) get empty spans.
-    A byte-level token that splits a multi-byte character can shift that character to the next token.
+    Decodes every prefix of the ids, so the spans are what the tokenizer's own decoder produces. A
+    byte-level token may hold part of a multi-byte character: a token's span starts at the character that
+    holds its first byte and ends after the one that holds its last, so tokens that share a character both
+    cover it (the token that completes "é", or starts mid-character, starts where "é" starts; the one that
+    began it covers "é" too, and is the first token covering it). A prefix that ends inside a character
+    decodes with U+FFFD in its place, which the whole text does not have there: a prefix's complete
+    characters are those it shares with the whole text. Tokens outside the text (a leading space, the
+    newline that stopped generation, EOS) get empty spans, and so do all but the first token of a
+    character left incomplete by the token limit.
     """
-    ends, end, decoded = [], 0, ""
-    for k in range(1, len(token_ids) + 1):
-        decoded = tokenizer.decode(token_ids[:k], skip_special_tokens=True)
-        end = max(end, len(decoded))
-        ends.append(end)
-    line = decoded.split("\n", 1)[0]  # the last prefix is the whole generation
+    prefixes = [tokenizer.decode(token_ids[:k], skip_special_tokens=True) for k in range(len(token_ids) + 1)]
+    whole = prefixes[-1]
+    complete = [len(os.path.commonprefix([prefix, whole])) for prefix in prefixes]
+    # A prefix longer than what it shares ends inside one more character, which its last token touched.
+    touched = [n + (len(prefix) > n) for n, prefix in zip(complete, prefixes, strict=True)]
+    line = whole.split("\n", 1)[0]
     text = line.strip()
     lead = len(line) - len(line.lstrip())
 
     def clip(pos: int) -> int:
         return min(max(pos - lead, 0), len(text))
 
-    starts = [0, *ends[:-1]]
-    return text, [(clip(s), clip(e)) for s, e in zip(starts, ends, strict=True)]
+    return text, [(clip(complete[k]), clip(max(complete[k], touched[k + 1]))) for k in range(len(token_ids))]
 
 
 def span_tokens(offsets: list[tuple[int, int]], start: int, end: int) -> tuple[int, int]:
