@@ -385,13 +385,13 @@ def evaluate_model(cfg: RunConfig, model_path: str | Path, data_dir: str | Path,
     model's name; default its directory's) and split when first evaluated; its `identity` is what the
     scores depend on (`smoothkd.registry.identity`), as a dict.
     """
-    from smoothkd.evaluation.evaluate import run_evaluation
+    from smoothkd.evaluation.evaluate import VERSION, run_evaluation
     from smoothkd.modeling.identity import model_identity
     from smoothkd.registry.identity import evaluation_identity
 
     key = _key(model_identity(model_path), dataset_key(data_dir), cfg.eval.model_dump_json(),
                str(cfg.student.train.max_prompt_length), cfg.device,
-               sha256_file(detector_path) if detector_path else "")
+               sha256_file(detector_path) if detector_path else "", f"evaluation-v{VERSION}")
     out = output_root(cfg) / "evaluations" / key
     if not (out / "result.json").exists():
         with atomic_dir(out) as tmp:

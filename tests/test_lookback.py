@@ -294,6 +294,30 @@ def test_detector_beats_chance_on_held_out_sentences_of_a_trained_model(trained,
     assert 0 < rate.rate < 1
 
 
+def test_an_evaluation_reports_how_confidently_the_model_states_supported_and_unsupported_facts(trained):
+    """The trained model summarises held-out contexts (as an `xsum` split): every summary that states an
+    unsupported (supported) fact has a confidence in [0, 1], every other has none, and the split's metric
+    is their mean with a bootstrap CI."""
+    from smoothkd.config import EvalConfig
+    from smoothkd.evaluation.consistency import FactPrecisionScorer
+    from smoothkd.evaluation.evaluate import evaluate_split
+
+    rows = [{"id": r["id"], "document": r["context"], "summary": r["response"], "facts": r["facts"]}
+            for r in trained["rows"] if r["context"]][:16]
+    scorer = FactPrecisionScorer(trained["lexicon"])
+    metrics, per_example, localized = evaluate_split(
+        EvalConfig(splits=["xsum"], batch_size=16, max_new_tokens=40, bootstrap_samples=200), 160,
+        trained["model"], trained["tokenizer"], "xsum", rows, scorer, scorer, progress=False)
+    for name, supported in (("unsupported_fact_confidence", False), ("supported_fact_confidence", True)):
+        values = per_example[name]
+        states = [any(f.supported == supported for f in row.facts.facts) for row in localized]
+        assert [v is not None for v in values] == states and sum(states) >= 3, name
+        present = [v for v in values if v is not None]
+        assert all(0 < v <= 1 for v in present) and len(set(present)) > 1
+        low, mean, high = (metrics[f"xsum/{name}{end}"] for end in ("_ci_low", "", "_ci_high"))
+        assert mean == pytest.approx(np.mean(present)) and 0 <= low < mean < high <= 1
+
+
 def test_below_the_auroc_floor_the_rate_is_reported_apart_and_gates_nothing(world):
     from rich.console import Console
 

@@ -711,6 +711,23 @@ def test_a_champion_evaluated_otherwise_is_re_evaluated_on_the_candidates_rows(w
     assert tags["gate.champion_evaluation"] == "re-evaluated (examples (cnndm); scorer (factual_consistency))"
 
 
+def test_an_evaluation_of_another_evaluation_version_is_not_reused(world, monkeypatch):
+    """`evaluate.VERSION` keys the evaluation cache: an evaluation cached by code that gave other metrics
+    (before the fact confidences, say) is computed again, not read back without them."""
+    from smoothkd.evaluation import evaluate
+    from smoothkd.stages import evaluate_model, prepare_data
+
+    cfg = RunConfig(output_dir=str(world["root"] / "versions"),
+                    data={"embedded": {"n_instruction": 40, "n_cnndm": 2, "n_xsum": 2}},
+                    eval=EVAL.model_copy(update={"max_new_tokens": 4, "bootstrap_samples": 20}))
+    data_dir = prepare_data(cfg)
+    first = evaluate_model(cfg, world["model_dir"], data_dir, progress=False)
+    assert evaluate_model(cfg, world["model_dir"], data_dir, progress=False).dir == first.dir  # reused
+    monkeypatch.setattr(evaluate, "VERSION", evaluate.VERSION + 1)
+    again = evaluate_model(cfg, world["model_dir"], data_dir, progress=False)
+    assert again.dir != first.dir and Path(again.dir, "result.json").exists()
+
+
 # A promoter holding the lock: prints "held" once it has it, then sleeps.
 HOLD_LOCK = """
 import sys, time

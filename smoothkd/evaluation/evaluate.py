@@ -5,9 +5,14 @@ Metric names are flat and stable: `{split}/rougeLsum`, `{split}/factual_consiste
 scorer also `{split}/factual_consistency_min`, the mean over summaries of their least supported sentence),
 `{split}/factual_rate` (%; `{split}/factual_rate_unreliable` when the detector is below its AUROC floor),
 `{split}/hallucinated_facts_per_summary`, `{split}/lookback_ratio`, `{split}/prior_trap_rate` (% of
-prior-trap rows whose summary names the memorised chief), `general/rougeL`, `general/nll`, each with
-`_ci_low` / `_ci_high`; `general/ece` and `general/overconfidence` (held-out calibration of next-token
-predictions on the reference responses, no CI).
+prior-trap rows whose summary names the memorised chief), `{split}/unsupported_fact_confidence` and
+`{split}/supported_fact_confidence` (the model's probability of the token that chose each fact, averaged
+per summary over its unsupported or supported facts, then over the summaries that state such a fact; see
+`smoothkd.evaluation.confidence`), `general/rougeL`, `general/nll`, each with `_ci_low` / `_ci_high`;
+`general/ece` and `general/overconfidence` (held-out calibration of next-token predictions on the
+reference responses, no CI).
+
+`VERSION` names what an evaluation computes: a cached evaluation of another version is not reused.
 """
 
 from __future__ import annotations
@@ -19,6 +24,11 @@ from smoothkd.data.dataset import dataset_lexicon, read_split
 from smoothkd.data.prompts import eval_prompt
 from smoothkd.data.schema import REFERENCE_COLUMN, SOURCE_COLUMN
 from smoothkd.evaluation.bootstrap import ci_metrics
+
+# Part of every evaluation's cache key (`smoothkd.stages.evaluate_model`): bump it when an evaluation gives
+# other metrics or per-example columns, so that no evaluation cached before is read as a current one.
+# 2: unsupported_fact_confidence, supported_fact_confidence.
+VERSION = 2
 
 
 def _aggregate(name: str, values: list[float | None], e: EvalConfig, scale: float = 1.0) -> dict[str, float]:
@@ -45,6 +55,7 @@ def evaluate_split(e: EvalConfig, max_prompt_length: int, model, tokenizer, kind
                    scorer, fact_scorer, detector=None, progress: bool = True) -> tuple[dict, dict, list]:
     """(metrics, per-example columns, localization rows) for one summarisation split; prompts are cut to
     `max_prompt_length` tokens, as in training."""
+    from smoothkd.evaluation.confidence import fact_confidences
     from smoothkd.evaluation.consistency import SentenceScorer
     from smoothkd.evaluation.detector import factual_rate
     from smoothkd.evaluation.generation import generate_with_lookback
@@ -73,11 +84,16 @@ def evaluate_split(e: EvalConfig, max_prompt_length: int, model, tokenizer, kind
                    "hallucinated_facts": [float(c.n_unsupported) for c in checks],
                    "prior_trap_rate": [None if hit is None else 100.0 * hit
                                        for hit in prior_trap_hits(checks, golds)]}
+    confidences = [fact_confidences(c, g.offsets, g.probs) for c, g in zip(checks, generations, strict=True)]
+    per_example["unsupported_fact_confidence"] = [unsupported for unsupported, _ in confidences]
+    per_example["supported_fact_confidence"] = [supported for _, supported in confidences]
     for name in ("rougeL", "rougeLsum"):
         metrics |= _aggregate(f"{kind}/{name}", rouge[name], e)
     metrics |= _aggregate(f"{kind}/factual_consistency", consistency, e, 100.0)
     metrics |= _aggregate(f"{kind}/hallucinated_facts_per_summary", per_example["hallucinated_facts"], e)
     metrics |= _aggregate(f"{kind}/prior_trap_rate", per_example["prior_trap_rate"], e)
+    for name in ("unsupported_fact_confidence", "supported_fact_confidence"):
+        metrics |= _aggregate(f"{kind}/{name}", per_example[name], e)
     extra = {}
     if detector is not None:
         rate = factual_rate(detector, generations)
