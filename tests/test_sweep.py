@@ -17,6 +17,7 @@ from smoothkd.evaluation.machine import cpu_model, machine
 from smoothkd.evaluation.seeds import EXAMPLES_ONLY, SEEDS_AND_EXAMPLES, SEEDS_ONLY
 from smoothkd.evaluation.sweep import (
     KD_HELPS,
+    PER_MODEL,
     Arm,
     Difference,
     SweepSummary,
@@ -116,6 +117,47 @@ def test_an_aa_arm_is_analysed_as_kd_and_named_as_itself():
     assert record["machine"]["threads"] >= 1
     with pytest.raises(ValueError, match="sft_null has no evaluation for seed"):
         compare_arms(SFT, [Arm("sft_null", 0.0, {10: KD[10]})], EvalConfig())
+
+
+def _with_confidence(evaluation, by_example):
+    """`evaluation` plus an unsupported-fact confidence per example (None: the summary states no unsupported
+    fact) and its mean over the examples that have one, as the evaluation gives them."""
+    mean = float(np.mean([v for v in by_example if v is not None]))
+    return Evaluation(metrics={**evaluation.metrics, "cnndm/unsupported_fact_confidence": mean},
+                      per_example={"cnndm": {**evaluation.per_example["cnndm"],
+                                             "unsupported_fact_confidence": by_example}}, predictions={})
+
+
+def test_unsupported_fact_confidence_is_one_value_per_model_over_seeds_and_exploratory():
+    """Which summaries state an unsupported fact differs by model (here no example has a value in every
+    model), so the confidence is compared as one value per model, as ECE is, not paired by example; it is
+    marked exploratory and changes no conclusion."""
+    sft = {10: _with_confidence(SFT[10], [0.9, None, 0.8]), 11: _with_confidence(SFT[11], [0.7, 0.9, None]),
+           12: _with_confidence(SFT[12], [None, 0.95, None])}
+    kd = {10: _with_confidence(KD[10], [None, 0.6, None]), 11: _with_confidence(KD[11], [0.5, None, 0.7]),
+          12: _with_confidence(KD[12], [0.9, 0.7, 0.8])}
+    diffs = kd_minus_sft({0.0: sft, 0.5: kd}, EvalConfig())
+    confidence = next(d for d in diffs if d.metric == "unsupported_fact_confidence")
+    assert confidence.split == "cnndm" and confidence.covers == SEEDS_ONLY and confidence.exploratory
+    assert confidence.per_seed == pytest.approx({10: 0.6 - 0.85, 11: 0.6 - 0.8, 12: 0.8 - 0.95})
+    expected = stats.ttest_1samp([-0.25, -0.2, -0.15], 0.0).confidence_interval(0.95)
+    assert (confidence.mean, confidence.low, confidence.high) == pytest.approx((-0.2, expected.low,
+                                                                                expected.high))
+    assert not any(d.exploratory for d in diffs if d is not confidence)
+    # The family and the conclusions are those of the same evaluations without it.
+    assert conclusions(diffs, 0.95) == conclusions(kd_minus_sft({0.0: SFT, 0.5: KD}, EvalConfig()), 0.95)
+    summary = SweepSummary("tiny", "sweep-x", "r", [10, 11, 12], [0.5], 0.95, 1.0, [], diffs)
+    record = summary.to_dict()["differences"]["kd_a0.5"]["cnndm"]
+    assert record["unsupported_fact_confidence"]["exploratory"] is True
+    assert record["unsupported_fact_confidence"]["covers"] == SEEDS_ONLY
+    assert record["factual_consistency"]["exploratory"] is False
+    from rich.console import Console
+
+    console = Console(record=True, width=250)
+    console.print(differences_table(summary))
+    text = console.export_text()
+    assert "unsupported-fact confidence (exploratory)" in text
+    assert f"-0.20 ({expected.low:+.2f}–{expected.high:+.2f})†" in text
 
 
 def _cell(arm, split, p, mean=3.0, seeds=5):
@@ -224,7 +266,7 @@ def test_sweep_json_reports_each_alpha_and_split_with_a_ci(tiny_sweep):
         assert {"factual_consistency", "rougeLsum", "hallucinated_facts_per_summary"} <= set(metrics)
         for name, d in metrics.items():
             assert sorted(d["per_seed"]) == ["10", "11"]
-            assert d["covers"] == SEEDS_AND_EXAMPLES, (split, name)
+            assert d["covers"] == (SEEDS_ONLY if name in PER_MODEL else SEEDS_AND_EXAMPLES), (split, name)
         # Every example has every score here, so a seed's paired mean is the difference of the means.
         for seed in ("10", "11"):
             assert metrics["factual_consistency"]["per_seed"][seed] == pytest.approx(

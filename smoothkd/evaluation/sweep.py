@@ -4,15 +4,16 @@ and what it lets the sweep conclude.
 Every arm (a KD α, or for an A/A check a second SFT arm) is compared with the SFT baseline trained with the
 same seed, on the same examples: a [seeds, examples] table of paired differences per (arm, split, metric),
 rows matched by example id, analysed by `seed_example_ci` (seeds and examples crossed; a metric the
-evaluation gives only as an aggregate, e.g. a calibration error over tokens, over seeds alone, and says so
-in `covers`).
+evaluation gives only as an aggregate, e.g. a calibration error over tokens, or one compared per model
+(`PER_MODEL`), over seeds alone, and says so in `covers`).
 
 Conclusions speak of factual consistency only, from a two-sided test at 1 − confidence (so a "KD helps"
 claim is wrong at most (1 − confidence)/2 of the time per cell), never below `MIN_SEEDS` seeds. Across the
 arm × split family the p-values are Holm-adjusted, unless `eval.primary` named one cell before the run:
 then that cell is tested alone and every other cell is exploratory. Each conclusion says which applied,
 and what the sweep could have resolved (`Difference.mde`, at 80 % power) and how many seeds would resolve
-the paper's gain (`PAPER_EFFECT`).
+the paper's gain (`PAPER_EFFECT`). An `EXPLORATORY` metric is reported with its interval and marked so:
+it is in no family and no conclusion.
 """
 
 from __future__ import annotations
@@ -31,7 +32,15 @@ from smoothkd.report import PER_EXAMPLE
 # prior-trap rate or student ECE) is left out of the summary rather than reported as missing.
 COMPARED = (("factual_consistency", "fact. consist. %"), ("rougeLsum", "ROUGE-Lsum"),
             ("hallucinated_facts_per_summary", "unsupported/summary"), ("prior_trap_rate", "prior-trap rate"),
-            ("ece", "student ECE"), ("overconfidence", "overconfidence"))
+            ("ece", "student ECE"), ("overconfidence", "overconfidence"),
+            ("unsupported_fact_confidence", "unsupported-fact confidence (exploratory)"))
+# Compared over one value per model although the evaluation keeps a per-example column: a summary has a
+# value only when it states an unsupported fact, and which summaries do differs by model, so pairing by
+# example would compare the examples both models hallucinated on, a selection by the outcome.
+PER_MODEL = ("unsupported_fact_confidence",)
+# Reported beside the conclusions, never in them nor in the Holm family: the mechanism's measure on the
+# model's own facts, which the sweep was not designed to test.
+EXPLORATORY = ("unsupported_fact_confidence",)
 CONSISTENCY = "factual_consistency"
 KD_HELPS = "KD reduces hallucination here"
 # Below this many seeds the seed-to-seed variance rests on one or two differences: table, no conclusion.
@@ -46,7 +55,8 @@ class Difference:
     """An arm − SFT for one split and metric: mean over seeds and examples, its CI, every seed's own
     difference, the two-sided p of no difference, the smallest difference resolvable at 80 % power (`mde`)
     and, for factual consistency, the seeds that would resolve `PAPER_EFFECT` (None: no number of seeds
-    on these examples). `arm` defaults to the KD name of `alpha`."""
+    on these examples). `arm` defaults to the KD name of `alpha`; `exploratory` marks an `EXPLORATORY`
+    metric."""
 
     alpha: float
     split: str
@@ -63,6 +73,7 @@ class Difference:
     p_value: float | None = None
     mde: float | None = None
     seeds_for_paper_effect: int | None = None
+    exploratory: bool = False
 
     def __post_init__(self) -> None:
         if not self.arm:
@@ -203,13 +214,13 @@ def _table(arm: dict[int, Evaluation], sft: dict[int, Evaluation], seeds: list[i
 
 def _cell_table(arm: dict[int, Evaluation], sft: dict[int, Evaluation], seeds: list[int], split: str,
                 metric: str) -> np.ndarray | None:
-    """The table to analyse: per example when every model keeps a column for the metric, else one
-    aggregate difference per seed; None when some model lacks the metric."""
+    """The table to analyse: per example when every model keeps a column for the metric (and it is not
+    compared `PER_MODEL`), else one aggregate difference per seed; None when some model lacks the metric."""
     name, column = f"{split}/{metric}", PER_EXAMPLE.get(metric, metric)
     runs = [e for s in seeds for e in (arm[s], sft[s])]
     if any(name not in e.metrics for e in runs):
         return None
-    if all(column in e.per_example.get(split, {}) for e in runs):
+    if metric not in PER_MODEL and all(column in e.per_example.get(split, {}) for e in runs):
         return _table(arm, sft, seeds, split, column)
     return np.array([[arm[s].metrics[name] - sft[s].metrics[name]] for s in seeds])
 
@@ -246,7 +257,8 @@ def compare_arms(sft: dict[int, Evaluation], arms: list[Arm], e: EvalConfig) -> 
                     covers=ci.covers, arm=arm.name, se=ci.se, df=ci.df,
                     p_value=ci.p_value(), mde=ci.detectable(e.confidence),
                     seeds_for_paper_effect=(ci.seeds_to_resolve(PAPER_EFFECT, e.confidence)
-                                            if metric == CONSISTENCY else None)))
+                                            if metric == CONSISTENCY else None),
+                    exploratory=metric in EXPLORATORY))
     return differences
 
 
