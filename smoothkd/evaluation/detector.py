@@ -43,7 +43,7 @@ from smoothkd.evaluation.lookback import span_features, span_tokens
 from smoothkd.io import read_json, write_json
 
 THRESHOLD = 0.5
-FORMAT = "smoothkd-lookback-detector/2"  # /2: grouped split, AUROC CI
+FORMAT = "smoothkd-lookback-detector/3"  # /2: grouped split, AUROC CI; /3: byte-level token offsets
 
 
 @dataclass(frozen=True)

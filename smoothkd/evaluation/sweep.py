@@ -33,14 +33,16 @@ from smoothkd.report import PER_EXAMPLE
 COMPARED = (("factual_consistency", "fact. consist. %"), ("rougeLsum", "ROUGE-Lsum"),
             ("hallucinated_facts_per_summary", "unsupported/summary"), ("prior_trap_rate", "prior-trap rate"),
             ("ece", "student ECE"), ("overconfidence", "overconfidence"),
-            ("unsupported_fact_confidence", "unsupported-fact confidence (exploratory)"))
+            ("unsupported_fact_confidence", "unsupported-fact confidence (exploratory)"),
+            ("supported_fact_confidence", "supported-fact confidence (exploratory)"))
 # Compared over one value per model although the evaluation keeps a per-example column: a summary has a
 # value only when it states an unsupported fact, and which summaries do differs by model, so pairing by
 # example would compare the examples both models hallucinated on, a selection by the outcome.
-PER_MODEL = ("unsupported_fact_confidence",)
+PER_MODEL = ("unsupported_fact_confidence", "supported_fact_confidence")
 # Reported beside the conclusions, never in them nor in the Holm family: the mechanism's measure on the
-# model's own facts, which the sweep was not designed to test.
-EXPLORATORY = ("unsupported_fact_confidence",)
+# model's own facts, which the sweep was not designed to test. The supported facts' confidence is its
+# control: a student less confident about everything states unsupported facts less confidently too.
+EXPLORATORY = PER_MODEL
 CONSISTENCY = "factual_consistency"
 KD_HELPS = "KD reduces hallucination here"
 # Below this many seeds the seed-to-seed variance rests on one or two differences: table, no conclusion.
