@@ -3,9 +3,13 @@
 import os
 import time
 from dataclasses import replace
+from pathlib import Path
 
 from smoothkd.artifacts import Results
 from smoothkd.config import ConfigError, RunConfig, output_root, tracking_uri
+
+# The repository root: smoothkd/, pipelines/ and steps/ are packages under it.
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
 def configure_zenml_env(cfg: RunConfig, stack: str | None = None) -> None:
@@ -15,6 +19,15 @@ def configure_zenml_env(cfg: RunConfig, stack: str | None = None) -> None:
     if (stack or cfg.orchestration.stack) == "local":
         os.environ.setdefault("ZENML_CONFIG_PATH", str(output_root(cfg) / "zenml"))
     os.environ.setdefault("ZENML_ANALYTICS_OPT_IN", "false")
+    from zenml.constants import ENV_ZENML_CUSTOM_SOURCE_ROOT
+    from zenml.utils import source_utils
+
+    # ZenML names step and artifact classes by their module under its source root, which it otherwise
+    # guesses from the entry point: under `python -m smoothkd.cli` it was smoothkd/, so a gate decision
+    # was stored as `artifacts.GateDecision`, loaded as a second class beside `smoothkd.artifacts`'s, and
+    # the report step refused it. The source root is also the code a remote orchestrator's image carries.
+    if not os.environ.get(ENV_ZENML_CUSTOM_SOURCE_ROOT):
+        source_utils.set_custom_source_root(str(PROJECT_ROOT))
 
 
 def docker_settings(cfg: RunConfig):

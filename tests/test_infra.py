@@ -247,6 +247,27 @@ def test_docker_section_maps_to_docker_settings():
     assert prebuilt.parent_image == "reg/img:1" and prebuilt.dockerfile is None
 
 
+
+def test_artifact_classes_keep_their_package_path_whatever_the_entry_point(monkeypatch, tmp_path):
+    """ZenML names a stored artifact's class by its module under the source root, guessed from the entry
+    point's directory: under `python -m smoothkd.cli` that is smoothkd/, and a gate decision became
+    `artifacts.GateDecision`, a second class the report step refused. The runner fixes the root at the
+    repository's."""
+    from zenml.constants import ENV_ZENML_CUSTOM_SOURCE_ROOT
+    from zenml.utils import source_utils
+
+    from pipelines.runner import configure_zenml_env
+    from smoothkd.artifacts import GateDecision
+
+    monkeypatch.delenv(ENV_ZENML_CUSTOM_SOURCE_ROOT, raising=False)
+    monkeypatch.setenv("ZENML_CONFIG_PATH", str(tmp_path / "zenml"))
+    monkeypatch.setattr(source_utils, "_CUSTOM_SOURCE_ROOT", None)
+    # The entry point `python -m smoothkd.cli`: its directory is where ZenML would look.
+    monkeypatch.setattr(source_utils, "get_implicit_source_root", lambda: str(ROOT / "smoothkd"))
+    configure_zenml_env(load_config(TINY, [f"output_dir={tmp_path}"]))
+    assert source_utils.get_source_root() == str(ROOT)
+    assert source_utils.resolve(GateDecision).import_path == "smoothkd.artifacts.GateDecision"
+
 # ---- `smoothkd stack up` against a fresh ZenML store ----
 
 # Runs the CLI in-process (typer's runner) inside a subprocess whose ZENML_CONFIG_PATH is the test's own,
