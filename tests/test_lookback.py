@@ -193,7 +193,7 @@ def test_detector_auroc_is_held_out_and_the_detector_round_trips(tmp_path):
 
     path = detector.save(tmp_path / "detector.json")
     loaded = load_detector(path)
-    assert json.loads(path.read_text())["format"] == "smoothkd-lookback-detector/2"
+    assert json.loads(path.read_text())["format"] == "smoothkd-lookback-detector/3"
     np.testing.assert_allclose(loaded.predict_proba(features), detector.predict_proba(features), rtol=1e-12)
     assert loaded.auroc == detector.auroc and not list(tmp_path.glob(".detector.json.*"))
     with pytest.raises(DetectorError, match="2 layers × 3 heads"):
