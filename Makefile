@@ -22,7 +22,7 @@ demo: $(STAMP)
 	$(VENV)/bin/smoothkd run configs/demo.yaml
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -rs
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

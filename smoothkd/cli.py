@@ -216,11 +216,12 @@ def ui(
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1")] = 5000,
     host: Annotated[str, typer.Option(help="Interface to bind (keep 127.0.0.1 unless you mean it)")
                     ] = "127.0.0.1",
+    set_: SetOpt = None,
 ) -> None:
     """Serve the MLflow UI on the store the pipeline wrote to."""
     from smoothkd.config import output_root, tracking_uri
 
-    cfg = _load(_named_or_default(config), None)
+    cfg = _load(_named_or_default(config), set_)
     uri = tracking_uri(cfg)
     typer.echo(f"MLflow UI for {uri} at http://{host}:{port}  (Ctrl-C to stop)")
     sys.stdout.flush()
@@ -243,13 +244,14 @@ def serve(
              "@champion of the config)")] = None,
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1")] = 5001,
     config: ConfigOpt = None,
+    set_: SetOpt = None,
     tracking_uri: TrackingOpt = None,
 ) -> None:
     """Serve a registered student (the champion by default) with MLflow's scoring server on 127.0.0.1:
     POST {"inputs": [PROMPT]} to /invocations for its greedy completion, cut at the first newline."""
     from smoothkd.config import tracking_uri as store_of
 
-    cfg = _load(_named_or_default(config), None)
+    cfg = _load(_named_or_default(config), set_)
     uri = tracking_uri or store_of(cfg)
     ref = model or f"models:/{cfg.promotion.registered_model_name}@champion"
     with _one_line_errors():
@@ -263,6 +265,8 @@ def serve(
     # on PATH, whether or not the venv is activated.
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": path}
+    if not sys.stderr.isatty():  # a log file gets no frame of MLflow's per-artifact download bar
+        env.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", served, "--env-manager", "local",
            "--host", "127.0.0.1", "--port", str(port)]
     # Become the server, so that stopping this command (Ctrl-C, SIGTERM) stops the server, not just a parent.
@@ -296,6 +300,7 @@ def models(
     name: Annotated[str | None, typer.Argument(help="Registered model (default: all)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output")] = False,
     config: ConfigOpt = None,
+    set_: SetOpt = None,
     tracking_uri: TrackingOpt = None,
 ) -> None:
     """Registered versions with their aliases and gate verdicts, newest first (--json: every field)."""
@@ -305,7 +310,7 @@ def models(
 
     from smoothkd.registry.store import list_versions, version_lines
 
-    _, client = _registry_client(config, None, tracking_uri)
+    _, client = _registry_client(config, set_, tracking_uri)
     with _registry_errors(name or "registry"):
         rows = list_versions(client, name)
     if as_json:

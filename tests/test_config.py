@@ -88,6 +88,24 @@ def test_a_named_config_that_does_not_exist_stops_every_command(tmp_path, monkey
     assert result.output.strip().splitlines() == ["error: config file not found: nope.yaml"]
 
 
+@pytest.mark.parametrize("args", [["promote", "smoothkd-student", "1"], ["models"], ["results"], ["ui"],
+                                  ["serve"]], ids=lambda a: a[0])
+def test_every_command_reading_a_config_takes_overrides(tmp_path, monkeypatch, args):
+    """`--set` reaches the config of every command that reads one (e.g. `--set output_dir=...` for the
+    store of another run), checked like `run`'s: an unknown key is one line naming it."""
+    from typer.testing import CliRunner
+
+    from smoothkd.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(os, "execv", lambda *a: pytest.fail("`ui` started a server"))
+    monkeypatch.setattr(os, "execve", lambda *a: pytest.fail("`serve` started a server"))
+    result = CliRunner().invoke(app, [*args, "--set", "bogus=1"])
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "bogus: unknown key" in lines[0], result.output
+
+
 def test_an_unnamed_config_is_the_demo_config_where_it_exists_else_the_defaults(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
