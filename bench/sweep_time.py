@@ -27,13 +27,14 @@ def one_sweep(config: str, overrides: list[str]) -> None:
     """Build the front half, then time the sweep; print `<seconds> <workers>`."""
     from pipelines.sweep import run_sweep, sweep_arms, sweep_config
     from smoothkd.config import load_config, output_root
+    from smoothkd.distill.runtime import parallel_trainings
     from smoothkd.stages import front_half
 
     cfg = load_config(config, overrides)
     front_half(sweep_config(cfg), output_root(cfg) / "calibration")
     start = time.perf_counter()
     run_sweep(cfg, SEEDS, sweep_arms(ALPHAS), echo=lambda line: print(line, file=sys.stderr))
-    print(f"{time.perf_counter() - start} {cfg.sweep.workers}")
+    print(f"{time.perf_counter() - start} {parallel_trainings(cfg.sweep.workers, cfg.device)}")
 
 
 def timed(config: str, overrides: list[str], workers: int | None) -> tuple[float, int]:

@@ -7,7 +7,6 @@ Every section forbids unknown keys so a typo fails loudly with the key path inst
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -428,15 +427,12 @@ class OrchestrationConfig(_Section):
     secrets: list[str] = Field(default_factory=list)
 
 
-def default_workers() -> int:
-    """Two sweep workers where there are two cores (more add little on the tiny models), else one."""
-    return min(os.cpu_count() or 1, 2)
-
-
 class SweepConfig(_Section):
     # Models trained and evaluated at once by `smoothkd sweep`, each in its own process with its training
-    # section's fixed `threads`: which worker trains a model does not change its weights.
-    workers: int = Field(default_factory=default_workers, gt=0)
+    # section's fixed `threads`: which worker trains a model does not change its weights. Unset: two on a
+    # CPU with two or more cores (more add little on the tiny models), one where models train on a GPU
+    # (two trainings would share its memory); `smoothkd.distill.runtime.parallel_trainings`.
+    workers: int | None = Field(default=None, gt=0)
     # Rows per evaluation split the sweep scores on the embedded corpus (more rows, less example noise in
     # every difference); a run of the same config may score fewer. Hub and local splits are scored whole.
     eval_rows: int = Field(default=500, gt=0)

@@ -513,8 +513,11 @@ def in_worker(cfg: RunConfig, fn: Callable, *args, priority: int = 1) -> tuple[o
     intra-op threads each), waiting for it: (its result, the seconds it ran, not counting the wait for a
     worker). A lower `priority` runs first (the sweep evaluates before it trains more, so its progress and
     time left follow finished models). Its exception is raised here."""
-    pool = worker_pool(cfg.sweep.workers, cfg.student.train.threads)
-    with _worker_slots(cfg.sweep.workers).held(priority):
+    from smoothkd.distill.runtime import parallel_trainings
+
+    workers = parallel_trainings(cfg.sweep.workers, cfg.device)
+    pool = worker_pool(workers, cfg.student.train.threads)
+    with _worker_slots(workers).held(priority):
         with quiet_workers():
             future = pool.submit(_timed, fn, *args)
         return future.result()

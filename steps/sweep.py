@@ -21,6 +21,7 @@ from smoothkd.artifacts import Evaluation, ModelArtifact
 from smoothkd.charts import sweep_chart
 from smoothkd.config import RunConfig, output_root, tracking_uri
 from smoothkd.distill.labels import PrecomputeResult
+from smoothkd.distill.runtime import parallel_trainings
 from smoothkd.evaluation.machine import machine
 from smoothkd.evaluation.sweep import (
     COMPARED,
@@ -119,7 +120,8 @@ def analyse_sweep(config: dict, sweep_name: str, seeds: list[int], arms: list[di
         mlflow.log_params({"config": cfg.name, "seeds": ",".join(map(str, seeds)),
                            "alphas": ",".join(f"{arm['alpha']:g}" for arm in arms), "teacher": teacher.path,
                            "labels": label_store.path, "teacher_temperature": calibration_temperature,
-                           "workers": cfg.sweep.workers, "threads": cfg.student.train.threads})
+                           "workers": parallel_trainings(cfg.sweep.workers, cfg.device),
+                           "threads": cfg.student.train.threads})
         models = []
         teacher_seeds = teacher_seeds or [cfg.teacher.train.seed]
         taught_by = {seed: teacher_seeds[i % len(teacher_seeds)] for i, seed in enumerate(seeds)}

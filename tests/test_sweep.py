@@ -517,6 +517,25 @@ def test_an_evaluation_waiting_for_a_worker_runs_before_trainings_that_asked_fir
     assert results["training"][1] < 1.0 and results["evaluation"][1] < 1.0  # the wait is not counted
 
 
+def test_models_train_one_at_a_time_on_a_gpu_unless_told(monkeypatch):
+    """Unset, `sweep.workers` is two on a CPU with two or more cores and one where the models train on a
+    GPU (two 7B trainings would share its memory); a number set in the config wins either way."""
+    import os
+
+    import torch
+
+    from smoothkd.distill.runtime import parallel_trainings
+
+    assert load_config(ROOT / "configs/test/tiny.yaml", []).sweep.workers is None
+    assert parallel_trainings(None, "cpu") == min(os.cpu_count() or 1, 2)
+    assert parallel_trainings(3, "cpu") == 3
+    # No GPU on the machines that run these tests: CUDA's presence is the one thing stood in for.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert parallel_trainings(None, "auto") == 1 and parallel_trainings(None, "cuda") == 1
+    assert parallel_trainings(None, "cpu") == min(os.cpu_count() or 1, 2)  # asked for the CPU
+    assert parallel_trainings(2, "cuda") == 2
+
+
 def test_time_left_follows_trained_models_not_cached_ones():
     from pipelines.sweep import time_left
 

@@ -21,6 +21,14 @@ def on_cpu(device: str) -> bool:
     return device == "cpu" or not torch.cuda.is_available()
 
 
+def parallel_trainings(workers: int | None, device: str) -> int:
+    """How many models train at once (`sweep.workers`): as set, else one on a GPU (two trainings would
+    share its memory) and two on a CPU with two or more cores (more add little on the tiny models)."""
+    if workers is not None:
+        return workers
+    return min(os.cpu_count() or 1, 2) if on_cpu(device) else 1
+
+
 def mixed_precision(cfg: TrainConfig, device: str) -> str:
     """`no`, `bf16` or `fp16`: `auto` is bf16 on a CUDA device that supports it, full precision else."""
     if cfg.mixed_precision != "auto":
