@@ -9,6 +9,7 @@ from zenml import pipeline
 from zenml.enums import ExecutionMode
 from zenml.steps import BaseStep
 
+from pipelines.runner import configured
 from smoothkd.config import RunConfig
 from smoothkd.stages import student_name
 from steps.calibration import check_teacher_calibration
@@ -22,6 +23,7 @@ from steps.student import student
 from steps.teacher import teacher
 from steps.tokenizer import build_tokenizer
 from steps.tracking import record_failure
+from steps.train_student import train_student
 from steps.validate import validate_data
 
 
@@ -48,69 +50,113 @@ class TeacherHalf(NamedTuple):
     label_store: Any
 
 
-def _as_defined(step: BaseStep, invocation: str) -> BaseStep:
-    """A step as its definition configures it (a static pipeline's run configuration adds the rest)."""
-    return step
+Configure = Callable[..., BaseStep]
 
 
-def _invoke(step: BaseStep, configure: Callable[[BaseStep, str], BaseStep], suffix: str, *args):
-    """`step(*args)` as invocation `<step name><suffix>`, with the options `configure` gives it."""
-    invocation = f"{step.name}{suffix}"
-    return configure(step, invocation)(*args, **({"id": invocation} if suffix else {}))
+def configurer(cfg: RunConfig) -> Configure:
+    """`configure(step, invocation, step_name=None, **defaults)` for a pipeline of `cfg`: the step with its
+    resources as `pipelines.runner.configured` gives them, and the failure hook that records where and why
+    a run stopped. Each step carries the hook: a dynamic pipeline's own runs once for the run, outside any
+    step, where there is no step's MLflow run to mark."""
+
+    def configure(step: BaseStep, invocation: str, step_name: str | None = None, **defaults) -> BaseStep:
+        options = configured(cfg, step, invocation, step_name, **defaults)
+        return options.with_options(on_failure=record_failure)
+
+    return configure
 
 
-def teacher_half(config: dict, dataset_dir, tokenizer, suffix: str = "",
-                 configure: Callable[[BaseStep, str], BaseStep] = _as_defined) -> TeacherHalf:
+def _invoke(step: BaseStep, configure: Configure, invocation: str, *args):
+    """`step(*args)` as invocation `invocation`, with the options `configure` gives it."""
+    return configure(step, invocation)(*args, id=invocation)
+
+
+def teacher_half(config: dict, dataset_dir, tokenizer, configure: Configure, suffix: str = ""
+                 ) -> TeacherHalf:
     """teacher → calibration gate → labels, for a pipeline definition; `suffix` names the steps of a
     second teacher (the sweep's `--teacher-seeds`); `configure(step, invocation id)` gives each step its
-    options (a dynamic pipeline's resources)."""
-    teacher_summary, teacher_dir = _invoke(teacher, configure, suffix, config, dataset_dir, tokenizer)
-    calibration_temperature, calibration = _invoke(check_teacher_calibration, configure, suffix, config,
-                                                   dataset_dir, teacher_dir)
-    label_store = _invoke(precompute_labels, configure, suffix, config, dataset_dir, tokenizer, teacher_dir,
-                          calibration_temperature)
+    options (resources on a cluster stack)."""
+    teacher_summary, teacher_dir = _invoke(teacher, configure, f"teacher{suffix}", config, dataset_dir,
+                                           tokenizer)
+    calibration_temperature, calibration = _invoke(check_teacher_calibration, configure,
+                                                   f"check_teacher_calibration{suffix}", config, dataset_dir,
+                                                   teacher_dir)
+    label_store = _invoke(precompute_labels, configure, f"precompute_labels{suffix}", config, dataset_dir,
+                          tokenizer, teacher_dir, calibration_temperature)
     return TeacherHalf(teacher_summary, teacher_dir, calibration_temperature, calibration, label_store)
 
 
-def front_half(config: dict, configure: Callable[[BaseStep, str], BaseStep] = _as_defined) -> Front:
+def front_half(config: dict, configure: Configure) -> Front:
     """The steps of `smoothkd.stages.front_half`, for a pipeline definition: data → validation → tokenizer
     (and model checks) → teacher → calibration gate → labels. The runner's preflight comes before;
     `configure` as in `teacher_half`."""
     # Everything downstream consumes the validated dataset: a stopping failure ends the run here.
-    dataset_dir, validation = _invoke(validate_data, configure, "", config,
-                                      _invoke(load_data, configure, "", config))
-    tokenizer = _invoke(build_tokenizer, configure, "", config, dataset_dir)
-    t = teacher_half(config, dataset_dir, tokenizer, configure=configure)
+    dataset_dir, validation = _invoke(validate_data, configure, "validate_data", config,
+                                      _invoke(load_data, configure, "load_data", config))
+    tokenizer = _invoke(build_tokenizer, configure, "build_tokenizer", config, dataset_dir)
+    t = teacher_half(config, dataset_dir, tokenizer, configure)
     return Front(dataset_dir, tokenizer, t.teacher_summary, t.teacher_dir, t.calibration_temperature,
                  t.label_store, validation, t.calibration)
 
 
-# Fail fast re-raises the failing step's own exception (not a generic RuntimeError), so the CLI can report
-# a known input problem (e.g. DataValidationError) as one line. The failure hook runs in every step, so the
-# MLflow runs of whichever step stops the run say where and why.
-@pipeline(enable_cache=False, execution_mode=ExecutionMode.FAIL_FAST, on_failure=record_failure)
+def distill_steps(cfg: RunConfig) -> dict[str, str]:
+    """Invocation id → the name `orchestration` entries use for it, of every step `distill` runs for
+    `cfg`: a dynamic pipeline's steps exist only once it runs, so the entries are checked against these
+    before it does. A student's training step (`train_sft`) goes by `student`, as in the sweep."""
+    models = [student_name(alpha) for alpha in [0.0, *cfg.distill.alphas]]
+    front = [load_data, validate_data, build_tokenizer, teacher, check_teacher_calibration, precompute_labels]
+    return {
+        **{step.name: step.name for step in front},
+        **{f"train_{m}": student.name for m in models}, **{f"student_{m}": student.name for m in models},
+        "detector_teacher": factual_rate_detector.name, "detector_student": factual_rate_detector.name,
+        **{f"evaluate_{m}": evaluate.name for m in ["teacher", *models]},
+        register_students.name: register_students.name, report.name: report.name,
+    }
+
+
+# Dynamic: the students' trainings are submitted together and train side by side, each in one of the run's
+# worker processes with its training's fixed threads (`steps.train_student`; as many at once as
+# `sweep.workers`: two on a two-core CPU, one on a GPU) while this process evaluates the teacher; on a
+# cluster stack each training is its own pod or job. Each trained student is then logged in its own MLflow
+# run by `student`, one at a time. Fail fast re-raises the failing step's own exception (not a generic
+# RuntimeError), so the CLI can report a known input problem (e.g. DataValidationError) as one line. Every
+# step carries the failure hook (`configurer`), so the MLflow runs of whichever step stops the run say
+# where and why.
+@pipeline(dynamic=True, enable_cache=False, execution_mode=ExecutionMode.FAIL_FAST)
 def distill(config: dict) -> None:
     """Run the whole flow for one validated RunConfig (passed as a plain dict)."""
-    (dataset_dir, tokenizer, teacher_summary, teacher_dir, calibration_temperature, label_store, validation,
-     calibration) = front_half(config)
-    students = {
-        alpha: student(config, dataset_dir, tokenizer, calibration_temperature, label_store, teacher_dir,
-                       alpha=alpha, id=f"student_{student_name(alpha)}")
-        for alpha in [0.0, *RunConfig.model_validate(config).distill.alphas]
+    cfg = RunConfig.model_validate(config)
+    configure = configurer(cfg)
+    front = front_half(config, configure)
+    alphas = [0.0, *cfg.distill.alphas]
+    # After the calibration gate: no student trains once the teacher is rejected. A student's entries in
+    # `orchestration` (`student`, `student_sft`) are its training's.
+    trained = {
+        alpha: configure(train_student, f"student_{student_name(alpha)}", student.name,
+                         cpu_count=cfg.student.train.threads).submit(
+            config, front.dataset_dir, front.tokenizer, front.calibration_temperature, front.label_store,
+            front.teacher_dir, alpha, cfg.student.train.seed, id=f"train_{student_name(alpha)}")
+        for alpha in alphas
     }
     # Lookback features are per (layer, head): the teacher gets its own detector, the students share one
-    # fitted on all students' held-out generations.
-    teacher_detector = factual_rate_detector(config, dataset_dir, [teacher_summary], id="detector_teacher",
-                                             after=[calibration_temperature])
-    student_detector = factual_rate_detector(config, dataset_dir, list(students.values()),
-                                             id="detector_student")
-    evaluated_teacher = evaluate(config, dataset_dir, teacher_summary, teacher_detector,
-                                 id="evaluate_teacher")
+    # fitted on all students' held-out generations. The teacher's are made while the students train.
+    teacher_detector = _invoke(factual_rate_detector, configure, "detector_teacher", config,
+                               front.dataset_dir, [front.teacher_summary])
+    evaluated_teacher = _invoke(evaluate, configure, "evaluate_teacher", config, front.dataset_dir,
+                                front.teacher_summary, teacher_detector)
+    logged = student.with_options(on_failure=record_failure)  # no resources: it logs what trained
+    students = {alpha: logged(config, trained[alpha], front.calibration_temperature, front.label_store, alpha,
+                              id=f"student_{student_name(alpha)}")
+                for alpha in alphas}
+    student_detector = _invoke(factual_rate_detector, configure, "detector_student", config,
+                               front.dataset_dir, list(students.values()))
     evaluated_students = [
-        evaluate(config, dataset_dir, summary, student_detector, id=f"evaluate_{student_name(alpha)}")
+        _invoke(evaluate, configure, f"evaluate_{student_name(alpha)}", config, front.dataset_dir, summary,
+                student_detector)
         for alpha, summary in students.items()
     ]
     # Registration comes after every gate and evaluation: a run that failed earlier registers nothing.
-    gate_decisions = register_students(config, teacher_summary, evaluated_students)
-    report(config, evaluated_teacher, evaluated_students, gate_decisions, validation, calibration,
-           teacher_detector, student_detector)
+    gate_decisions = _invoke(register_students, configure, "register_students", config,
+                             front.teacher_summary, evaluated_students)
+    _invoke(report, configure, "report", config, evaluated_teacher, evaluated_students, gate_decisions,
+            front.validation, front.calibration, teacher_detector, student_detector)

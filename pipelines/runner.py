@@ -45,13 +45,6 @@ def docker_settings(cfg: RunConfig):
     )
 
 
-def invocation_steps(cfg: RunConfig, pipeline) -> dict[str, str]:
-    """Invocation id (`student_sft`) → step name (`student`) of `pipeline` prepared for `cfg`."""
-    probe = pipeline.copy()
-    probe.prepare(config=cfg.model_dump(mode="json"))
-    return {inv_id: inv.step.name for inv_id, inv in probe.invocations.items()}
-
-
 def step_configuration(cfg: RunConfig, invocation: str, step_name: str, **defaults) -> dict:
     """ZenML step options for one invocation: its `orchestration.resources` entry (its own, else its step
     name's, over `defaults` such as a cpu_count) as ResourceSettings, and the step operator if it is named."""
@@ -80,20 +73,15 @@ def configured(cfg: RunConfig, step, invocation: str, step_name: str | None = No
     return step.with_options(settings={"resources": ResourceSettings(**defaults)}) if defaults else step
 
 
-def step_configurations(cfg: RunConfig, pipeline) -> dict[str, dict]:
-    """Per-invocation ResourceSettings and step operator; a step name covers all its invocations.
-    ConfigError, before the run, for an entry that names no step of `pipeline`."""
+def check_step_names(cfg: RunConfig, steps: dict[str, str]) -> None:
+    """ConfigError, before the run, for an `orchestration` entry (resources, step operator) that names none
+    of `steps` (invocation id → step name, e.g. `pipelines.distill.distill_steps`); either name serves."""
     orch = cfg.orchestration
-    if not orch.resources and not orch.step_operator:
-        return {}
-    invocations = invocation_steps(cfg, pipeline)
-    operator_steps = set(orch.step_operator.steps) if orch.step_operator else set()
-    unknown = sorted((set(orch.resources) | operator_steps) - set(invocations) - set(invocations.values()))
+    named = set(orch.resources) | (set(orch.step_operator.steps) if orch.step_operator else set())
+    unknown = sorted(named - set(steps) - set(steps.values()))
     if unknown:
         raise ConfigError(f"orchestration: unknown step {', '.join(unknown)} (steps: "
-                          f"{', '.join(sorted(set(invocations.values())))})")
-    configs = {inv: step_configuration(cfg, inv, step_name) for inv, step_name in invocations.items()}
-    return {inv: c for inv, c in configs.items() if c}
+                          f"{', '.join(sorted(set(steps.values())))})")
 
 
 def prepare_stack(cfg: RunConfig) -> tuple[str, dict, dict]:
@@ -133,13 +121,13 @@ def prepare_stack(cfg: RunConfig) -> tuple[str, dict, dict]:
 
 def run_distill(cfg: RunConfig) -> Results:
     """Prepare the stack, run the pipeline, and load the report step's results."""
+    from pipelines.distill import distill, distill_steps
+
+    check_step_names(cfg, distill_steps(cfg))
     uri, settings, options = prepare_stack(cfg)
-    from pipelines.distill import distill
     from smoothkd.tracking import kd_label, run_name
 
     local = cfg.orchestration.stack == "local"
-    if not local:
-        options["step_configurations"] = step_configurations(cfg, distill) or None
     if cfg.promotion.enabled:  # a store without a promotion lock fails now, not after training
         from smoothkd.registry.store import promotion_lock
 

@@ -30,8 +30,7 @@ from pathlib import Path
 from zenml import pipeline
 from zenml.enums import ExecutionMode
 
-from pipelines.distill import TeacherHalf, front_half, teacher_half
-from pipelines.runner import configured
+from pipelines.distill import TeacherHalf, configurer, front_half, teacher_half
 from smoothkd.config import RunConfig, apply_overrides
 from smoothkd.data.dataset import uses_embedded
 from smoothkd.evaluation.sweep import SweepSummary, check_primary
@@ -42,9 +41,8 @@ from steps.sweep import (
     SWEEP_TAG,
     analyse_sweep,
     evaluate_sweep_model,
-    train_sweep_student,
 )
-from steps.tracking import record_failure
+from steps.train_student import train_student
 
 THREADS_ENV = "ZENML_DYNAMIC_PIPELINE_WORKER_COUNT"
 
@@ -100,7 +98,7 @@ def sweep_seeds(cfg: RunConfig, n: int) -> list[int]:
 
 # Fail fast re-raises the failing step's own exception, so the CLI reports a known input problem (a
 # rejected teacher, invalid data) as one line.
-@pipeline(dynamic=True, enable_cache=False, execution_mode=ExecutionMode.FAIL_FAST, on_failure=record_failure)
+@pipeline(dynamic=True, enable_cache=False, execution_mode=ExecutionMode.FAIL_FAST)
 def sweep(config: dict, name: str, seeds: list[int], arms: list[dict], started: float,
           teacher_seeds: list[int] | None = None) -> None:
     """The front half, every (arm, seed) student trained and evaluated concurrently, the analysis.
@@ -110,21 +108,19 @@ def sweep(config: dict, name: str, seeds: list[int], arms: list[dict], started: 
     the seed-level interval covers teachers too. SFT students have no teacher."""
     cfg = RunConfig.model_validate(config)
 
-    def configure(step, invocation):
-        return configured(cfg, step, invocation)
-
+    configure = configurer(cfg)
     front = front_half(config, configure)
     teachers = [TeacherHalf(front.teacher_summary, front.teacher_dir, front.calibration_temperature,
                             front.calibration, front.label_store)]
     for teacher_seed in (teacher_seeds or [])[1:]:
         seeded = apply_overrides(config, [f"teacher.train.seed={teacher_seed}"])
-        teachers.append(teacher_half(seeded, front.dataset_dir, front.tokenizer, suffix=f"_t{teacher_seed}",
-                                     configure=configure))
+        teachers.append(teacher_half(seeded, front.dataset_dir, front.tokenizer, configure,
+                                     suffix=f"_t{teacher_seed}"))
     # Every student its own ResourceSettings (a pod or job each on a cluster stack): `student` and `evaluate`
     # entries as `smoothkd run` reads them, at least the training's fixed threads.
     threads = cfg.student.train.threads
-    train = configured(cfg, train_sweep_student, "train_sweep_student", "student", cpu_count=threads)
-    evaluate = configured(cfg, evaluate_sweep_model, "evaluate_sweep_model", "evaluate", cpu_count=threads)
+    train = configure(train_student, "train_student", "student", cpu_count=threads)
+    evaluate = configure(evaluate_sweep_model, "evaluate_sweep_model", "evaluate", cpu_count=threads)
     evaluations = [evaluate.submit(config, front.dataset_dir, front.teacher_summary, "teacher",
                                    id="evaluate_teacher")]
     students = []
@@ -137,8 +133,9 @@ def sweep(config: dict, name: str, seeds: list[int], arms: list[dict], started: 
             students.append(student)
             evaluations.append(evaluate.submit(config, front.dataset_dir, student, arm.model(seed),
                                                id=f"evaluate_{arm.model(seed)}"))
-    analyse_sweep(config, name, seeds, arms, front.teacher_summary, students, evaluations,
-                  front.calibration_temperature, front.label_store, started, teacher_seeds)
+    configure(analyse_sweep, "analyse_sweep")(config, name, seeds, arms, front.teacher_summary, students,
+                                              evaluations, front.calibration_temperature, front.label_store,
+                                              started, teacher_seeds)
 
 
 def time_left(trained: list[float], finished: int, total: int) -> str:
@@ -203,17 +200,15 @@ def run_sweep(cfg: RunConfig, n_seeds: int, arms: list[Arm], echo: Callable[[str
     Raises, as `smoothkd run` would, before any student trains: on a bad model reference (in seconds, before
     any data or teacher, on the local stack), DataValidationError, TeacherRejectedError.
     """
-    from pipelines.runner import finished_run, prepare_stack, step_configurations
+    from pipelines.distill import distill_steps
+    from pipelines.runner import check_step_names, finished_run, prepare_stack
     from smoothkd.tracking import kd_label, run_name
 
     started = time.time()
     cfg = sweep_config(cfg)
     check_primary(cfg.eval.primary, [f"{arm.name}/{split}" for arm in arms[1:] for split in cfg.eval.splits])
+    check_step_names(cfg, distill_steps(cfg))  # its `orchestration` entries name steps as `smoothkd run` does
     _, settings, options = prepare_stack(cfg)
-    if cfg.orchestration.stack != "local":  # its `orchestration` entries name steps as `smoothkd run` does
-        from pipelines.distill import distill
-
-        step_configurations(cfg, distill)
     seeds = sweep_seeds(cfg, n_seeds)
     teacher_seeds = [cfg.teacher.train.seed + j for j in range(teachers)]
     compared = kd_label([a.alpha for a in arms if a.alpha]) if any(a.alpha for a in arms) else "A/A"

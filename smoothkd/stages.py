@@ -318,11 +318,14 @@ def student_name(alpha: float) -> str:
 
 def train_student(cfg: RunConfig, data_dir: str | Path, tokenizer_ref: str | Path, alpha: float = 0.0,
                   labels_dir: str | None = None, teacher_path: str | None = None,
-                  calibration_temperature: float | None = None) -> ModelArtifact:
+                  calibration_temperature: float | None = None, isolated: bool = False) -> ModelArtifact:
     """Finetune one student: the SFT baseline (α = 0) or a KD student on stored or online teacher labels.
 
     Cached like the teacher: the same data, tokenizer, student config, α, distillation settings and label
-    store (or online teacher) give the same student directory, and a rerun reuses it.
+    store (or online teacher) give the same student directory, and a rerun reuses it. `isolated`: a
+    student not cached trains in one of the run's worker processes (`in_worker`), so students asked for
+    from several threads train side by side, as many at once as `sweep.workers`; its weights are the
+    ones this process would give (the training's own fixed threads), so the key is the same.
     """
     name = student_name(alpha)
     # What the student is taught: the label store (keyed by its calibration temperature), or the online
@@ -341,10 +344,11 @@ def train_student(cfg: RunConfig, data_dir: str | Path, tokenizer_ref: str | Pat
     record = out / TRAIN_RECORD
     if record.exists():
         return ModelArtifact(**{**read_json(record), "cached": True})
-    return _train(cfg, "student", student_role(name), tokenizer_ref, data_dir, out, alpha=alpha,
-                  labels_dir=labels_dir, teacher_path=teacher_path,
-                  calibration_temperature=calibration_temperature,
-                  work_key=teacher_ref, teacher_tokenizer_ref=cross)
+    train = functools.partial(_train, alpha=alpha, labels_dir=labels_dir, teacher_path=teacher_path,
+                              calibration_temperature=calibration_temperature, work_key=teacher_ref,
+                              teacher_tokenizer_ref=cross)
+    args = (cfg, "student", student_role(name), tokenizer_ref, data_dir, out)
+    return in_worker(cfg, train, *args)[0] if isolated else train(*args)
 
 
 # ---- detectors and evaluation ----
@@ -513,10 +517,11 @@ def in_worker(cfg: RunConfig, fn: Callable, *args, priority: int = 1) -> tuple[o
     intra-op threads each), waiting for it: (its result, the seconds it ran, not counting the wait for a
     worker). A lower `priority` runs first (the sweep evaluates before it trains more, so its progress and
     time left follow finished models). Its exception is raised here."""
-    from smoothkd.distill.runtime import parallel_trainings
+    from smoothkd.distill.runtime import parallel_trainings, release_gpu_cache
 
     workers = parallel_trainings(cfg.sweep.workers, cfg.device)
     pool = worker_pool(workers, cfg.student.train.threads)
+    release_gpu_cache()  # what a teacher run here left cached would crowd the worker's models
     with _worker_slots(workers).held(priority):
         with quiet_workers():
             future = pool.submit(_timed, fn, *args)

@@ -1,4 +1,4 @@
-"""Student step: train one student (the SFT baseline or a KD student) and log it as an MLflow model."""
+"""Student step: one trained student (the SFT baseline or a KD student) logged as an MLflow model."""
 
 from pathlib import Path
 from typing import Annotated
@@ -6,29 +6,22 @@ from typing import Annotated
 import mlflow
 from zenml import log_metadata, step
 
-from smoothkd.artifacts import ModelSummary
+from smoothkd.artifacts import ModelArtifact, ModelSummary
 from smoothkd.config import RunConfig
 from smoothkd.distill.labels import PrecomputeResult
 from smoothkd.io import read_json
 from smoothkd.modeling.identity import model_identity
 from smoothkd.registry.serving import GenerationSettings
 from smoothkd.registry.store import log_student_model, logged_model_id, version_with_weights
-from smoothkd.stages import train_student
 from smoothkd.tracking import log_training
 
 
 @step(experiment_tracker=True)
-def student(config: dict, dataset_dir: str, tokenizer: str, calibration_temperature: float,
-            label_store: PrecomputeResult, teacher_dir: str, alpha: float = 0.0
-            ) -> Annotated[ModelSummary, "student_summary"]:
-    """Train one student, the SFT baseline (α = 0) or a KD student, and log it as an MLflow model.
-
-    `calibration_temperature` comes from the teacher calibration gate, so no student trains after a
-    rejection.
-    """
+def student(config: dict, artifact: ModelArtifact, calibration_temperature: float,
+            label_store: PrecomputeResult, alpha: float = 0.0) -> Annotated[ModelSummary, "student_summary"]:
+    """Log one trained student (the SFT baseline, α = 0, or a KD student; `train_student`), its training
+    and the model, in its own MLflow run."""
     cfg = RunConfig.model_validate(config)
-    artifact = train_student(cfg, dataset_dir, tokenizer, alpha=alpha, labels_dir=label_store.path,
-                             teacher_path=teacher_dir, calibration_temperature=calibration_temperature)
     params = {"role": artifact.role, "alpha": alpha, **cfg.student.model_dump(mode="json")}
     if alpha > 0:
         manifest = read_json(Path(label_store.path) / "manifest.json")

@@ -1,6 +1,7 @@
-"""Sweep steps: one student trained and one model evaluated, each in a worker process with the training's
-fixed thread count (`stages.in_worker`), and the analysis that compares every arm with the baseline over
-seeds and records the sweep: `sweep.json`, the chart, an MLflow parent run with a child per model."""
+"""Sweep steps (the students train in `steps.train_student`): one model evaluated in a worker process with
+the training's fixed thread count (`stages.in_worker`), and the analysis that compares every arm with the
+baseline over seeds and records the sweep: `sweep.json`, the chart, an MLflow parent run with a child per
+model."""
 
 from __future__ import annotations
 
@@ -42,17 +43,6 @@ SWEEP_TAG = "smoothkd.sweep"
 # Who hears of each evaluated model while a sweep runs in this process (the local orchestrator runs its
 # steps in threads here): the runner's progress line. A remote step runs elsewhere and tells no one here.
 LISTENERS: list[Callable[[str, ModelArtifact, Evaluation, float], None]] = []
-
-
-@step
-def train_sweep_student(config: dict, dataset_dir: str, tokenizer: str, calibration_temperature: float,
-                        label_store: PrecomputeResult, teacher_dir: str, alpha: float, seed: int
-                        ) -> Annotated[ModelArtifact, "student"]:
-    """Train (or reuse) the student of weight `alpha` (0: SFT) from training seed `seed`."""
-    cfg = stages.with_student_seed(RunConfig.model_validate(config), seed)
-    student, _ = stages.in_worker(cfg, stages.train_student, cfg, dataset_dir, tokenizer, alpha,
-                                  label_store.path, teacher_dir, calibration_temperature)
-    return student
 
 
 @step

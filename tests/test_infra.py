@@ -166,11 +166,10 @@ def test_environment_references_resolve_or_name_what_is_missing():
 
 
 def _pipeline_steps(cfg) -> set[str]:
-    from pipelines.distill import distill
-    from pipelines.runner import invocation_steps
+    from pipelines.distill import distill_steps
 
-    invocations = invocation_steps(cfg, distill)
-    return set(invocations) | set(invocations.values())
+    steps = distill_steps(cfg)
+    return set(steps) | set(steps.values())
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=ids(CONFIGS))
@@ -208,33 +207,43 @@ def test_paper_configs_reproduce_the_papers_setup():
 
 
 def test_resources_and_step_operator_map_to_each_invocation():
+    """`distill` configures each step as it invokes it: an invocation's own entry over its step's; a
+    student's entries (`student`, `student_sft`) go to its training step."""
     from zenml.config.step_configurations import StepConfigurationUpdate
 
-    from pipelines.distill import distill
-    from pipelines.runner import step_configurations
+    from pipelines.distill import distill_steps
+    from pipelines.runner import configured, step_configuration
+    from steps.teacher import teacher
+    from steps.train_student import train_student
 
     cfg = load_config(TINY, [
+        "orchestration.stack=kubernetes",
         "orchestration.resources={student: {gpu_count: 2}, student_sft: {gpu_count: 1, memory: 8GiB}, "
         "teacher: {cpu_count: 4}}",
         "orchestration.step_operator={name: gpu-operator, steps: [student]}"])
-    configs = step_configurations(cfg, distill)
-    assert set(configs) == {"teacher", "student_sft", "student_kd_a0.5"}
-    res = {inv: c["settings"]["resources"] for inv, c in configs.items()}
-    assert (res["student_kd_a0.5"].gpu_count, res["student_sft"].gpu_count) == (2, 1)
-    assert res["student_sft"].memory == "8GiB" and res["teacher"].cpu_count == 4
-    assert configs["student_sft"]["step_operator"] == "gpu-operator"
-    assert "step_operator" not in configs["teacher"]
-    for config in configs.values():  # ZenML accepts them as step configuration updates
-        StepConfigurationUpdate.model_validate(config)
+    steps = distill_steps(cfg)
+    assert {inv for inv, name in steps.items() if name == "student"} == {
+        "train_sft", "train_kd_a0.5", "student_sft", "student_kd_a0.5"}
+    kd, sft = (configured(cfg, train_student, f"student_{m}", "student", cpu_count=1)
+               for m in ("kd_a0.5", "sft"))
+    assert (_resources(kd).gpu_count, _resources(sft).gpu_count) == (2, 1)
+    assert (_resources(sft).memory, _resources(sft).cpu_count) == ("8GiB", 1)
+    assert _resources(configured(cfg, teacher, "teacher")).cpu_count == 4
+    assert sft.configuration.step_operator == "gpu-operator"
+    assert configured(cfg, teacher, "teacher").configuration.step_operator is None
+    for invocation, name in steps.items():  # ZenML accepts each as a step configuration update
+        StepConfigurationUpdate.model_validate(step_configuration(cfg, invocation, name))
 
 
 def test_unknown_step_names_fail_before_the_run():
-    from pipelines.distill import distill
-    from pipelines.runner import step_configurations
+    from pipelines.distill import distill_steps
+    from pipelines.runner import check_step_names
 
     cfg = load_config(TINY, ["orchestration.resources={studnet: {gpu_count: 1}}"])
     with pytest.raises(ConfigError, match="unknown step studnet"):
-        step_configurations(cfg, distill)
+        check_step_names(cfg, distill_steps(cfg))
+    check_step_names(load_config(TINY, ["orchestration.resources={student_sft: {gpu_count: 1}}"]),
+                     distill_steps(cfg))
 
 
 def test_docker_section_maps_to_docker_settings():
@@ -392,14 +401,15 @@ def test_a_dynamic_pipelines_steps_get_their_resources_on_a_remote_stack_and_def
     """The sweep's steps are configured as they are submitted (a run configuration's per-invocation entries
     do not reach a dynamic pipeline): by their own invocation, else by `smoothkd run`'s step name."""
     from pipelines.runner import configured
-    from steps.sweep import evaluate_sweep_model, train_sweep_student
+    from steps.sweep import evaluate_sweep_model
     from steps.teacher import teacher
+    from steps.train_student import train_student
 
     entries = ["orchestration.resources={student: {gpu_count: 2, memory: 8GiB}, teacher_t11: {gpu_count: 4}, "
                "teacher: {gpu_count: 1}}",
                "orchestration.step_operator={name: gpu-operator, steps: [student]}"]
     remote = load_config(TINY, ["orchestration.stack=kubernetes", *entries])
-    train = configured(remote, train_sweep_student, "train_sweep_student", "student", cpu_count=1)
+    train = configured(remote, train_student, "train_student", "student", cpu_count=1)
     resources = _resources(train)
     assert (resources.gpu_count, resources.memory, resources.cpu_count) == (2, "8GiB", 1)
     assert train.configuration.step_operator == "gpu-operator"
@@ -411,5 +421,5 @@ def test_a_dynamic_pipelines_steps_get_their_resources_on_a_remote_stack_and_def
     # The local stack: the entries are for remote stacks (as in `smoothkd run`); the defaults still apply.
     local = load_config(TINY, entries)
     assert configured(local, teacher, "teacher") is teacher
-    assert _resources(configured(local, train_sweep_student, "train_sweep_student", "student",
+    assert _resources(configured(local, train_student, "train_student", "student",
                                  cpu_count=1)).gpu_count is None

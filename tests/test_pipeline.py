@@ -80,9 +80,20 @@ def test_pipeline_runs_and_reports_every_model(timed_run):
     # The wall time is the whole pipeline's: from its first step's start to its last step's end, at least.
     from zenml.client import Client
 
-    steps = Client().get_pipeline_run(results.run_name).steps.values()
+    run_steps = Client().get_pipeline_run(results.run_name).steps
+    steps = run_steps.values()
     span = (max(s.end_time for s in steps) - min(s.start_time for s in steps)).total_seconds()
     assert span <= results.pipeline_seconds <= seconds
+    # The steps the run ran are the ones `orchestration` entries are checked against before it runs.
+    from pipelines.distill import distill_steps
+
+    assert set(run_steps) == set(distill_steps(cfg))
+    # The students train side by side: each depends on the front half only, not on the other.
+    front = {"load_data", "validate_data", "build_tokenizer", "teacher", "check_teacher_calibration",
+             "precompute_labels"}
+    for name in ("sft", "kd_a0.5"):
+        assert set(run_steps[f"train_{name}"].spec.upstream_steps) <= front
+        assert f"train_{name}" in run_steps[f"student_{name}"].spec.upstream_steps  # logs what trained
 
 
 def test_students_are_registered_and_the_gate_decides_the_champion(tiny_run):

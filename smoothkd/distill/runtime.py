@@ -7,6 +7,7 @@ dispatch (launch N processes, or run in place when already inside a world).
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 from dataclasses import asdict
 
@@ -27,6 +28,14 @@ def parallel_trainings(workers: int | None, device: str) -> int:
     if workers is not None:
         return workers
     return min(os.cpu_count() or 1, 2) if on_cpu(device) else 1
+
+
+def release_gpu_cache() -> None:
+    """Hand back the GPU memory this process's allocator holds but no tensor uses (e.g. a teacher trained
+    or run here), so another process on the same GPU can have it; nothing where CUDA was never used."""
+    if torch.cuda.is_initialized():
+        gc.collect()  # models no longer referenced, but not yet collected, still hold their tensors
+        torch.cuda.empty_cache()
 
 
 def mixed_precision(cfg: TrainConfig, device: str) -> str:
