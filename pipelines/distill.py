@@ -2,14 +2,13 @@
 → students (SFT baseline and one KD student per α) → factual-rate detectors → evaluation of every model
 → registration and promotion gate → report. Wiring only."""
 
-from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from zenml import pipeline
 from zenml.enums import ExecutionMode
 from zenml.steps import BaseStep
 
-from pipelines.runner import configured
+from pipelines.options import Configure, configurer
 from smoothkd.config import RunConfig
 from smoothkd.stages import student_name
 from steps.calibration import check_teacher_calibration
@@ -48,22 +47,6 @@ class TeacherHalf(NamedTuple):
     calibration_temperature: Any
     calibration: Any
     label_store: Any
-
-
-Configure = Callable[..., BaseStep]
-
-
-def configurer(cfg: RunConfig) -> Configure:
-    """`configure(step, invocation, step_name=None, **defaults)` for a pipeline of `cfg`: the step with its
-    resources as `pipelines.runner.configured` gives them, and the failure hook that records where and why
-    a run stopped. Each step carries the hook: a dynamic pipeline's own runs once for the run, outside any
-    step, where there is no step's MLflow run to mark."""
-
-    def configure(step: BaseStep, invocation: str, step_name: str | None = None, **defaults) -> BaseStep:
-        options = configured(cfg, step, invocation, step_name, **defaults)
-        return options.with_options(on_failure=record_failure)
-
-    return configure
 
 
 def _invoke(step: BaseStep, configure: Configure, invocation: str, *args):
@@ -118,10 +101,11 @@ def distill_steps(cfg: RunConfig) -> dict[str, str]:
 # worker processes with its training's fixed threads (`steps.train_student`; as many at once as
 # `sweep.workers`: two on a two-core CPU, one on a GPU) while this process evaluates the teacher; on a
 # cluster stack each training is its own pod or job. Each trained student is then logged in its own MLflow
-# run by `student`, one at a time. Fail fast re-raises the failing step's own exception (not a generic
-# RuntimeError), so the CLI can report a known input problem (e.g. DataValidationError) as one line. Every
-# step carries the failure hook (`configurer`), so the MLflow runs of whichever step stops the run say
-# where and why.
+# run by `student`, one at a time. Fail fast stops the run at the first failing step; the runner raises
+# that step's own exception (`runner.step_error`), so the CLI can report a known input problem (e.g.
+# DataValidationError) as one line. Every step carries the failure hook (`configurer`), so the MLflow runs
+# of whichever step stops the run say where and why (the runner marks the pipeline's run when the step
+# that failed has none).
 @pipeline(dynamic=True, enable_cache=False, execution_mode=ExecutionMode.FAIL_FAST)
 def distill(config: dict) -> None:
     """Run the whole flow for one validated RunConfig (passed as a plain dict)."""

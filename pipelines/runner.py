@@ -1,5 +1,6 @@
 """Run the `distill` pipeline for a RunConfig on its stack and return its results record."""
 
+import contextlib
 import os
 import time
 from dataclasses import replace
@@ -45,45 +46,6 @@ def docker_settings(cfg: RunConfig):
     )
 
 
-def step_configuration(cfg: RunConfig, invocation: str, step_name: str, **defaults) -> dict:
-    """ZenML step options for one invocation: its `orchestration.resources` entry (its own, else its step
-    name's, over `defaults` such as a cpu_count) as ResourceSettings, and the step operator if it is named."""
-    from zenml.config import ResourceSettings
-
-    orch = cfg.orchestration
-    # An invocation's own entry wins over its step's.
-    resources = orch.resources.get(invocation) or orch.resources.get(step_name)
-    configuration: dict = {}
-    if resources is not None or defaults:
-        given = resources.model_dump(exclude_none=True) if resources is not None else {}
-        configuration["settings"] = {"resources": ResourceSettings(**{**defaults, **given})}
-    if orch.step_operator and {invocation, step_name} & set(orch.step_operator.steps):
-        configuration["step_operator"] = orch.step_operator.name
-    return configuration
-
-
-def configured(cfg: RunConfig, step, invocation: str, step_name: str | None = None, **defaults):
-    """`step` with its options for an invocation of a dynamic pipeline, which a run configuration's
-    per-invocation entries do not reach: on a remote stack its `orchestration` entry (its own, else that of
-    `step_name`, the name `smoothkd run`'s pipeline gives such a step) over `defaults`; locally `defaults`."""
-    from zenml.config import ResourceSettings
-
-    if cfg.orchestration.stack != "local":
-        return step.with_options(**step_configuration(cfg, invocation, step_name or step.name, **defaults))
-    return step.with_options(settings={"resources": ResourceSettings(**defaults)}) if defaults else step
-
-
-def check_step_names(cfg: RunConfig, steps: dict[str, str]) -> None:
-    """ConfigError, before the run, for an `orchestration` entry (resources, step operator) that names none
-    of `steps` (invocation id → step name, e.g. `pipelines.distill.distill_steps`); either name serves."""
-    orch = cfg.orchestration
-    named = set(orch.resources) | (set(orch.step_operator.steps) if orch.step_operator else set())
-    unknown = sorted(named - set(steps) - set(steps.values()))
-    if unknown:
-        raise ConfigError(f"orchestration: unknown step {', '.join(unknown)} (steps: "
-                          f"{', '.join(sorted(set(steps.values())))})")
-
-
 def prepare_stack(cfg: RunConfig) -> tuple[str, dict, dict]:
     """Before a pipeline runs: the preflight (local stack), ZenML's environment, the stack registered or
     activated, the MLflow experiment. Returns (MLflow store, pipeline settings, run options).
@@ -122,6 +84,7 @@ def prepare_stack(cfg: RunConfig) -> tuple[str, dict, dict]:
 def run_distill(cfg: RunConfig) -> Results:
     """Prepare the stack, run the pipeline, and load the report step's results."""
     from pipelines.distill import distill, distill_steps
+    from pipelines.options import check_step_names
 
     check_step_names(cfg, distill_steps(cfg))
     uri, settings, options = prepare_stack(cfg)
@@ -134,13 +97,43 @@ def run_distill(cfg: RunConfig) -> Results:
         promotion_lock(uri, cfg.promotion.registered_model_name, cfg.promotion.lock_uri)
     name = run_name(cfg.name, kd_label(cfg.distill.alphas))
     start = time.perf_counter()
-    run = distill.with_options(settings=settings, run_name=name, **options)(
-        config=cfg.model_dump(mode="json"))
+    try:
+        run = distill.with_options(settings=settings, run_name=name, **options)(
+            config=cfg.model_dump(mode="json"))
+    except Exception as err:
+        cause = step_error(err)
+        if local:  # a remote run's failure is the orchestrator's to report
+            with contextlib.suppress(Exception):  # an annotation: it never masks the run's own error
+                mark_failed_step(uri, cfg.tracking.experiment_name, name, cause)
+        raise cause from cause.__cause__  # keeps what the step's exception carried (a worker's traceback)
     seconds = time.perf_counter() - start
     if not local:
         run = finished_run(run, cfg.orchestration.stack, "report")
     results = run.steps["report"].outputs["results"][0].load()
     return replace(results, run_name=name, pipeline_seconds=seconds, tracking_uri=uri)
+
+
+def step_error(error: BaseException) -> BaseException:
+    """The failing step's own exception (a DataValidationError, a NonFiniteLossError: what the CLI reports
+    as one line): a dynamic pipeline wraps that of a step it did not wait for in a StepExecutionException."""
+    from zenml.exceptions import StepExecutionException
+
+    while isinstance(error, StepExecutionException) and error.original_exception is not None:
+        error = error.original_exception
+    return error
+
+
+def mark_failed_step(uri: str, experiment_name: str, run_name: str, error: BaseException) -> None:
+    """After pipeline run `run_name` failed: its MLflow run says at which step and why, also where the
+    failing step logs to no run of its own (a student's training, in a worker)."""
+    from zenml.client import Client
+
+    from smoothkd.tracking import mark_stopped_run
+
+    steps = Client().get_pipeline_run(run_name).steps
+    failed = [name for name, step in steps.items() if step.status.value == "failed"]
+    if failed:
+        mark_stopped_run(uri, experiment_name, run_name, failed[0], error)
 
 
 def finished_run(run, stack: str, last_step: str):

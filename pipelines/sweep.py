@@ -30,7 +30,8 @@ from pathlib import Path
 from zenml import pipeline
 from zenml.enums import ExecutionMode
 
-from pipelines.distill import TeacherHalf, configurer, front_half, teacher_half
+from pipelines.distill import TeacherHalf, front_half, teacher_half
+from pipelines.options import configurer
 from smoothkd.config import RunConfig, apply_overrides
 from smoothkd.data.dataset import uses_embedded
 from smoothkd.evaluation.sweep import SweepSummary, check_primary
@@ -96,8 +97,8 @@ def sweep_seeds(cfg: RunConfig, n: int) -> list[int]:
     return [cfg.student.train.seed + i for i in range(n)]
 
 
-# Fail fast re-raises the failing step's own exception, so the CLI reports a known input problem (a
-# rejected teacher, invalid data) as one line.
+# Fail fast stops the sweep at the first failing step, whose own exception `run_sweep` raises, so the CLI
+# reports a known input problem (a rejected teacher, invalid data) as one line.
 @pipeline(dynamic=True, enable_cache=False, execution_mode=ExecutionMode.FAIL_FAST)
 def sweep(config: dict, name: str, seeds: list[int], arms: list[dict], started: float,
           teacher_seeds: list[int] | None = None) -> None:
@@ -201,7 +202,8 @@ def run_sweep(cfg: RunConfig, n_seeds: int, arms: list[Arm], echo: Callable[[str
     any data or teacher, on the local stack), DataValidationError, TeacherRejectedError.
     """
     from pipelines.distill import distill_steps
-    from pipelines.runner import check_step_names, finished_run, prepare_stack
+    from pipelines.options import check_step_names
+    from pipelines.runner import finished_run, prepare_stack, step_error
     from smoothkd.tracking import kd_label, run_name
 
     started = time.time()
@@ -221,6 +223,9 @@ def run_sweep(cfg: RunConfig, n_seeds: int, arms: list[Arm], echo: Callable[[str
             run = sweep.with_options(settings=settings, run_name=name, **options)(
                 config=cfg.model_dump(mode="json"), name=name, seeds=seeds, arms=[asdict(a) for a in arms],
                 started=started, teacher_seeds=teacher_seeds)
+    except Exception as err:
+        cause = step_error(err)
+        raise cause from cause.__cause__  # keeps what the step's exception carried (a worker's traceback)
     finally:
         LISTENERS.remove(listener)
     if cfg.orchestration.stack != "local":

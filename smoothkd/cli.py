@@ -68,7 +68,8 @@ def _user_error(exc: BaseException) -> str | None:
 @contextlib.contextmanager
 def _one_line_errors(log: Path | None = None, verbose: bool = False):
     """Report a known input problem as one line (exit 2). Anything else keeps its traceback, unless a log
-    file takes it (`_console`): then it is one line pointing there (exit 1). `verbose` prints tracebacks."""
+    file takes it (`_console`): then it is one line pointing there (exit 1). A log file gets the traceback
+    either way; `verbose` prints it."""
     import logging
     import traceback
 
@@ -81,6 +82,8 @@ def _one_line_errors(log: Path | None = None, verbose: bool = False):
         if verbose and message is not None:
             traceback.print_exc()
         if message is not None:
+            if log is not None and not verbose:  # the console gets one line, the log the whole story
+                logging.getLogger("smoothkd.cli").error("the command stopped", exc_info=exc)
             _fail(message)
         if verbose or log is None:
             raise

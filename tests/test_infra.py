@@ -212,7 +212,7 @@ def test_resources_and_step_operator_map_to_each_invocation():
     from zenml.config.step_configurations import StepConfigurationUpdate
 
     from pipelines.distill import distill_steps
-    from pipelines.runner import configured, step_configuration
+    from pipelines.options import configured, step_configuration
     from steps.teacher import teacher
     from steps.train_student import train_student
 
@@ -237,7 +237,7 @@ def test_resources_and_step_operator_map_to_each_invocation():
 
 def test_unknown_step_names_fail_before_the_run():
     from pipelines.distill import distill_steps
-    from pipelines.runner import check_step_names
+    from pipelines.options import check_step_names
 
     cfg = load_config(TINY, ["orchestration.resources={studnet: {gpu_count: 1}}"])
     with pytest.raises(ConfigError, match="unknown step studnet"):
@@ -400,7 +400,7 @@ def _resources(step):
 def test_a_dynamic_pipelines_steps_get_their_resources_on_a_remote_stack_and_defaults_locally():
     """The sweep's steps are configured as they are submitted (a run configuration's per-invocation entries
     do not reach a dynamic pipeline): by their own invocation, else by `smoothkd run`'s step name."""
-    from pipelines.runner import configured
+    from pipelines.options import configured
     from steps.sweep import evaluate_sweep_model
     from steps.teacher import teacher
     from steps.train_student import train_student

@@ -393,3 +393,24 @@ def test_eval_cli_scores_a_registered_version_like_the_pipeline(tiny_run, tmp_pa
     missing = CliRunner().invoke(app, ["eval", config, "--model", "models:/no-such-model@champion",
                                        *overrides])
     assert missing.exit_code == 2 and "models:/no-such-model@champion" in missing.output
+
+
+def test_a_training_that_fails_in_a_worker_is_recorded_on_the_pipelines_run(tiny_run):
+    """A student's training logs to no MLflow run of its own (it runs in a worker): when it stops the
+    run, the pipeline's MLflow run still says at which step and why, as a gate's refusal would."""
+    from pipelines.runner import run_distill
+    from smoothkd.errors import NonFiniteLossError
+    from smoothkd.tracking import ERROR_TAG, OUTCOME_TAG, STOPPED_AT_TAG
+
+    cfg, _ = tiny_run
+    train = cfg.student.train.model_copy(update={"learning_rate": 1e30})  # diverges at once
+    with pytest.raises(NonFiniteLossError):
+        run_distill(cfg.model_copy(update={"student": cfg.student.model_copy(update={"train": train})}))
+    client = mlflow.MlflowClient(tracking_uri(cfg))
+    experiment = client.get_experiment_by_name(cfg.tracking.experiment_name)
+    [run] = client.search_runs([experiment.experiment_id], "attributes.status = 'FAILED'",
+                               order_by=["attributes.start_time DESC"], max_results=1)
+    assert "mlflow.parentRunId" not in run.data.tags  # the pipeline's own run
+    tags = run.data.tags
+    assert tags[STOPPED_AT_TAG] in {"train_sft", "train_kd_a0.5"} and tags[OUTCOME_TAG] == "failed"
+    assert tags[ERROR_TAG].startswith("non-finite loss")
