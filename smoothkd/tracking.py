@@ -151,7 +151,7 @@ def mark_stopped_run(uri: str, experiment_name: str, run_name: str, step: str, e
         return False
     tags = stop_tags(step, error)
     client.log_batch(runs[0].info.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
-    # The last tracked step before it ended the run as finished.
+    # The last tracked step to end had closed it as finished.
     client.set_terminated(runs[0].info.run_id, "FAILED")
     return True
 
