@@ -311,8 +311,10 @@ def models(
     import shutil
     from dataclasses import asdict
 
+    from smoothkd.logs import quiet_downloads
     from smoothkd.registry.store import list_versions, version_lines
 
+    quiet_downloads()
     _, client = _registry_client(config, set_, tracking_uri)
     with _registry_errors(name or "registry"):
         rows = list_versions(client, name)
@@ -340,9 +342,11 @@ def results(
     from rich.console import Console
 
     from smoothkd.config import tracking_uri as store_of
+    from smoothkd.logs import quiet_downloads
     from smoothkd.report import means_by_split
     from smoothkd.tracking import latest_results
 
+    quiet_downloads()
     config = _named_or_default(config)
     cfg = _load(config, set_)
     uri = tracking_uri or store_of(cfg)

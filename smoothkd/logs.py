@@ -58,13 +58,18 @@ class StatusHandler(logging.Handler):
             stream.flush()
 
 
+def quiet_downloads() -> None:
+    """No "Downloading artifacts" bar per MLflow registry read (results, identities, gate records): noise
+    for files this small, and carriage-return frames in a pipe or log. A value the user set is kept."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
 def _silence_library_handlers() -> None:
     """Remove the console handlers libraries installed on their own loggers; their records propagate."""
     os.environ["MLFLOW_CONFIGURE_LOGGING"] = "false"  # mlflow imported later keeps its hands off
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
-    # One "Downloading artifacts" bar per registry read (results, identities, champion weights): noise.
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    quiet_downloads()
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_default_handler()

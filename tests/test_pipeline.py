@@ -215,6 +215,11 @@ def test_results_cli_reads_the_latest_run_back_from_the_store(tiny_run, tmp_path
     assert table.exit_code == 0 and results.run_name in table.output and "kd_a0.5" in table.output
     empty = CliRunner().invoke(app, ["results", "--json", *args[:2], "--set", f"output_dir={tmp_path}"])
     assert empty.exit_code == 1 and "no finished pipeline run" in empty.output
+    # Piped, as a script reads it: the JSON and nothing else, not a download bar's frames on stderr.
+    piped = subprocess.run([sys.executable, "-m", "smoothkd.cli", "results", "--json", *args], cwd=ROOT,
+                           capture_output=True, text=True, timeout=120)
+    assert piped.returncode == 0 and json.loads(piped.stdout)["run"] == results.run_name
+    assert "Downloading artifacts" not in piped.stderr, piped.stderr
 
 
 # The labels a format-1 results record (before the gates were typed) gave each gate step's ZenML metadata.
