@@ -267,9 +267,11 @@ def serve(
     # MLflow's scoring server starts `uvicorn` by name: the interpreter's bin directory (the venv's) must be
     # on PATH, whether or not the venv is activated.
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": path}
     if not sys.stderr.isatty():  # a log file gets no frame of MLflow's per-artifact download bar
-        env.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        from smoothkd.logs import quiet_downloads
+
+        quiet_downloads()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": path}
     cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", served, "--env-manager", "local",
            "--host", "127.0.0.1", "--port", str(port)]
     # Become the server, so that stopping this command (Ctrl-C, SIGTERM) stops the server, not just a parent.

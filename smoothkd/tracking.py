@@ -139,21 +139,20 @@ def record_stop(step: str, error: BaseException) -> None:
         client.log_batch(parent, tags=[RunTag(k, v) for k, v in (tags | {NOTE_TAG: note}).items()])
 
 
-def mark_stopped_run(uri: str, experiment_name: str, run_name: str, step: str, error: BaseException) -> bool:
+def mark_stopped_run(uri: str, experiment_name: str, run_name: str, step: str, error: BaseException) -> None:
     """Tag, note and end as FAILED the pipeline's run `run_name` with where and why `error` stopped it at
     `step`, unless a step's failure hook has marked it (a step without tracking, such as a training in a
-    worker, has no run of its own to mark). Whether it was marked here."""
+    worker, has no run of its own to mark)."""
     client = mlflow.MlflowClient(tracking_uri=uri)
     experiment = client.get_experiment_by_name(experiment_name)
     runs = [] if experiment is None else client.search_runs(
         [experiment.experiment_id], f"attributes.run_name = '{run_name}'", max_results=1)
     if not runs or STOPPED_AT_TAG in runs[0].data.tags:
-        return False
+        return
     tags = stop_tags(step, error)
     client.log_batch(runs[0].info.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
     # The last tracked step to end had closed it as finished.
     client.set_terminated(runs[0].info.run_id, "FAILED")
-    return True
 
 
 def latest_results(uri: str, experiment_name: str) -> tuple[str, Results] | None:
