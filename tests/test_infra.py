@@ -207,8 +207,9 @@ def test_paper_configs_reproduce_the_papers_setup():
 
 
 def test_resources_and_step_operator_map_to_each_invocation():
-    """`distill` configures each step as it invokes it: an invocation's own entry over its step's; a
-    student's entries (`student`, `student_sft`) go to its training step."""
+    """The rules `configured` applies on a cluster stack, called as `distill` calls it for a training
+    step (its lookup names `student_<name>` and `student`): an invocation's own entry over its step's.
+    That `distill` makes this call for each training is checked on a real run (test_pipeline)."""
     from zenml.config.step_configurations import StepConfigurationUpdate
 
     from pipelines.distill import distill_steps

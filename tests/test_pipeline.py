@@ -94,6 +94,8 @@ def test_pipeline_runs_and_reports_every_model(timed_run):
     for name in ("sft", "kd_a0.5"):
         assert set(run_steps[f"train_{name}"].spec.upstream_steps) <= front
         assert f"train_{name}" in run_steps[f"student_{name}"].spec.upstream_steps  # logs what trained
+        # Configured as it was submitted: its own ResourceSettings (the training's threads as CPUs).
+        assert run_steps[f"train_{name}"].config.settings["resources"].cpu_count == cfg.student.train.threads
 
 
 def test_students_are_registered_and_the_gate_decides_the_champion(tiny_run):
