@@ -102,10 +102,9 @@ def distill_steps(cfg: RunConfig) -> dict[str, str]:
 # `sweep.workers`: two on a two-core CPU, one on a GPU) while this process evaluates the teacher; on a
 # cluster stack each training is its own pod or job. Each trained student is then logged in its own MLflow
 # run by `student`, one at a time. Fail fast stops the run at the first failing step; the runner raises
-# that step's own exception (`runner.step_error`), so the CLI can report a known input problem (e.g.
-# DataValidationError) as one line. Every step carries the failure hook (`configurer`), so the MLflow runs
-# of whichever step stops the run say where and why (the runner marks the pipeline's run when the step
-# that failed has none).
+# that step's own exception (`runner.step_error`), e.g. a DataValidationError, which the CLI reports as
+# one line. Every step carries the failure hook (`configurer`), so the MLflow runs of whichever step stops
+# the run say where and why (the runner marks the pipeline's run when the step that failed has none).
 @pipeline(dynamic=True, enable_cache=False, execution_mode=ExecutionMode.FAIL_FAST)
 def distill(config: dict) -> None:
     """Run the whole flow for one validated RunConfig (passed as a plain dict)."""

@@ -114,8 +114,9 @@ def run_distill(cfg: RunConfig) -> Results:
 
 
 def step_error(error: BaseException) -> BaseException:
-    """The failing step's own exception (a DataValidationError, a NonFiniteLossError: what the CLI reports
-    as one line): a dynamic pipeline wraps that of a step it did not wait for in a StepExecutionException."""
+    """The failing step's own exception (a DataValidationError, a NonFiniteLossError), which a dynamic
+    pipeline wraps in a StepExecutionException for a step it did not wait for: what `run_distill` and
+    `run_sweep` raise and the stop tags name. (The CLI's one line finds it through the chain either way.)"""
     from zenml.exceptions import StepExecutionException
 
     while isinstance(error, StepExecutionException) and error.original_exception is not None:
