@@ -42,7 +42,7 @@ PER_MODEL = ("unsupported_fact_confidence", "supported_fact_confidence")
 # Reported beside the conclusions, never in them nor in the Holm family: the mechanism's measure on the
 # model's own facts, which the sweep was not designed to test. The supported facts' confidence is its
 # control: a student less confident about everything states unsupported facts less confidently too.
-EXPLORATORY = PER_MODEL
+EXPLORATORY = ("unsupported_fact_confidence", "supported_fact_confidence")
 CONSISTENCY = "factual_consistency"
 KD_HELPS = "KD reduces hallucination here"
 # Below this many seeds the seed-to-seed variance rests on one or two differences: table, no conclusion.
