@@ -34,6 +34,7 @@ from pipelines.distill import TeacherHalf, front_half, teacher_half
 from pipelines.options import configurer
 from smoothkd.config import RunConfig, apply_overrides
 from smoothkd.data.dataset import uses_embedded
+from smoothkd.distill.runtime import parallel_trainings
 from smoothkd.evaluation.sweep import SweepSummary, check_primary
 from smoothkd.stages import student_name
 from steps.sweep import (
@@ -139,16 +140,16 @@ def sweep(config: dict, name: str, seeds: list[int], arms: list[dict], started: 
                                               started, teacher_seeds)
 
 
-def time_left(trained: list[float], finished: int, total: int) -> str:
-    """An estimate of the time the remaining models take, from the pace between the finishes (`trained`,
-    seconds) of models trained in this sweep: a cached model finishes at once and says nothing of the pace,
-    nor does the front half before the first. Remaining models that turn out cached make it an
-    overestimate."""
+def time_left(seconds: list[float], workers: int, finished: int, total: int) -> str:
+    """An estimate of the time the remaining models take: the mean of `seconds` (each model trained in
+    this sweep: its training plus its evaluation) over the `workers` that train side by side. A cached model
+    finishes at once and says nothing of the pace. Not the time between finishes: models trained side by
+    side finish together, seconds apart. Remaining models that turn out cached make it an overestimate."""
     if finished == total:
         return "done"
-    if len(trained) < 2:
-        return "time left: after the next trained model"
-    left = (trained[-1] - trained[0]) / (len(trained) - 1) * (total - finished)
+    if not seconds:
+        return "time left: after the first trained model"
+    left = sum(seconds) / len(seconds) / workers * (total - finished)
     return f"~{left / 60:.1f} min left" if left >= 90 else f"~{left:.0f} s left"
 
 
@@ -160,14 +161,15 @@ def _headline(metrics: dict[str, float], splits: list[str]) -> str:
 def progress_printer(cfg: RunConfig, total: int, echo: Callable[[str], None]):
     """A listener that prints one line per evaluated model: how it came, its headline, the time left."""
     lock, finished, trained = threading.Lock(), [0], []
+    workers = parallel_trainings(cfg.sweep.workers, cfg.device)
 
     def heard(name: str, model, evaluation, seconds: float) -> None:
         with lock:  # steps finish in several threads at once
             finished[0] += 1
             if not model.cached:
-                trained.append(time.perf_counter())
+                trained.append(model.train_seconds + seconds)
             how = "cached" if model.cached else f"trained in {model.train_seconds:.1f} s"
-            left = time_left(trained, finished[0], total)
+            left = time_left(trained, workers, finished[0], total)
             echo(f"[{finished[0]}/{total}] {name}: {how}, evaluated in {seconds:.1f} s; "
                  f"{_headline(evaluation.metrics, cfg.eval.splits)}; {left}")
 

@@ -542,12 +542,20 @@ def test_models_train_one_at_a_time_on_a_gpu_unless_told(monkeypatch):
 def test_time_left_follows_trained_models_not_cached_ones():
     from pipelines.sweep import time_left
 
-    # Three cached models finished at once, then trained ones every 100 s: the pace is 100 s a model.
-    assert time_left([], 3, 21) == "time left: after the next trained model"
-    assert time_left([1000.0], 4, 21) == "time left: after the next trained model"
-    assert time_left([1000.0, 1100.0, 1200.0], 6, 21) == "~25.0 min left"
-    assert time_left([1000.0, 1030.0], 20, 21) == "~30 s left"
-    assert time_left([1000.0, 1100.0], 21, 21) == "done"
+    assert time_left([], 2, 3, 21) == "time left: after the first trained model"  # three cached so far
+    # Models of 200 s each (training and evaluation) on two workers: 100 s a model.
+    assert time_left([200.0], 2, 4, 21) == "~28.3 min left"
+    assert time_left([180.0, 220.0], 2, 5, 21) == "~26.7 min left"
+    assert time_left([60.0], 1, 20, 21) == "~60 s left"
+    assert time_left([200.0], 2, 21, 21) == "done"
+
+
+def test_time_left_is_not_the_gap_between_side_by_side_finishes():
+    from pipelines.sweep import time_left
+
+    # Two models trained side by side for 190 s finish 5 s apart; 16 more of them are
+    # 26 minutes of work on two workers, not 16 × 5 s.
+    assert time_left([190.0, 195.0], 2, 5, 21) == "~25.7 min left"
 
 
 def test_the_sweep_gives_every_step_a_thread_and_restores_the_setting(monkeypatch):
