@@ -103,6 +103,15 @@ def _console(cfg, command: str, verbose: bool, zenml: bool = False) -> Path | No
     return log
 
 
+def evidence_hint(config: str, cfg) -> str:
+    """What a run's one seed is and is not, and the sweep that compares its own KD students over seeds."""
+    # One student seed on one corpus draw is an anecdote; the sweep is the evidence (docs/evidence.md).
+    alphas = ",".join(f"{alpha:g}" for alpha in cfg.distill.alphas)
+    return (f"one student seed ({cfg.student.train.seed}) on one corpus draw (data.seed {cfg.data.seed}), "
+            f"not evidence: `smoothkd sweep {config} --seeds 10 --alphas {alphas}` compares these KD "
+            "students with SFT over seeds")
+
+
 @app.command()
 def run(config: ConfigArg, set_: SetOpt = None, verbose: VerboseOpt = False) -> None:
     """Run the distill pipeline (ZenML, MLflow tracking) for CONFIG."""
@@ -122,11 +131,7 @@ def run(config: ConfigArg, set_: SetOpt = None, verbose: VerboseOpt = False) -> 
     for line in gate_lines(results.gates):
         console.print(line, highlight=False)
     _print_summary(console, results, cfg.eval.splits)
-    # One student seed on one corpus draw is an anecdote; the sweep is the evidence (docs/evidence.md).
-    console.print(f"one student seed ({cfg.student.train.seed}) on one corpus draw "
-                  f"(data.seed {cfg.data.seed}), not evidence: `smoothkd sweep {config} --seeds 10` "
-                  "compares KD with SFT over seeds",
-                  highlight=False, soft_wrap=True)
+    console.print(evidence_hint(config, cfg), highlight=False, soft_wrap=True)
     console.print(f"pipeline wall time: {results.pipeline_seconds:.1f} s (run {results.run_name})")
     ui_cmd = "smoothkd ui" if config == DEFAULT_CONFIG else f"smoothkd ui --config {config}"
     console.print(f"runs, charts, registry: {ui_cmd}   (MLflow store {results.tracking_uri})",

@@ -127,3 +127,13 @@ def test_a_kd_students_key_ignores_the_other_alphas_of_its_run():
 
     assert DistillConfig(alphas=[0.1, 1.0]).student_key() == DistillConfig(alphas=[1.0]).student_key()
     assert DistillConfig(alphas=[1.0]).student_key() != DistillConfig(alphas=[1.0], top_k=8).student_key()
+
+
+def test_the_runs_evidence_hint_names_the_sweep_of_its_own_kd_students():
+    from smoothkd.cli import evidence_hint
+
+    cfg = load_config("configs/demo.yaml", ["distill.alphas=[0.1, 1.0]", "student.train.seed=7"])
+    hint = evidence_hint("configs/demo.yaml", cfg)
+    assert "one student seed (7) on one corpus draw (data.seed 10), not evidence" in hint
+    # The run's own α, not the sweep's default four: the command costs what the README's evidence cost.
+    assert "`smoothkd sweep configs/demo.yaml --seeds 10 --alphas 0.1,1`" in hint
