@@ -107,9 +107,9 @@ def evidence_hint(config: str, cfg) -> str:
     """What a run's one seed is and is not, and the sweep that compares its own KD students over seeds."""
     # One student seed on one corpus draw is an anecdote; the sweep is the evidence (docs/evidence.md).
     alphas = ",".join(f"{alpha:g}" for alpha in cfg.distill.alphas)
+    sweep = f"smoothkd sweep {config} --seeds 10" + (f" --alphas {alphas}" if alphas else "")
     return (f"one student seed ({cfg.student.train.seed}) on one corpus draw (data.seed {cfg.data.seed}), "
-            f"not evidence: `smoothkd sweep {config} --seeds 10 --alphas {alphas}` compares these KD "
-            "students with SFT over seeds")
+            f"not evidence: `{sweep}` compares KD students with SFT over seeds")
 
 
 @app.command()

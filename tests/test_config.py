@@ -137,3 +137,6 @@ def test_the_runs_evidence_hint_names_the_sweep_of_its_own_kd_students():
     assert "one student seed (7) on one corpus draw (data.seed 10), not evidence" in hint
     # The run's own α, not the sweep's default four: the command costs what the README's evidence cost.
     assert "`smoothkd sweep configs/demo.yaml --seeds 10 --alphas 0.1,1`" in hint
+    # A run with no KD student: the sweep's own default arms.
+    alone = evidence_hint("configs/demo.yaml", load_config("configs/demo.yaml", ["distill.alphas=[]"]))
+    assert "`smoothkd sweep configs/demo.yaml --seeds 10` compares" in alone
